@@ -1,0 +1,208 @@
+"""Run configuration: typed sections, YAML defaults per scenario, ``key=value`` overrides on the command line.
+
+Precedence, lowest first: the dataclass defaults below < the scenario file's ``defaults:`` block < the command line.
+Every problem in any layer is reported at once, naming the layer (file or "command line"), the dotted key, the bad
+value and what is allowed::
+
+    python -m sdpo_env.run scenario=flip seed=1 policy.temperature=0.7 agent=sdpo eval.every=50
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sdpo_env.errors import ConfigError, Problem
+from sdpo_env.schema import build, option, to_dict
+
+COMMAND_LINE = "command line"
+DEFAULTS = "defaults"
+
+
+@dataclass
+class PolicyConfig:
+    """The policy model and how it samples."""
+
+    model: str = option("tiny", "'tiny' (the shipped model), a local folder, or a Hugging Face id", nonempty=True)
+    temperature: float = option(1.0, "sampling temperature; 0 = greedy", min=0.0)
+    top_p: float = option(1.0, "nucleus sampling mass", gt=0.0, max=1.0)
+    max_new_tokens: int = option(192, "longest answer in tokens", min=1)
+    device: str = option("auto", "'auto', 'cpu', 'cuda', 'cuda:1', 'mps'", nonempty=True)
+    dtype: str = option("auto", "weights dtype", choices=("auto", "float32", "bfloat16", "float16"))
+
+
+@dataclass
+class SimulatorConfig:
+    """The simulated user's writer of follow-ups."""
+
+    backend: str = option("rules", "'rules' (offline) or a registered/dotted-path simulator", nonempty=True)
+    max_complaints: int = option(2, "rules: most preferences one follow-up complains about", min=1)
+
+
+@dataclass
+class JudgeConfig:
+    """The pairwise judge used for win rates."""
+
+    backend: str = option("rules", "'rules' (offline) or a registered/dotted-path judge", nonempty=True)
+
+
+@dataclass
+class EvalConfig:
+    """Win-rate evaluation against the frozen base model."""
+
+    every: int = option(25, "evaluate every N interactions (and at 0 and at the end)", min=1)
+    n_prompts: int = option(64, "held-out prompts per evaluation (the paper uses 256)", min=1)
+    samples_per_prompt: int = option(1, "policy answers sampled per held-out prompt", min=1)
+    bootstrap: int = option(1000, "bootstrap resamples for the win-rate CI", min=10)
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs; written resolved into the run folder as ``config.yaml``."""
+
+    scenario: str = option("flip", "a shipped scenario name or a path to a scenario YAML", nonempty=True)
+    persona: str | None = option(None, "replace the persona of a one-phase scenario (name or YAML path)")
+    seed: int = option(0, "one seed for the environment, sampling, simulator and judge", min=0)
+    n_interactions: int | None = option(None, "number of interactions; default the scenario's length", min=1)
+    out_dir: str | None = option(None, "run folder; default runs/<time>-<scenario>")
+    resume: str | None = option(None, "resume the run in this folder")
+    checkpoint_every: int = option(50, "save a resumable checkpoint every N interactions", min=1)
+    policy: PolicyConfig = option(help="policy model and sampling", factory=PolicyConfig)
+    agent: dict[str, Any] = option(help="the learner: agent=NAME plus its own options (agent.lr=...)",
+                                   factory=lambda: {"name": "sdpo"})
+    simulator: SimulatorConfig = option(help="simulated user", factory=SimulatorConfig)
+    judge: JudgeConfig = option(help="pairwise judge", factory=JudgeConfig)
+    eval: EvalConfig = option(help="win-rate evaluation", factory=EvalConfig)
+
+    def check(self) -> list[tuple[str, str]]:
+        if not isinstance(self.agent.get("name"), str) or not self.agent["name"]:
+            return [("agent.name", f"got {self.agent.get('name')!r}; name a learner, e.g. agent=sdpo")]
+        return []
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """Parses ``key=value`` arguments (dotted keys, YAML values, lists as ``[a,b]``) into a nested mapping.
+
+    Raises:
+        ConfigError: an argument is not ``key=value`` or its value cannot be parsed; every bad argument is listed.
+    """
+    problems = []
+    for arg in args:
+        if "=" not in arg or arg.startswith("="):
+            problems.append(Problem(COMMAND_LINE, arg, "expected key=value (e.g. scenario=flip seed=1)"))
+    if problems:
+        raise ConfigError(problems)
+    try:
+        parsed = OmegaConf.to_container(OmegaConf.from_dotlist(list(args)), resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError([Problem(COMMAND_LINE, " ".join(args), f"cannot parse: {exc}")]) from None
+    return parsed  # type: ignore[return-value]
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            out.update(_flatten(value, dotted))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _expand_shorthand(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``agent: sdpo`` means ``agent: {name: sdpo}``; dotted keys in YAML (``eval.every: 10``) are nested."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        node = out
+        parts = str(key).split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                break
+        else:
+            leaf = parts[-1]
+            if leaf == "agent" and isinstance(value, str) and len(parts) == 1:
+                value = {"name": value}
+            if isinstance(value, Mapping):
+                value = _expand_shorthand(value)
+                if isinstance(node.get(leaf), dict):
+                    node[leaf] = merge(node[leaf], value)
+                    continue
+            node[leaf] = value
+    return out
+
+
+def merge(low: Mapping[str, Any], high: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merges ``high`` over ``low`` (mappings merge, everything else is replaced)."""
+    out = dict(low)
+    for key, value in high.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_config(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> RunConfig:
+    """Builds a :class:`RunConfig` from ``(source, data)`` layers, later layers winning.
+
+    Raises:
+        ConfigError: every problem across all layers, each naming the layer that set the bad value.
+    """
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for source, data in layers:
+        expanded = _expand_shorthand(data)
+        merged = merge(merged, expanded)
+        for dotted in _flatten(expanded):
+            origin[dotted] = source
+
+    def source_of(key: str) -> str:
+        while key:
+            if key in origin:
+                return origin[key]
+            key = key.rpartition(".")[0]
+        return DEFAULTS
+
+    problems: list[Problem] = []
+    config = build(RunConfig, merged, source=source_of, problems=problems)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """The resolved configuration as plain data (for ``config.yaml``)."""
+    return to_dict(config)  # type: ignore[no-any-return]
+
+
+def load_run_config(args: Sequence[str]) -> tuple[RunConfig, Any]:
+    """Parses command-line ``key=value`` arguments, loads the scenario, and resolves the run configuration.
+
+    Returns:
+        ``(config, scenario)``; the scenario has ``persona=`` applied.
+
+    Raises:
+        ConfigError: bad arguments or settings (all listed together).
+        ScenarioError, PersonaError, UnknownNameError: the scenario or persona cannot be loaded.
+    """
+    from sdpo_env.scenarios import load_scenario  # local: config stays importable without the YAML layer
+
+    cli = parse_overrides(args)
+    name = cli.get("scenario", RunConfig.scenario)
+    if not isinstance(name, str):
+        raise ConfigError([Problem(COMMAND_LINE, "scenario", f"expected a scenario name or path, got {name!r}")])
+    scenario = load_scenario(name)
+    reserved = sorted({"scenario", "resume", "out_dir"} & set(_expand_shorthand(scenario.spec.defaults)))
+    if reserved:
+        raise ConfigError([Problem(scenario.source, f"defaults.{k}", "cannot be set by a scenario; pass it on the "
+                                                                     "command line") for k in reserved])
+    config = resolve_config([(scenario.source, scenario.spec.defaults), (COMMAND_LINE, cli)])
+    if config.persona is not None:
+        scenario = scenario.with_persona(config.persona)
+    return config, scenario
