@@ -20,7 +20,7 @@ _IDS = {ENV_ID: {}, "sdpo_env/Single-v0": {"scenario": "single"}, "sdpo_env/Flip
         "sdpo_env/Complementary-v0": {"scenario": "complementary"}, "sdpo_env/Noisy-v0": {"scenario": "noisy"}}
 for _id, _kwargs in _IDS.items():
     if _id not in gym.registry:
-        gym.register(_id, entry_point="sdpo_env.env:PersonalizationEnv", vector_entry_point="sdpo_env.env:make_population",
-                     kwargs=_kwargs)
+        gym.register(_id, entry_point="sdpo_env.env:PersonalizationEnv",
+                     vector_entry_point="sdpo_env.env:make_population", kwargs=_kwargs)
 
 __all__ = ["ENV_ID", "SdpoEnvError", "__version__"]

@@ -16,7 +16,8 @@ The episode truncates after ``n_interactions``; it never terminates early.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -48,7 +49,7 @@ class PersonalizationEnv(gym.Env[dict[str, Any], str]):
         render_mode: ``None`` or ``"ansi"`` (the last exchange as text).
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(
         self,
@@ -200,9 +201,8 @@ def make_population(
         names = list(personas or DEFAULT_POPULATION)
         if not names:
             raise SdpoEnvError("personas must name at least one persona")
-        fns = [
-            (lambda name=names[i % len(names)]: PersonalizationEnv(persona=name, n_interactions=n_interactions or 100,
-                                                                   **kwargs))
-            for i in range(num_envs)
-        ]
+        def user(name: str) -> Callable[[], PersonalizationEnv]:
+            return lambda: PersonalizationEnv(persona=name, n_interactions=n_interactions or 100, **kwargs)
+
+        fns = [user(names[i % len(names)]) for i in range(num_envs)]
     return gym.vector.SyncVectorEnv(fns)

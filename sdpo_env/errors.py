@@ -73,9 +73,9 @@ class PromptFileError(ValidationError):
 class UnknownNameError(SdpoEnvError):
     """A name (persona, scenario, learner, metric, ...) that is not known, with close matches suggested."""
 
-    def __init__(self, kind: str, name: str, known: Iterable[str], hint: str = ""):
+    def __init__(self, kind: str, name: str, known: Iterable[str], hint: str = "", *, message: str | None = None):
         self.kind, self.name, self.known = kind, name, sorted(known)
-        super().__init__(unknown_name_message(kind, name, self.known, hint))
+        super().__init__(message or unknown_name_message(kind, name, self.known, hint))
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:

@@ -46,8 +46,9 @@ def resolve(kind: str, name_or_path: str | Path, singular: str) -> Path:
     if looks_like_path(text) or path.is_file():
         if path.is_file():
             return path
-        raise UnknownNameError(f"{singular} file", text, [], hint=f"No such file. Shipped {kind}: "
-                               f"{', '.join(shipped_names(kind)) or '(none)'}.")
+        names = shipped_names(kind)
+        raise UnknownNameError(singular, text, names, message=f"{singular} file {text!r} does not exist. Give an "
+                               f"existing .yaml path or a shipped {singular}: {', '.join(names) or '(none)'}.")
     candidate = shipped_dir(kind) / f"{text}.yaml"
     if candidate.is_file():
         return candidate

@@ -49,6 +49,7 @@ _EMOJI = re.compile(
     "\u2600-\u26ff\u2700-\u27bf\u2b50\u2b55\u2b06\u2194-\u21aa\u23e9-\u23fa\u231a\u231b\u2934\u2935]"
     "|[\U0001f1e6-\U0001f1ff]{2}"
 )
+_EMOJI_MODIFIERS = re.compile("[\U0001f3fb-\U0001f3ff\ufe0f\u200d]")  # skin tones, VS16, ZWJ: part of one emoji
 _BULLET = re.compile(r"^\s*(?:[-*•+]|\d{1,3}[.)])\s+\S", re.MULTILINE)
 _HEADER = re.compile(r"^\s{0,3}#{1,6}\s+\S", re.MULTILINE)
 _BOLD = re.compile(r"\*\*[^*\n]+\*\*|__[^_\n]+__")
@@ -94,7 +95,7 @@ def sentence_count(text: str) -> float:
 @metric("emoji_count")
 def emoji_count(text: str) -> float:
     """Number of emoji and pictographic symbols."""
-    return float(len(_EMOJI.findall(text)))
+    return float(len(_EMOJI.findall(_EMOJI_MODIFIERS.sub("", text))))
 
 
 @metric("bullet_count")
@@ -208,7 +209,7 @@ PROFESSIONAL_MARKERS = (
     "therefore", "however", "furthermore", "additionally", "consequently", "moreover", "it is recommended",
     "it is advisable", "ensure", "approximately", "regarding", "in summary", "in conclusion", "one should",
     "utilize", "appropriate", "subsequently", "thus", "accordingly", "it is important to note", "in addition",
-    "recommended", "significant", "sufficient", "prior to", "in order to", "to summarize", "please note",
+    "significant", "sufficient", "prior to", "in order to", "to summarize", "please note",
 )
 _CONTRACTION = re.compile(r"\b[a-z]+(?:n't|'re|'ll|'ve|'s|'d|'m)\b|\b[a-z]+(?:n’t|’re|’ll|’ve|’s|’d|’m)\b", re.I)
 

@@ -102,7 +102,8 @@ def _convert(tp: Any, value: Any, key: str, source: Provenance, problems: list[P
         if not isinstance(value, Mapping):
             problems.append(Problem(source(key), key, f"expected a mapping, got {_describe(value)}"))
             return dataclasses.MISSING
-        return build(tp, value, source=source, prefix=key, problems=problems)  # type: ignore[arg-type]
+        built = build(tp, value, source=source, prefix=key, problems=problems)  # type: ignore[arg-type]
+        return dataclasses.MISSING if built is None else built
     if origin is list:
         (item_type,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -139,13 +140,13 @@ def _check_range(field: dataclasses.Field, value: Any, key: str, source: Provena
     meta = field.metadata
     if value is None:
         return
-    if meta.get("nonempty") and isinstance(value, (str, list)) and not (value.strip() if isinstance(value, str) else value):
+    empty = not (value.strip() if isinstance(value, str) else value)
+    if meta.get("nonempty") and isinstance(value, (str, list)) and empty:
         problems.append(Problem(source(key), key, "must not be empty"))
     if meta.get("choices") is not None and value not in meta["choices"]:
         allowed = ", ".join(repr(c) for c in meta["choices"])
-        problems.append(
-            Problem(source(key), key, f"got {value!r}; allowed: {allowed}.{did_you_mean(value, map(str, meta['choices']))}")
-        )
+        hint = did_you_mean(value, map(str, meta["choices"]))
+        problems.append(Problem(source(key), key, f"got {value!r}; allowed: {allowed}.{hint}"))
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if isinstance(value, float) and not math.isfinite(value):
             problems.append(Problem(source(key), key, f"got {value!r}; must be a finite number"))
@@ -206,14 +207,15 @@ def build(
             if name in data:
                 continue  # already reported as a bad value
             dotted = join_key(prefix, name)
-            help_text = field.metadata.get("help", "")
-            problems.append(Problem(source(dotted), dotted, f"missing required key ({help_text or _type_name(hints[name])})"))
+            what = field.metadata.get("help", "") or _type_name(hints[name])
+            problems.append(Problem(source(dotted), dotted, f"missing required key ({what})"))
     try:
         instance = cls(**kwargs)
     except TypeError:
         return None  # type: ignore[return-value]  # required keys missing; already reported
     check = getattr(instance, "check", None)
-    if callable(check):
+    failed = any(k in fields and k not in kwargs for k in data)
+    if callable(check) and not failed:  # cross-field rules only make sense when every given field converted
         for key, message in check():
             dotted = join_key(prefix, key) if key else prefix
             problems.append(Problem(source(dotted), dotted, message))

@@ -25,7 +25,7 @@ class RuleSimulator:
         persona = request.persona
         if request.violated is None:
             raise ValueError(f"the rule simulator needs a persona whose preferences all have rules; {persona.name!r} "
-                             "has preferences without one: use an LLM simulator (simulator.backend=openai|anthropic|hf)")
+                             "has one without: use an LLM simulator (simulator.backend=openai|anthropic|hf)")
         if request.violated:
             n = int(rng.integers(1, min(self.max_complaints, len(request.violated)) + 1))
             picked = [request.violated[i] for i in sorted(rng.choice(len(request.violated), size=n, replace=False))]

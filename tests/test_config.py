@@ -1,0 +1,65 @@
+"""Run configuration: precedence, shorthand, and one error listing every problem."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdpo_env.config import RunConfig, load_run_config, parse_overrides, resolve_config
+from sdpo_env.errors import ConfigError
+
+
+def test_defaults_then_scenario_then_command_line(write_yaml) -> None:
+    path = write_yaml({"name": "s", "phases": [{"start": 0, "end": 40, "persona": "no_emojis"}],
+                       "defaults": {"eval.every": 10, "seed": 3, "policy": {"temperature": 0.5}}})
+    config, scenario = load_run_config([f"scenario={path}", "seed=7", "agent=none"])
+    assert config.eval.every == 10  # from the scenario file
+    assert config.policy.temperature == 0.5  # from the scenario file (nested form)
+    assert config.seed == 7  # the command line wins
+    assert config.agent == {"name": "none"}  # shorthand for agent.name=none
+    assert config.eval.n_prompts == RunConfig().eval.n_prompts  # untouched default
+    assert scenario.n_interactions == 40
+
+
+def test_lists_and_nested_overrides() -> None:
+    parsed = parse_overrides(["agent.lr=1e-3", "agent.name=sdpo", "tags=[a,b]"])
+    assert parsed == {"agent": {"lr": 1e-3, "name": "sdpo"}, "tags": ["a", "b"]}
+
+
+def test_every_problem_is_listed_with_its_source(write_yaml) -> None:
+    path = write_yaml({"name": "s", "phases": [{"start": 0, "end": 40, "persona": "no_emojis"}],
+                       "defaults": {"eval.evry": 10}})
+    with pytest.raises(ConfigError) as caught:
+        load_run_config([f"scenario={path}", "seed=-1", "policy.temprature=0.5", "policy.dtype=fp16",
+                         "eval.every=often"])
+    text = str(caught.value)
+    assert text.startswith("5 problem(s) in the configuration:")
+    assert f"{path}: eval.evry: unknown key. Did you mean 'every'?" in text
+    assert "command line: seed: got -1; must be >= 0" in text
+    assert "command line: policy.temprature: unknown key. Did you mean 'temperature'?" in text
+    assert "command line: policy.dtype: got 'fp16'; allowed: 'auto', 'float32', 'bfloat16', 'float16'." in text
+    assert "command line: eval.every: expected an integer, got 'often' (str)" in text
+
+
+def test_argument_without_equals() -> None:
+    with pytest.raises(ConfigError, match=r"command line: flip: expected key=value \(e\.g\. scenario=flip seed=1\)"):
+        parse_overrides(["flip"])
+
+
+def test_scenario_cannot_set_reserved_keys(write_yaml) -> None:
+    path = write_yaml({"name": "s", "phases": [{"start": 0, "end": 4, "persona": "no_emojis"}],
+                       "defaults": {"out_dir": "/tmp/x"}})
+    with pytest.raises(ConfigError, match=r"defaults\.out_dir: cannot be set by a scenario"):
+        load_run_config([f"scenario={path}"])
+
+
+def test_types_are_coerced_only_when_lossless() -> None:
+    config = resolve_config([("command line", {"policy": {"temperature": 1}, "n_interactions": 10.0})])
+    assert config.policy.temperature == 1.0 and isinstance(config.policy.temperature, float)
+    assert config.n_interactions == 10 and isinstance(config.n_interactions, int)
+    with pytest.raises(ConfigError, match=r"n_interactions: expected an integer, got 2\.5 \(float\)"):
+        resolve_config([("command line", {"n_interactions": 2.5})])
+
+
+def test_persona_override_applies(tmp_path) -> None:
+    config, scenario = load_run_config(["scenario=single", "persona=likes_emojis"])
+    assert scenario.persona_at(0).name == "likes_emojis" and config.persona == "likes_emojis"
