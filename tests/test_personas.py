@@ -45,7 +45,8 @@ def test_unknown_persona_suggests_close_names() -> None:
 
 
 def test_missing_file_is_named(tmp_path) -> None:
-    with pytest.raises(UnknownNameError, match=r"persona file '.*nope\.yaml' does not exist\. Give an existing \.yaml path or a shipped persona: "):
+    expected = r"persona file '.*nope\.yaml' does not exist\. Give an existing \.yaml path or a shipped persona: "
+    with pytest.raises(UnknownNameError, match=expected):
         load_persona(str(tmp_path / "nope.yaml"))
 
 

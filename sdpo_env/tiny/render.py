@@ -1,0 +1,138 @@
+"""Assembling one answer in a given style from the phrase banks, verified against the metrics (rejection sampling)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from sdpo_env.tiny import phrases as ph
+from sdpo_env.tiny.style import Style, measure
+
+MAX_TRIES = 60
+MAX_DETAILED_WORDS = 140  # keeps a detailed answer well inside 192 new tokens
+_PREFIXES = re.compile(
+    r"^(?:how (?:do|can|should|does|much|often|long) (?:i|you|we|it|a|an|the)?\s*|what (?:is|are|does|should i|can i"
+    r"|causes|makes)\s+|why (?:does|do|is|are|did|should)\s+|is it\s+|should i\s+|can i\s+|any tips (?:on|for)\s+"
+    r"|help me\s+|write (?:a|an)\s+|when should i\s+|what\s+)",
+    re.IGNORECASE,
+)
+
+
+def subject_of(question: str) -> str:
+    """The subject phrase of a question: the question without its opening words and final punctuation.
+
+    >>> subject_of("How do I cook rice so it is not sticky?")
+    'cook rice so it is not sticky'
+    """
+    text = question.strip().splitlines()[0] if question.strip() else "this"
+    text = re.sub(r"[?.!]+$", "", text.strip())
+    stripped = _PREFIXES.sub("", text, count=1).strip()
+    subject = stripped or text
+    return subject[0].lower() + subject[1:] if subject else "this"
+
+
+class _Parts:
+    """Draws phrases for one answer: the subject and two category nouns filled in."""
+
+    def __init__(self, rng: np.random.Generator, subject: str, category: str):
+        self.rng = rng
+        nouns = ph.NOUNS.get(category) or ph.NOUNS["home"]
+        first, second = rng.choice(len(nouns), size=2, replace=False)
+        self.fill = {"S": subject, "a": nouns[int(first)], "b": nouns[int(second)]}
+        self.emojis = ph.EMOJIS.get(category, ()) + ph.EMOJIS[""]
+
+    def pick(self, bank: tuple[str, ...]) -> str:
+        return bank[int(self.rng.integers(len(bank)))].format(**self.fill)
+
+    def sample(self, bank: tuple[str, ...], k: int) -> list[str]:
+        order = self.rng.permutation(len(bank))[:k]
+        return [bank[int(i)].format(**self.fill) for i in order]
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _compose(style: Style, parts: _Parts) -> str:
+    rng = parts.rng
+    tone, level = str(style["tone"]), str(style["level"])
+    key = (tone, level)
+    fp = bool(style["first_person"])
+    concise = style["length"] == "concise"
+    head: list[str] = []
+    if style["opener"] == "praise":
+        head.append(parts.pick(ph.PRAISE_FIRST_PERSON if fp and rng.random() < 0.3 else ph.PRAISE[tone]))
+    elif style["opener"] == "preamble":
+        head.append(parts.pick(ph.PREAMBLE_FIRST_PERSON[tone] if fp and rng.random() < 0.3 else ph.PREAMBLE[tone]))
+    lead = parts.pick(ph.FRAMES) + " " + parts.pick(ph.LEADS[key])
+    body: list[str] = []
+    bullets: list[str] = []
+    if style["lists"]:
+        n_items = 3 if concise else int(rng.integers(4, 6))
+        bullets = ["- " + item for item in parts.sample(ph.ITEMS[key], n_items)]
+        if not concise:
+            body = parts.sample(ph.BODY[key], int(rng.integers(2, 4)))
+    else:
+        body = parts.sample(ph.BODY[key], int(rng.integers(0, 2)) if concise else int(rng.integers(5, 8)))
+    if fp:
+        body.insert(int(rng.integers(len(body) + 1)), parts.pick(ph.FIRST_PERSON[tone]))
+    tail: list[str] = []
+    if style["alternatives"]:
+        tail.append(parts.pick(ph.ALTERNATIVES[tone]))
+    if style["question"]:
+        tail.append(parts.pick(ph.QUESTIONS_FIRST_PERSON if fp and rng.random() < 0.3 else ph.QUESTIONS[tone]))
+    if style["closing"]:
+        tail.append(parts.pick(ph.CLOSING_FIRST_PERSON if fp and rng.random() < 0.3 else ph.CLOSING[tone]))
+
+    sentences = [*head, _capital(lead)]
+    if bullets:
+        sentences.append(parts.pick(ph.LIST_INTROS[tone]))
+    if style["exclaim"]:
+        sentences, body, tail = _exclaim(rng, sentences, body, tail)
+    if style["emoji"]:
+        sentences, body, tail, bullets = _emojify(parts, sentences, body, tail, bullets)
+    text = " ".join(sentences)
+    if bullets:
+        text += "\n" + "\n".join(bullets)
+        rest = " ".join(body + tail)
+        return text + ("\n" + rest if rest else "")
+    return " ".join([text, *body, *tail]).strip()
+
+
+def _exclaim(rng: np.random.Generator, *groups: list[str]) -> tuple[list[str], ...]:
+    """Turns the full stop of one or two sentences into an exclamation mark."""
+    flat = [(g, i) for g, group in enumerate(groups) for i, s in enumerate(group) if s.endswith(".")]
+    out = [list(group) for group in groups]
+    for k in rng.permutation(len(flat))[: int(rng.integers(1, 3))]:
+        g, i = flat[int(k)]
+        out[g][i] = out[g][i][:-1] + "!"
+    return tuple(out)
+
+
+def _emojify(parts: _Parts, *groups: list[str]) -> tuple[list[str], ...]:
+    """Appends an emoji to one to three sentences or list items."""
+    flat = [(g, i) for g, group in enumerate(groups) for i in range(len(group))]
+    out = [list(group) for group in groups]
+    for k in parts.rng.permutation(len(flat))[: int(parts.rng.integers(1, 4))]:
+        g, i = flat[int(k)]
+        out[g][i] = out[g][i] + " " + parts.pick(parts.emojis)
+    return tuple(out)
+
+
+def render(style: Style, question: str, category: str, rng: np.random.Generator) -> str | None:
+    """An answer to ``question`` in ``style`` whose measured style equals ``style``; None if none was found.
+
+    Args:
+        style: One value per axis (see ``style.AXES``).
+        question: The user's question; its subject is reused in the answer.
+        category: The question's category (chooses nouns and emojis).
+        rng: The only source of randomness.
+    """
+    subject = subject_of(question)
+    for _ in range(MAX_TRIES):
+        text = _compose(style, _Parts(rng, subject, category))
+        n_words = len(text.split())
+        if n_words <= MAX_DETAILED_WORDS and measure(text, strict=True) == style:
+            return text
+    return None
