@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub; a missing path must fail fast
+
 import json
 from pathlib import Path
 from typing import Any

@@ -1,0 +1,262 @@
+"""ChatPolicy: any Hugging Face causal LM with its chat template, sampling, per-token log-probs and LoRA.
+
+- Batched sampling (left padding), seeded per call so a run is reproducible and resumable.
+- Per-token log-probs of given completions under given contexts, batched and correct under either padding side;
+  only the completion positions are projected to the vocabulary (``logits_to_keep`` with per-row indices).
+- LoRA through peft; ``with policy.base_model():`` gives the frozen base by disabling the adapter (one copy of the
+  weights in memory); the adapter saves in peft's own format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from sdpo_env.errors import SdpoEnvError
+
+Messages = Sequence[dict[str, str]]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter settings; ``target_modules="all-linear"`` adapts every linear layer but the output head."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class Sampling:
+    """How the policy samples. ``top_k=0`` and ``top_p=1`` sample from the full distribution (on-policy)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 192
+
+
+@dataclass
+class Sample:
+    """One sampled completion: its text (special tokens removed) and token ids (EOS included when reached)."""
+
+    text: str
+    ids: list[int] = field(repr=False)
+    finished: bool
+
+
+def resolve_model_name(name: str) -> str:
+    """Maps ``tiny`` to the shipped checkpoint folder; other names (folders, hub ids) pass through."""
+    if name == "tiny":
+        from sdpo_env.tiny import TINY_DIR  # local import: the tiny package is only needed for the default
+
+        return str(TINY_DIR)
+    return name
+
+
+def pick_device(device: str) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class ChatPolicy:
+    """A causal LM and its tokenizer behind one small interface.
+
+    Args:
+        model: A ``transformers`` causal LM (optionally already wrapped by peft).
+        tokenizer: Its tokenizer, with a chat template.
+        sampling: Default sampling settings.
+    """
+
+    def __init__(self, model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase,
+                 sampling: Sampling | None = None):
+        if tokenizer.chat_template is None:
+            raise SdpoEnvError(f"the tokenizer of {model.name_or_path!r} has no chat template; use a chat model")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.sampling = sampling or Sampling()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = self._eos_ids()
+
+    @classmethod
+    def load(cls, name: str, *, device: str = "auto", dtype: str = "auto", lora: LoraSettings | None = None,
+             sampling: Sampling | None = None) -> ChatPolicy:
+        """Loads a model folder or hub id (``tiny`` = the shipped model) with safetensors and no remote code.
+
+        Raises:
+            SdpoEnvError: the model cannot be loaded (the message names it and why).
+        """
+        path = resolve_model_name(name)
+        target = pick_device(device)
+        torch_dtype = DTYPES.get(dtype) or (torch.bfloat16 if target.type == "cuda" else torch.float32)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=False,
+                                                         use_safetensors=True)
+        except (OSError, ValueError) as exc:
+            raise SdpoEnvError(f"cannot load policy model {name!r} ({path}): {exc}") from exc
+        model.to(target)
+        model.eval()  # no dropout in the base; LoRA dropout is configured separately
+        policy = cls(model, tokenizer, sampling)
+        if lora is not None:
+            policy.add_lora(lora)
+        return policy
+
+    # --- adapters ---------------------------------------------------------------------------------------------
+
+    def add_lora(self, settings: LoraSettings) -> None:
+        """Wraps the model with a fresh, trainable LoRA adapter (``B = 0``: the policy starts equal to the base)."""
+        if isinstance(self.model, PeftModel):
+            raise SdpoEnvError("the policy already has a LoRA adapter")
+        config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                            target_modules=settings.target_modules, task_type="CAUSAL_LM", bias="none")
+        self.model = get_peft_model(self.model, config)
+        self.model.eval()
+
+    @property
+    def has_adapter(self) -> bool:
+        return isinstance(self.model, PeftModel)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters that learn (the LoRA weights when an adapter is present)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @contextlib.contextmanager
+    def base_model(self) -> Iterator[None]:
+        """Within the block the policy is the frozen base model (the adapter is disabled, not copied)."""
+        if not self.has_adapter:
+            yield
+            return
+        with self.model.disable_adapter():
+            yield
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """The adapter's weights (for checkpoints)."""
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
+        set_peft_model_state_dict(self.model, state)
+
+    def save_adapter(self, path: str | Path) -> None:
+        """Writes the adapter in peft's format (``PeftModel.from_pretrained(base, path)`` loads it)."""
+        if not self.has_adapter:
+            raise SdpoEnvError("the policy has no adapter to save")
+        self.model.save_pretrained(str(path))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # --- text <-> ids -----------------------------------------------------------------------------------------
+
+    def encode(self, messages: Messages) -> list[int]:
+        """Token ids of a conversation rendered by the chat template, ending with the assistant prompt."""
+        out: Any = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+        ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
+        return list(ids)
+
+    def encode_completion(self, text: str) -> list[int]:
+        """Token ids of an answer as the model would write it (followed by EOS)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + [self.eos_ids[0]]
+
+    def _eos_ids(self) -> list[int]:
+        ids = self.model.generation_config.eos_token_id if self.model.generation_config else None
+        ids = ids if ids is not None else self.tokenizer.eos_token_id
+        ids = [ids] if isinstance(ids, int) else list(ids or [])
+        if not ids:
+            raise SdpoEnvError("the model defines no end-of-sequence token")
+        return ids
+
+    # --- sampling ---------------------------------------------------------------------------------------------
+
+    def _pad(self, rows: Sequence[Sequence[int]], side: str) -> tuple[torch.Tensor, torch.Tensor]:
+        length = max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            span = slice(length - len(row), length) if side == "left" else slice(0, len(row))
+            ids[i, span] = torch.tensor(row, dtype=torch.long)
+            mask[i, span] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    @torch.no_grad()
+    def generate(self, conversations: Sequence[Messages], *, seed: int, sampling: Sampling | None = None) -> list[Sample]:
+        """Samples one answer per conversation.
+
+        Args:
+            conversations: Conversations ending with a user turn.
+            seed: Seeds this call only (the global RNG is restored afterwards), so reruns and resumes agree.
+            sampling: Overrides the policy's default sampling settings.
+        """
+        s = sampling or self.sampling
+        ids, mask = self._pad([self.encode(c) for c in conversations], "left")
+        kwargs: dict[str, Any] = {"max_new_tokens": s.max_new_tokens, "pad_token_id": self.pad_id,
+                                  "eos_token_id": self.eos_ids}
+        if s.temperature > 0:
+            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        samples = []
+        for row in out[:, ids.shape[1]:].tolist():
+            cut = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
+            kept = row if cut is None else row[: cut + 1]
+            text = self.tokenizer.decode(kept if cut is None else kept[:-1], skip_special_tokens=True)
+            samples.append(Sample(text=text.strip(), ids=kept, finished=cut is not None))
+        return samples
+
+    # --- scoring ----------------------------------------------------------------------------------------------
+
+    def completion_logits(
+        self, contexts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *, padding_side: str = "right"
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits at the positions that predict each completion token.
+
+        Args:
+            contexts: Token ids of each context (ending with the assistant prompt).
+            completions: Token ids of each completion.
+            padding_side: ``right`` or ``left``; the result does not depend on it.
+
+        Returns:
+            ``(logits, targets, mask)``: (B, T, V) logits, (B, T) completion ids, (B, T) 1 on real tokens, where T is
+            the longest completion. Gradients flow unless the caller disables them.
+        """
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        if any(len(c) == 0 for c in completions):
+            raise SdpoEnvError("cannot score an empty completion")
+        rows = [list(x) + list(y) for x, y in zip(contexts, completions)]
+        ids, attention = self._pad(rows, padding_side)  # (B, L)
+        n_comp = max(len(y) for y in completions)
+        length = ids.shape[1]
+        offsets = [length - len(r) if padding_side == "left" else 0 for r in rows]
+        steps = torch.arange(n_comp)
+        # Position predicting completion token j of row i: offset + len(context) - 1 + j (clamped on padding).
+        keep = torch.stack([(o + len(x) - 1 + steps).clamp(max=length - 1) for o, x in zip(offsets, contexts)])
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (B, L): padding must not shift positions
+        out = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
+                         logits_to_keep=keep.to(self.device), use_cache=False)
+        targets = torch.full((len(rows), n_comp), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), n_comp))
+        for i, y in enumerate(completions):
+            targets[i, : len(y)] = torch.tensor(list(y))
+            mask[i, : len(y)] = 1.0
+        return out.logits, targets.to(self.device), mask.to(self.device)  # (B, T, V), (B, T), (B, T)

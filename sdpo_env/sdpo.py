@@ -1,0 +1,224 @@
+"""The SDPO math as pure functions on tensors: token advantages and the distillation losses.
+
+Notation follows the paper. For an interaction (x, y, o) the student is pi(. | x, y_<t) and the teacher is the
+hindsight policy pi(. | x, o, y_<t), detached. Shapes: B sequences, T completion positions (padded), V vocabulary;
+``mask`` (B, T) is 1 on real completion tokens. No model code lives here: the agent gathers tensors and calls these.
+
+Losses (``loss=`` in the agent's config):
+- ``pg`` (the paper's): ``-mean_t(A_t.detach() * log pi(y_t | x, y_<t))`` with ``A_t = log pi_teacher - log pi``.
+  In expectation over y ~ pi this equals the gradient of the per-prefix reverse KL to the detached teacher
+  (Appendix B); with on-policy samples its no-grad student log-probs equal the grad pass's values, so one teacher
+  forward plus one student forward/backward suffices.
+- ``topk``: the divergence on the student's top-k tokens plus a tail bucket holding the remaining mass.
+- ``full``: the divergence over the whole vocabulary.
+The divergences take ``alpha``: 0 = forward KL(teacher || student), 1 = reverse KL(student || teacher), in between
+the generalised Jensen-Shannon divergence with mixture ``alpha * student + (1 - alpha) * teacher``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+AGGREGATIONS = ("token_mean", "sequence_mean")
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits).gather(-1, index)`` without materialising the (B, T, V) log-softmax.
+
+    Args:
+        logits: (B, T, V) scores.
+        index: (B, T) token ids.
+
+    Returns:
+        (B, T) log-probabilities of ``index``.
+    """
+    picked = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    if logits.dtype in (torch.float32, torch.float64):
+        return picked - torch.logsumexp(logits, dim=-1)  # (B, T)
+    # Half precision: logsumexp row by row in float32 keeps the peak small and the result accurate.
+    norms = torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])  # (B, T)
+    return picked.float() - norms
+
+
+def token_advantages(*, teacher_logprobs: torch.Tensor, student_logprobs: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+    """``A_t = log pi(y_t | x, o, y_<t) - log pi(y_t | x, y_<t)``, detached, zero on padding.
+
+    Positive advantages reinforce a token, negative ones penalise it.
+
+    Args:
+        teacher_logprobs: (B, T) log-probs under the hindsight context.
+        student_logprobs: (B, T) log-probs under the original context.
+        mask: (B, T) 1 on completion tokens.
+
+    Returns:
+        (B, T) advantages without gradient.
+    """
+    return ((teacher_logprobs - student_logprobs) * mask).detach()
+
+
+def center_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Subtracts each sequence's mean advantage over its tokens (the authors' online option).
+
+    Args:
+        advantages: (B, T).
+        mask: (B, T).
+
+    Returns:
+        (B, T) centred advantages, zero on padding.
+    """
+    counts = mask.sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
+    means = (advantages * mask).sum(-1, keepdim=True) / counts  # (B, 1)
+    return (advantages - means) * mask
+
+
+def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean") -> torch.Tensor:
+    """Reduces per-token values to a scalar.
+
+    Args:
+        values: (B, T) per-token values.
+        mask: (B, T).
+        mode: ``token_mean`` (every token in the batch weighs the same) or ``sequence_mean`` (mean over each
+            sequence's tokens, then over sequences).
+
+    Returns:
+        A scalar tensor.
+    """
+    if mode == "token_mean":
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+    if mode == "sequence_mean":
+        per_sequence = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # (B,)
+        return per_sequence.mean()
+    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {mode!r}")
+
+
+def policy_gradient_loss(
+    *,
+    student_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    old_logprobs: torch.Tensor | None = None,
+    clip: float | None = None,
+    aggregation: str = "token_mean",
+) -> torch.Tensor:
+    """The paper's loss: ``-mean_t(A_t * log pi(y_t | x, y_<t))`` with the advantage treated as a constant.
+
+    With ``old_logprobs`` and ``clip`` it becomes the PPO-style clipped surrogate on the importance ratio
+    ``pi / pi_old`` (the authors' online option; useful when several updates reuse one batch).
+
+    Args:
+        student_logprobs: (B, T) log-probs with gradient.
+        advantages: (B, T); detached here whatever the caller passes.
+        mask: (B, T).
+        old_logprobs: (B, T) log-probs of the policy that sampled y, for the ratio.
+        clip: Ratio clip ``epsilon``: the ratio is clipped to ``[1 - eps, 1 + eps]``.
+        aggregation: See :func:`aggregate`.
+
+    Returns:
+        A scalar loss.
+    """
+    advantages = advantages.detach()
+    if clip is None:
+        return aggregate(-advantages * student_logprobs, mask, aggregation)
+    if old_logprobs is None:
+        raise ValueError("ratio clipping needs old_logprobs (the sampling policy's log-probs)")
+    ratio = torch.exp(student_logprobs - old_logprobs.detach())  # (B, T)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * advantages
+    return aggregate(-torch.minimum(unclipped, clipped), mask, aggregation)
+
+
+def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last dimension from log-probabilities; (..., V) -> (...)."""
+    return (p_log.exp() * (p_log - q_log)).sum(-1)
+
+
+def divergence(student_log: torch.Tensor, teacher_log: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Per-position divergence between two distributions given as log-probabilities.
+
+    Args:
+        student_log: (..., K) student log-probabilities.
+        teacher_log: (..., K) teacher log-probabilities (detach them before calling for a fixed target).
+        alpha: 0 = KL(teacher || student), 1 = KL(student || teacher), between: generalised JSD.
+
+    Returns:
+        (...) divergences.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if alpha == 0.0:
+        return _kl(teacher_log, student_log)
+    if alpha == 1.0:
+        return _kl(student_log, teacher_log)
+    mixture = torch.logsumexp(
+        torch.stack([student_log + math.log(alpha), teacher_log + math.log(1.0 - alpha)]), dim=0
+    )  # (..., K)
+    return alpha * _kl(student_log, mixture) + (1.0 - alpha) * _kl(teacher_log, mixture)
+
+
+def full_divergence_loss(
+    *,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    alpha: float = 1.0,
+    aggregation: str = "token_mean",
+) -> torch.Tensor:
+    """Divergence to the detached teacher over the whole vocabulary at every completion position.
+
+    Args:
+        student_logits: (B, T, V) with gradient.
+        teacher_logits: (B, T, V); detached here.
+        mask: (B, T).
+        alpha: See :func:`divergence`.
+        aggregation: See :func:`aggregate`.
+    """
+    student_log = torch.log_softmax(student_logits.float(), dim=-1)  # (B, T, V)
+    teacher_log = torch.log_softmax(teacher_logits.detach().float(), dim=-1)  # (B, T, V)
+    return aggregate(divergence(student_log, teacher_log, alpha), mask, aggregation)
+
+
+def _with_tail(log_probs_topk: torch.Tensor) -> torch.Tensor:
+    """Appends a tail bucket ``log(1 - sum(p_topk))`` to (..., k) log-probs -> (..., k + 1)."""
+    top_mass = torch.logsumexp(log_probs_topk, dim=-1, keepdim=True)  # (..., 1)
+    tail = torch.log(torch.clamp(-torch.expm1(top_mass), min=1e-12))  # log(1 - exp(top_mass))
+    return torch.cat([log_probs_topk, tail], dim=-1)
+
+
+def topk_divergence_loss(
+    *,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    k: int = 20,
+    alpha: float = 1.0,
+    tail: bool = True,
+    aggregation: str = "token_mean",
+) -> torch.Tensor:
+    """Divergence restricted to the student's top-k tokens at each position, plus a tail bucket.
+
+    Both distributions are evaluated on the same k tokens (chosen by the student, without gradient); the tail bucket
+    carries each side's remaining probability mass, so the result is a divergence between two (k + 1)-point
+    distributions. Without the tail, both are renormalised over the k tokens.
+
+    Args:
+        student_logits: (B, T, V) with gradient.
+        teacher_logits: (B, T, V); detached here.
+        mask: (B, T).
+        k: Tokens kept per position.
+        alpha: See :func:`divergence`.
+        tail: Keep the tail bucket (True) or renormalise over the top-k (False).
+        aggregation: See :func:`aggregate`.
+    """
+    student_log = torch.log_softmax(student_logits.float(), dim=-1)  # (B, T, V)
+    teacher_log = torch.log_softmax(teacher_logits.detach().float(), dim=-1)  # (B, T, V)
+    index = student_log.detach().topk(min(k, student_log.shape[-1]), dim=-1).indices  # (B, T, k)
+    s_top, t_top = student_log.gather(-1, index), teacher_log.gather(-1, index)  # (B, T, k)
+    if tail:
+        s_top, t_top = _with_tail(s_top), _with_tail(t_top)  # (B, T, k + 1)
+    else:
+        s_top = s_top - torch.logsumexp(s_top, -1, keepdim=True)
+        t_top = t_top - torch.logsumexp(t_top, -1, keepdim=True)
+    return aggregate(divergence(s_top, t_top, alpha), mask, aggregation)

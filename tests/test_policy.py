@@ -1,0 +1,111 @@
+"""ChatPolicy on a real (random, tiny) Hugging Face model with real peft LoRA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from sdpo_env.errors import SdpoEnvError
+from sdpo_env.policy import ChatPolicy, LoraSettings, Sampling
+from sdpo_env.sdpo import selective_log_softmax
+from tests.models import build_random_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_random_model(tmp_path_factory.mktemp("random_model"))
+
+
+@pytest.fixture
+def policy(model_dir):
+    return ChatPolicy.load(str(model_dir), device="cpu", lora=LoraSettings(r=4, alpha=8),
+                           sampling=Sampling(max_new_tokens=12))
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "How do I water basil?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "Explain inflation to me in a few words, with an example 😀"}],
+]
+
+
+def _logprobs(policy, contexts, completions, side):
+    logits, targets, mask = policy.completion_logits(contexts, completions, padding_side=side)
+    return selective_log_softmax(logits, targets) * mask, mask
+
+
+def test_batched_logprobs_equal_one_at_a_time_for_both_padding_sides(policy) -> None:
+    contexts = [policy.encode(c) for c in CONVERSATIONS]
+    completions = [policy.encode_completion(t) for t in ["Water it.", "Hello there, friend!", "Prices rise."]]
+    assert len({len(c) for c in contexts}) == 3 and len({len(c) for c in completions}) == 3  # mixed lengths
+    with torch.no_grad():
+        singles = [_logprobs(policy, [x], [y], "right")[0][0, : len(y)] for x, y in zip(contexts, completions)]
+        for side in ("left", "right"):
+            batched, mask = _logprobs(policy, contexts, completions, side)
+            for i, single in enumerate(singles):
+                n = len(completions[i])
+                torch.testing.assert_close(batched[i, :n], single, atol=1e-5, rtol=0)
+                assert mask[i].sum() == n
+
+
+def test_logprobs_match_a_plain_full_forward(policy) -> None:
+    x, y = policy.encode(CONVERSATIONS[0]), policy.encode_completion("Water it daily.")
+    with torch.no_grad():
+        ours, _ = _logprobs(policy, [x], [y], "left")
+        full = policy.model(input_ids=torch.tensor([x + y])).logits[0]  # (L, V), every position projected
+        reference = torch.log_softmax(full, -1)[len(x) - 1 : len(x) + len(y) - 1].gather(-1, torch.tensor(y)[:, None])
+    torch.testing.assert_close(ours[0], reference[:, 0], atol=1e-5, rtol=0)
+
+
+def test_generation_is_seeded_and_batched(policy) -> None:
+    a = policy.generate(CONVERSATIONS, seed=3)
+    b = policy.generate(CONVERSATIONS, seed=3)
+    c = policy.generate(CONVERSATIONS, seed=4)
+    assert [s.ids for s in a] == [s.ids for s in b]
+    assert [s.ids for s in a] != [s.ids for s in c]
+    assert all(len(s.ids) <= 12 for s in a)
+    greedy = policy.generate(CONVERSATIONS[:1], seed=0, sampling=Sampling(temperature=0.0, max_new_tokens=12))
+    alone = policy.generate(CONVERSATIONS[:1], seed=99, sampling=Sampling(temperature=0.0, max_new_tokens=12))
+    assert greedy[0].ids == alone[0].ids
+
+
+def test_base_view_reproduces_the_base_model_after_updates(policy, model_dir) -> None:
+    x, y = policy.encode(CONVERSATIONS[2]), policy.encode_completion("Prices go up.")
+    optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=0.05)
+    for _ in range(20):
+        lp, _ = _logprobs(policy, [x], [y], "right")
+        (-lp.sum()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ids = torch.tensor([x + y])
+    with torch.no_grad():
+        adapted = policy.model(input_ids=ids).logits
+        with policy.base_model():
+            base = policy.model(input_ids=ids).logits
+        expected = reference(input_ids=ids).logits
+    assert not torch.allclose(adapted, expected, atol=1e-3), "the updates did not change the policy"
+    torch.testing.assert_close(base, expected, atol=0, rtol=0)
+
+
+def test_adapter_saves_in_peft_format(policy, model_dir, tmp_path) -> None:
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(0.1)
+    policy.save_adapter(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), tmp_path / "adapter")
+    ids = torch.tensor([policy.encode(CONVERSATIONS[0])])
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, policy.model(input_ids=ids).logits)
+
+
+def test_errors(policy, model_dir) -> None:
+    with pytest.raises(SdpoEnvError, match="cannot score an empty completion"):
+        policy.completion_logits([[1, 2]], [[]])
+    with pytest.raises(SdpoEnvError, match="already has a LoRA adapter"):
+        policy.add_lora(LoraSettings())
+    with pytest.raises(SdpoEnvError, match=r"cannot load policy model 'no/such-model-folder'"):
+        ChatPolicy.load("no/such-model-folder", device="cpu")
