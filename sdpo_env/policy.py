@@ -195,7 +195,8 @@ class ChatPolicy:
         return ids.to(self.device), mask.to(self.device)
 
     @torch.no_grad()
-    def generate(self, conversations: Sequence[Messages], *, seed: int, sampling: Sampling | None = None) -> list[Sample]:
+    def generate(self, conversations: Sequence[Messages], *, seed: int,
+                 sampling: Sampling | None = None) -> list[Sample]:
         """Samples one answer per conversation.
 
         Args:

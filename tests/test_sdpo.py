@@ -63,7 +63,8 @@ def _estimator_grads(model, *, sign=1.0, detach_teacher=True):
     weights = student_lp.sum(-1).exp().detach()  # pi(y | x), sums to 1 over all sequences
     assert torch.isclose(weights.sum(), torch.tensor(1.0, dtype=torch.float64))
     # Analytic: E_y[ sum_t grad KL(pi(.|x, y<t) || sg pi(.|x, o, y<t)) ], prefixes fixed, exact over all y.
-    per_position = divergence(torch.log_softmax(student_logits, -1), torch.log_softmax(teacher_logits.detach(), -1), 1.0)
+    student_log, teacher_log = torch.log_softmax(student_logits, -1), torch.log_softmax(teacher_logits.detach(), -1)
+    per_position = divergence(student_log, teacher_log, 1.0)  # (N, T) reverse KL per visited prefix
     analytic = _grad(model, (weights[:, None] * per_position).sum())
     student_logits = _completion_logits(model, X, ys)
     teacher_logits = _completion_logits(model, X_O, ys)
