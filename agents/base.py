@@ -1,0 +1,114 @@
+"""The learner protocol: every online learner (SDPO, baselines, a user's own class) plugs in behind it.
+
+A learner answers conversations (``act``), learns from what happened (``observe``), exposes the policy being
+evaluated, and saves/restores its whole state for resumable runs. Learners are registered by name
+(``agent=sdpo``) or named by dotted path (``agent=mypkg.learners:MyLearner``); a learner's options come from its
+``Config`` dataclass, validated like every other setting (``agent.lr=1e-3``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from sdpo_env.errors import ConfigError, Problem, SdpoEnvError
+from sdpo_env.policy import ChatPolicy
+from sdpo_env.registry import Registry
+from sdpo_env.schema import build
+
+Messages = Sequence[dict[str, str]]
+
+
+@dataclass
+class Transition:
+    """One interaction as a learner sees it afterwards.
+
+    Attributes:
+        messages: The conversation the response answered (x), ending with a user turn.
+        response: The assistant's answer (y).
+        follow_up: The user's next message (o).
+        reward: The environment's hidden satisfaction score. Privileged: SDPO never reads it.
+        info: The environment's info (phase, relevance, ...), for logging.
+    """
+
+    messages: Messages
+    response: str
+    follow_up: str
+    reward: float = float("nan")
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        keep = {k: self.info[k] for k in ("interaction", "phase", "relevant", "follow_up_kind") if k in self.info}
+        return {"messages": [dict(m) for m in self.messages], "response": self.response, "follow_up": self.follow_up,
+                "reward": self.reward, "info": keep}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Transition:
+        return cls(messages=data["messages"], response=data["response"], follow_up=data["follow_up"],
+                   reward=data["reward"], info=dict(data["info"]))
+
+
+@runtime_checkable
+class OnlineLearner(Protocol):
+    """What the runner and the benchmark need from a learner."""
+
+    policy: ChatPolicy
+
+    def act(self, conversations: Sequence[Messages]) -> list[str]:
+        """Answers each conversation (each ends with a user turn)."""
+        ...
+
+    def observe(self, transitions: Sequence[Transition]) -> dict[str, float]:
+        """Learns from finished interactions; returns metrics (namespaced, e.g. ``sdpo/loss``), maybe empty."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly after a restart (adapter, optimizer, buffers, counters)."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ...
+
+
+LEARNERS: Registry = Registry("learner")
+
+
+def make_learner(options: Mapping[str, Any], policy: ChatPolicy, *, seed: int, source: str = "command line"
+                 ) -> OnlineLearner:
+    """Builds the learner named by ``options["name"]`` with its validated options.
+
+    Args:
+        options: ``{"name": ..., **learner options}`` (the run config's ``agent`` section).
+        policy: The policy the learner acts with and trains.
+        seed: The run's seed.
+        source: Where the options came from, for error messages.
+
+    Raises:
+        UnknownNameError, SdpoEnvError: unknown learner name or unimportable dotted path.
+        ConfigError: options the learner does not accept, or bad values (all listed).
+    """
+    import agents  # noqa: F401  (registers the shipped learners)
+
+    name = options.get("name", "")
+    cls = LEARNERS.get(str(name))
+    config_cls = getattr(cls, "Config", None)
+    rest = {k: v for k, v in options.items() if k != "name"}
+    if config_cls is None:
+        if rest:
+            raise ConfigError([Problem(source, f"agent.{k}", f"learner {name!r} takes no options") for k in rest])
+        return cls(policy, None, seed=seed)
+    problems: list[Problem] = []
+    config = build(config_cls, rest, source=lambda _key: source, prefix="agent", problems=problems)
+    if problems:
+        raise ConfigError(problems)
+    learner = cls(policy, config, seed=seed)
+    if not isinstance(learner, OnlineLearner):
+        raise SdpoEnvError(f"{name!r} does not implement the learner protocol (act, observe, state_dict, "
+                           "load_state_dict, policy); see agents/base.py")
+    return learner
+
+
+def sampling_seed(seed: int, step: int) -> int:
+    """A distinct, reproducible generation seed for each act call of a run."""
+    return (seed * 1_000_003 + step) % (2**63 - 1)

@@ -1,0 +1,250 @@
+"""SDPO from user interactions: distil the hindsight policy into a LoRA adapter after each interaction.
+
+For a batch of interactions (x, y, o): one no-grad teacher forward on the hindsight context (x with o attached to
+the last user turn), one student forward/backward on x, and an AdamW step on the LoRA weights. The token advantage
+``A_t = log pi(y_t | x, o, y_<t) - log pi(y_t | x, y_<t)`` reinforces what the follow-up makes more likely and
+penalises what it makes less likely. SDPO never reads the environment's reward.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from agents.base import LEARNERS, Messages, Transition, sampling_seed
+from sdpo_env.hindsight import DEFAULT_TEMPLATE, hindsight_messages
+from sdpo_env.policy import ChatPolicy, LoraSettings
+from sdpo_env.schema import option
+from sdpo_env.sdpo import (
+    AGGREGATIONS,
+    center_advantages,
+    divergence,
+    full_divergence_loss,
+    policy_gradient_loss,
+    selective_log_softmax,
+    token_advantages,
+    topk_divergence_loss,
+)
+from sdpo_env.teachers import TEACHERS, EmaTeacher, teacher_view
+
+
+@dataclass
+class SDPOConfig:
+    """Options of the SDPO learner (``agent.<name>=value``)."""
+
+    lr: float = option(1e-3, "AdamW learning rate on the LoRA weights (constant)", gt=0.0)
+    weight_decay: float = option(2.0, "AdamW weight decay on the LoRA weights; pulls the adapter back towards the "
+                                 "base so the policy can re-adapt after a preference flip", min=0.0)
+    grad_clip: float = option(1.0, "clip the gradient norm to this value; 0 disables", min=0.0)
+    update_every: int = option(1, "update after every N interactions", min=1)
+    batch_size: int = option(1, "interactions per update: the last N (the paper uses 16)", min=1)
+    teacher: str = option("live", "live = current policy (paper), base = frozen base, ema = moving average",
+                          choices=TEACHERS)
+    ema_decay: float = option(0.99, "teacher=ema: weight of the old average per update", min=0.0, max=0.9999)
+    loss: str = option("pg", "pg = sampled-token policy gradient (paper), topk = top-k divergence + tail, "
+                       "full = full-vocabulary divergence", choices=("pg", "topk", "full"))
+    topk: int = option(20, "loss=topk: tokens kept per position", min=1)
+    alpha: float = option(1.0, "loss=topk|full: 0 forward KL, 1 reverse KL, between: generalised JSD",
+                          min=0.0, max=1.0)
+    center_advantages: bool = option(False, "subtract each sequence's mean advantage")
+    ratio_clip: float | None = option(None, "PPO-style importance-ratio clip epsilon (pg loss); null = off", gt=0.0)
+    aggregation: str = option("token_mean", "how token losses are averaged", choices=AGGREGATIONS)
+    kl_coef: float = option(0.0, "weight of a KL(policy || base) penalty on the completion positions", min=0.0)
+    kl_metric_every: int = option(10, "compute the KL-to-base metric every N updates (an extra forward); 0 = never",
+                                  min=0)
+    large_advantage: float = option(0.5, "|A_t| above this counts as a large advantage in the metrics", gt=0.0)
+    lora_r: int = option(8, "LoRA rank", min=1)
+    lora_alpha: float = option(16.0, "LoRA alpha (scaling = alpha / r)", gt=0.0)
+    lora_dropout: float = option(0.0, "LoRA dropout", min=0.0, max=1.0)
+    lora_targets: str | list[str] = option("all-linear", "modules to adapt: all-linear or a list of names")
+    hindsight_template: str = option(DEFAULT_TEMPLATE, "appended to the last user turn; must contain {follow_up}")
+
+    def check(self) -> list[tuple[str, str]]:
+        if "{follow_up}" not in self.hindsight_template:
+            return [("hindsight_template", "must contain {follow_up}")]
+        return []
+
+
+def lora_settings(config: Any) -> LoraSettings:
+    """LoRA settings from any learner config with ``lora_*`` fields."""
+    return LoraSettings(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                        target_modules=config.lora_targets)
+
+
+@LEARNERS.register("sdpo")
+class SDPOLearner:
+    """Online SDPO with LoRA updates on the policy.
+
+    Args:
+        policy: The policy; a LoRA adapter is added if it has none.
+        config: Options.
+        seed: The run's seed (generation seeds derive from it).
+    """
+
+    Config = SDPOConfig
+
+    def __init__(self, policy: ChatPolicy, config: SDPOConfig, *, seed: int):
+        self.policy, self.config, self.seed = policy, config, seed
+        if not policy.has_adapter:
+            policy.add_lora(lora_settings(config))
+        self.params = policy.trainable_parameters()
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.ema = EmaTeacher(policy, config.ema_decay) if config.teacher == "ema" else None
+        self.buffer: collections.deque[Transition] = collections.deque(maxlen=config.batch_size)
+        self.n_acts = self.n_updates = self.n_skipped = self.since_update = 0
+        self._ids: dict[str, list[int]] = {}  # response text -> sampled token ids (exact, no re-tokenisation)
+        self._warned: set[str] = set()
+
+    # --- acting -------------------------------------------------------------------------------------------------
+
+    def act(self, conversations: Sequence[Messages]) -> list[str]:
+        samples = self.policy.generate(conversations, seed=sampling_seed(self.seed, self.n_acts))
+        self.n_acts += 1
+        for s in samples:
+            self._ids[s.text] = s.ids
+        return [s.text for s in samples]
+
+    # --- learning -----------------------------------------------------------------------------------------------
+
+    def observe(self, transitions: Sequence[Transition]) -> dict[str, float]:
+        for t in transitions:
+            if not t.follow_up.strip():
+                self._warn_once("empty", "an interaction has an empty follow-up: SDPO gets no signal from it")
+            self.buffer.append(t)
+        self.since_update += len(transitions)
+        if self.since_update < self.config.update_every:
+            return {}
+        self.since_update = 0
+        metrics = self.update(list(self.buffer))
+        if len(self._ids) > 4 * self.config.batch_size + 64:  # keep ids only for interactions that may still train
+            live = {t.response for t in self.buffer}
+            self._ids = {k: v for k, v in self._ids.items() if k in live}
+        return metrics
+
+    def _completion_ids(self, response: str) -> list[int]:
+        ids = self._ids.get(response)
+        return list(ids) if ids else self.policy.encode_completion(response)
+
+    def update(self, batch: Sequence[Transition]) -> dict[str, float]:
+        """One SDPO update on ``batch``: teacher forward (no grad), student forward/backward, optimizer step."""
+        c = self.config
+        policy = self.policy
+        contexts = [policy.encode(t.messages) for t in batch]
+        hindsight = [policy.encode(hindsight_messages(t.messages, t.follow_up, template=c.hindsight_template))
+                     for t in batch]
+        completions = [self._completion_ids(t.response) for t in batch]
+        started = time.perf_counter()
+        with torch.no_grad(), teacher_view(policy, c.teacher, self.ema):
+            teacher_logits, targets, mask = policy.completion_logits(hindsight, completions)  # (B, T, V)
+        teacher_done = time.perf_counter()
+        student_logits, _, _ = policy.completion_logits(contexts, completions)  # (B, T, V), with grad
+        student_lp = selective_log_softmax(student_logits, targets)  # (B, T)
+        teacher_lp = selective_log_softmax(teacher_logits, targets)  # (B, T)
+        advantages = token_advantages(teacher_logprobs=teacher_lp, student_logprobs=student_lp, mask=mask)
+        raw_advantages = advantages
+        if c.center_advantages:
+            advantages = center_advantages(advantages, mask)
+        if c.loss == "pg":
+            loss = policy_gradient_loss(student_logprobs=student_lp, advantages=advantages, mask=mask,
+                                        old_logprobs=student_lp.detach() if c.ratio_clip else None,
+                                        clip=c.ratio_clip, aggregation=c.aggregation)
+        elif c.loss == "topk":
+            loss = topk_divergence_loss(student_logits=student_logits, teacher_logits=teacher_logits, mask=mask,
+                                        k=c.topk, alpha=c.alpha, aggregation=c.aggregation)
+        else:
+            loss = full_divergence_loss(student_logits=student_logits, teacher_logits=teacher_logits, mask=mask,
+                                        alpha=c.alpha, aggregation=c.aggregation)
+        kl_to_base = None
+        if c.kl_coef > 0 or (c.kl_metric_every and self.n_updates % c.kl_metric_every == 0):
+            with torch.no_grad(), policy.base_model():
+                base_logits, _, _ = policy.completion_logits(contexts, completions)
+            kl = divergence(torch.log_softmax(student_logits.float(), -1),
+                            torch.log_softmax(base_logits.float(), -1), 1.0)  # (B, T) KL(policy || base)
+            kl_mean = (kl * mask).sum() / mask.sum()
+            kl_to_base = kl_mean.item()
+            if c.kl_coef > 0:
+                loss = loss + c.kl_coef * kl_mean
+        metrics = self._step(loss, batch)
+        done = time.perf_counter()
+        with torch.no_grad():
+            probs = torch.softmax(student_logits.float(), -1)
+            entropy = -(probs * torch.log(probs.clamp(min=1e-30))).sum(-1)  # (B, T)
+        n_tokens = mask.sum().clamp(min=1)
+        abs_adv = raw_advantages.abs()
+        metrics.update({
+            "sdpo/loss": loss.item(),
+            "sdpo/advantage_mean": (raw_advantages.sum() / n_tokens).item(),
+            "sdpo/advantage_abs_mean": (abs_adv.sum() / n_tokens).item(),
+            "sdpo/advantage_sum_mean": (raw_advantages.sum(-1)).mean().item(),
+            "sdpo/large_advantage_share": ((abs_adv > c.large_advantage).float() * mask).sum().item() / n_tokens.item(),
+            "sdpo/entropy": ((entropy * mask).sum() / n_tokens).item(),
+            "sdpo/completion_tokens": n_tokens.item() / len(batch),
+            "time/teacher_s": teacher_done - started,
+            "time/student_and_step_s": done - teacher_done,
+        })
+        for flag in (True, False):  # hindsight sensitivity, split by whether the follow-up was relevant
+            rows = [i for i, t in enumerate(batch) if t.info.get("relevant") is flag]
+            if rows:
+                per_row = (abs_adv[rows].sum(-1) / mask[rows].sum(-1).clamp(min=1)).mean().item()
+                metrics[f"sdpo/advantage_abs_mean_{'relevant' if flag else 'unrelated'}"] = per_row
+        if kl_to_base is not None:
+            metrics["sdpo/kl_to_base"] = kl_to_base
+        return metrics
+
+    def _step(self, loss: torch.Tensor, batch: Sequence[Transition]) -> dict[str, float]:
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            self.n_skipped += 1
+            warnings.warn(f"SDPO update {self.n_updates} skipped: non-finite loss ({loss.item()}); "
+                          f"{self.n_skipped} skipped so far", RuntimeWarning, stacklevel=3)
+            return {"sdpo/skipped_updates": float(self.n_skipped)}
+        loss.backward()
+        clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip).item()
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.n_skipped += 1
+            warnings.warn(f"SDPO update {self.n_updates} skipped: non-finite gradient", RuntimeWarning, stacklevel=3)
+            return {"sdpo/skipped_updates": float(self.n_skipped)}
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.step()
+        self.n_updates += 1
+        return {"sdpo/grad_norm": grad_norm, "sdpo/skipped_updates": float(self.n_skipped)}
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    # --- resume -------------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "adapter": self.policy.adapter_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "buffer": [t.to_dict() for t in self.buffer],
+            "ids": dict(self._ids),
+            "counters": {"n_acts": self.n_acts, "n_updates": self.n_updates, "n_skipped": self.n_skipped,
+                         "since_update": self.since_update},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_adapter_state(state["adapter"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.buffer.clear()
+        self.buffer.extend(Transition.from_dict(t) for t in state["buffer"])
+        self._ids = dict(state["ids"])
+        for key, value in state["counters"].items():
+            setattr(self, key, value)
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])

@@ -1,0 +1,179 @@
+"""The SDPO learner on a real (random, tiny) HF model with real peft LoRA."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+import agents.sdpo as sdpo_module
+from agents import SDPOLearner, Transition, make_learner
+from sdpo_env.errors import ConfigError, SdpoEnvError, UnknownNameError
+from sdpo_env.hindsight import hindsight_messages
+from sdpo_env.policy import ChatPolicy, Sampling
+from sdpo_env.sdpo import selective_log_softmax
+from tests.models import build_random_model
+
+X = [{"role": "user", "content": "How do I water basil?"}]
+X2 = [{"role": "user", "content": "Explain inflation."}]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_random_model(tmp_path_factory.mktemp("random_model"))
+
+
+def make(model_dir, **options):
+    policy = ChatPolicy.load(str(model_dir), device="cpu", sampling=Sampling(max_new_tokens=10))
+    return make_learner({"name": "sdpo", "kl_metric_every": 0, **options}, policy, seed=0)
+
+
+def interact(learner, follow_up="Too long, keep it short.", conversations=(X, X2)):
+    responses = learner.act(list(conversations))
+    transitions = [Transition(messages=c, response=r, follow_up=follow_up, info={"relevant": True})
+                   for c, r in zip(conversations, responses)]
+    return responses, transitions
+
+
+def student_logprobs(learner, messages, response):
+    p = learner.policy
+    with torch.no_grad():
+        logits, targets, mask = p.completion_logits([p.encode(messages)], [learner._completion_ids(response)])
+    return selective_log_softmax(logits, targets)[0]
+
+
+def test_update_moves_tokens_in_the_direction_of_their_advantage(model_dir) -> None:
+    learner = make(model_dir, lr=5e-3, weight_decay=0.0)
+    (response,), (transition,) = interact(learner, conversations=(X,))
+    p = learner.policy
+    ids = learner._completion_ids(response)
+    with torch.no_grad():
+        hind, targets, _ = p.completion_logits([p.encode(hindsight_messages(X, transition.follow_up))], [ids])
+    before = student_logprobs(learner, X, response)
+    advantages = selective_log_softmax(hind, targets)[0] - before
+    metrics = learner.observe([transition])
+    after = student_logprobs(learner, X, response)
+    change = after - before
+    assert metrics["sdpo/advantage_abs_mean"] == pytest.approx(advantages.abs().mean().item(), rel=1e-4)
+    assert change[advantages > 0].mean() > 0 and change[advantages < 0].mean() < 0
+    assert (advantages * change).sum() > 0  # first-order decrease of the loss
+
+
+def test_exactly_two_forward_passes_per_update(model_dir) -> None:
+    learner = make(model_dir)
+    _, transitions = interact(learner)
+    calls = []
+    base = learner.policy.model.get_base_model()
+    handle = base.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        learner.observe(transitions)
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # one teacher forward (no grad) + one student forward (grad); no third pass
+
+
+def test_schedule_update_every_and_batch(model_dir) -> None:
+    learner = make(model_dir, update_every=2, batch_size=3)
+    _, (t1, t2) = interact(learner)
+    assert learner.observe([t1]) == {}
+    metrics = learner.observe([t2])
+    assert learner.n_updates == 1 and metrics["sdpo/completion_tokens"] > 0
+    assert len(learner.buffer) == 2
+
+
+@pytest.mark.parametrize("options", [
+    {"loss": "topk", "topk": 5}, {"loss": "full", "alpha": 0.5}, {"center_advantages": True},
+    {"ratio_clip": 0.2}, {"kl_coef": 0.1}, {"teacher": "base"}, {"teacher": "ema"},
+    {"aggregation": "sequence_mean", "batch_size": 2},
+])
+def test_every_option_trains(model_dir, options) -> None:
+    learner = make(model_dir, **options)
+    before = [p.detach().clone() for p in learner.params]
+    _, transitions = interact(learner)
+    metrics = learner.observe(transitions)
+    assert all(v == v for v in metrics.values())  # no NaN
+    assert any(not torch.equal(a, b) for a, b in zip(before, learner.params))
+
+
+def test_ema_teacher_with_zero_decay_is_the_live_policy(model_dir) -> None:
+    learner = make(model_dir, teacher="ema", ema_decay=0.0, lr=0.05)
+    for _ in range(3):
+        _, transitions = interact(learner)
+        learner.observe(transitions)
+    p = learner.policy
+    ids = [p.encode(X)]
+    comp = [p.encode_completion("Water it daily.")]
+    with torch.no_grad():
+        live, _, _ = p.completion_logits(ids, comp)
+        with learner.ema.active():
+            ema, _, _ = p.completion_logits(ids, comp)
+        with p.base_model():
+            base, _, _ = p.completion_logits(ids, comp)
+    torch.testing.assert_close(ema, live, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(live, base, atol=1e-4)
+
+
+def test_non_finite_loss_is_skipped_counted_and_warned(model_dir, monkeypatch) -> None:
+    learner = make(model_dir)
+    _, transitions = interact(learner)
+    before = [p.detach().clone() for p in learner.params]
+    monkeypatch.setattr(sdpo_module, "token_advantages", lambda **kw: torch.full_like(kw["mask"], float("nan")))
+    with pytest.warns(RuntimeWarning, match=r"SDPO update 0 skipped: non-finite loss \(nan\); 1 skipped so far"):
+        metrics = learner.observe(transitions)
+    assert metrics["sdpo/skipped_updates"] == 1.0 and learner.n_updates == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, learner.params))
+
+
+def test_empty_follow_up_warns(model_dir) -> None:
+    learner = make(model_dir)
+    _, transitions = interact(learner, follow_up="  ")
+    with pytest.warns(RuntimeWarning, match="empty follow-up"):
+        learner.observe(transitions)
+
+
+def test_resume_continues_exactly(model_dir) -> None:
+    def run(learner, n):
+        out = []
+        for _ in range(n):
+            responses, transitions = interact(learner)
+            learner.observe(transitions)
+            out.append(responses)
+        return out
+
+    straight = make(model_dir, lr=0.02, batch_size=3, teacher="ema")
+    run(straight, 3)
+    state = copy.deepcopy(straight.state_dict())
+    expected = run(straight, 3)
+    resumed = make(model_dir, lr=0.02, batch_size=3, teacher="ema")
+    resumed.load_state_dict(state)
+    assert run(resumed, 3) == expected
+    for a, b in zip(straight.params, resumed.params):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_options_are_validated_together(model_dir) -> None:
+    policy = ChatPolicy.load(str(model_dir), device="cpu")
+    with pytest.raises(ConfigError) as caught:
+        make_learner({"name": "sdpo", "lr": -1, "teachr": "base", "loss": "kl"}, policy, seed=0)
+    text = str(caught.value)
+    assert "command line: agent.lr: got -1.0; must be > 0.0" in text
+    assert "command line: agent.teachr: unknown key. Did you mean 'teacher'?" in text
+    assert "command line: agent.loss: got 'kl'; allowed: 'pg', 'topk', 'full'." in text
+    with pytest.raises(UnknownNameError, match=r"unknown learner 'sdp'\. Did you mean 'sdpo'"):
+        make_learner({"name": "sdp"}, policy, seed=0)
+    with pytest.raises(SdpoEnvError, match=r"cannot import learner 'nowhere\.mod:Learner': module 'nowhere\.mod'"):
+        make_learner({"name": "nowhere.mod:Learner"}, policy, seed=0)
+
+
+def test_metrics_report_relevance_split(model_dir) -> None:
+    learner = make(model_dir, batch_size=2, kl_metric_every=1)
+    responses, (t1, t2) = interact(learner)
+    t2.info["relevant"] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metrics = learner.observe([t1, t2])
+    assert {"sdpo/advantage_abs_mean_relevant", "sdpo/advantage_abs_mean_unrelated", "sdpo/kl_to_base",
+            "sdpo/entropy", "sdpo/grad_norm", "time/teacher_s"} <= set(metrics)
+    assert isinstance(learner, SDPOLearner)
