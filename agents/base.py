@@ -1,9 +1,11 @@
 """The learner protocol: every online learner (SDPO, baselines, a user's own class) plugs in behind it.
 
-A learner answers conversations (``act``), learns from what happened (``observe``), exposes the policy being
-evaluated, and saves/restores its whole state for resumable runs. Learners are registered by name
-(``agent=sdpo``) or named by dotted path (``agent=mypkg.learners:MyLearner``); a learner's options come from its
-``Config`` dataclass, validated like every other setting (``agent.lr=1e-3``).
+A learner answers conversations (``act`` in the stream, ``answer`` for evaluation), learns from what happened
+(``observe``), exposes its policy, and saves/restores its whole state for resumable runs. A learner that may read
+privileged information about the user (the in-context oracle) also defines ``set_persona(persona)``.
+
+Learners are registered by name (``agent=sdpo``) or named by dotted path (``agent=mypkg.learners:MyLearner``); a
+learner's options come from its ``Config`` dataclass, validated like every other setting (``agent.lr=1e-3``).
 """
 
 from __future__ import annotations
@@ -56,7 +58,11 @@ class OnlineLearner(Protocol):
     policy: ChatPolicy
 
     def act(self, conversations: Sequence[Messages]) -> list[str]:
-        """Answers each conversation (each ends with a user turn)."""
+        """Answers each conversation (each ends with a user turn) during the interaction stream."""
+        ...
+
+    def answer(self, conversations: Sequence[Messages], *, seed: int) -> list[str]:
+        """Answers for evaluation: seeded by the caller, and without changing the learner's state."""
         ...
 
     def observe(self, transitions: Sequence[Transition]) -> dict[str, float]:
@@ -107,6 +113,13 @@ def make_learner(options: Mapping[str, Any], policy: ChatPolicy, *, seed: int, s
         raise SdpoEnvError(f"{name!r} does not implement the learner protocol (act, observe, state_dict, "
                            "load_state_dict, policy); see agents/base.py")
     return learner
+
+
+def set_persona(learner: OnlineLearner, persona: Any) -> None:
+    """Tells a learner that reads privileged persona information (the in-context oracle) who the user is now."""
+    hook = getattr(learner, "set_persona", None)
+    if callable(hook):
+        hook(persona)
 
 
 def sampling_seed(seed: int, step: int) -> int:

@@ -111,6 +111,9 @@ class SDPOLearner:
             self._ids[s.text] = s.ids
         return [s.text for s in samples]
 
+    def answer(self, conversations: Sequence[Messages], *, seed: int) -> list[str]:
+        return [s.text for s in self.policy.generate(conversations, seed=seed)]
+
     # --- learning -----------------------------------------------------------------------------------------------
 
     def observe(self, transitions: Sequence[Transition]) -> dict[str, float]:

@@ -48,16 +48,19 @@ class JudgeConfig:
     """The pairwise judge used for win rates."""
 
     backend: str = option("rules", "'rules' (offline) or a registered/dotted-path judge", nonempty=True)
+    min_words: int = option(5, "rules: an answer needs this many words to be valid (collapse check)", min=0)
 
 
 @dataclass
 class EvalConfig:
     """Win-rate evaluation against the frozen base model."""
 
-    every: int = option(25, "evaluate every N interactions (and at 0 and at the end)", min=1)
+    every: int = option(25, "evaluate every N interactions (and at 0, at the end and when the persona changes)",
+                        min=1)
     n_prompts: int = option(64, "held-out prompts per evaluation (the paper uses 256)", min=1)
     samples_per_prompt: int = option(1, "policy answers sampled per held-out prompt", min=1)
     bootstrap: int = option(1000, "bootstrap resamples for the win-rate CI", min=10)
+    oracle: bool = option(True, "also evaluate the in-context oracle (base model + profile) as a reference line")
 
 
 @dataclass

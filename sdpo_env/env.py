@@ -153,6 +153,25 @@ class PersonalizationEnv(gym.Env[dict[str, Any], str]):
             lines += ["--- last exchange ---", f"[assistant] {self._last[0]}", f"[user] {self._last[1]}"]
         return "\n".join(lines)
 
+    # --- resumable runs -----------------------------------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything that determines the rest of the episode (position, conversation, generator state)."""
+        prompt = self._prompt
+        return {"t": self._t, "messages": [dict(m) for m in self._messages], "last": self._last,
+                "prompt": None if prompt is None else {"messages": [dict(m) for m in prompt.messages],
+                                                       "category": prompt.category, "topic": prompt.topic},
+                "rng": self.np_random.bit_generator.state}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`get_state`'s snapshot; the episode then continues exactly as it would have."""
+        self._t, self._messages = state["t"], [dict(m) for m in state["messages"]]
+        self._last = tuple(state["last"]) if state["last"] else None  # type: ignore[assignment]
+        p = state["prompt"]
+        self._prompt = None if p is None else Prompt(messages=tuple(p["messages"]), category=p["category"],
+                                                     topic=p["topic"])
+        self.np_random.bit_generator.state = state["rng"]
+
     # --- internals ----------------------------------------------------------------------------------------------
 
     def _draw_prompt(self, category: str | None = None) -> Prompt:
@@ -164,6 +183,10 @@ class PersonalizationEnv(gym.Env[dict[str, Any], str]):
     def _start_conversation(self, prompt: Prompt) -> None:
         self._prompt = prompt
         self._messages = [dict(m) for m in prompt.messages]
+
+    def observation(self) -> dict[str, Any]:
+        """The current observation (the conversation to answer), e.g. after :meth:`set_state`."""
+        return self._observation()
 
     def _observation(self) -> dict[str, Any]:
         return {"messages": tuple(dict(m) for m in self._messages), "interaction": self._t}

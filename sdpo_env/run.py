@@ -1,87 +1,293 @@
-"""``python -m sdpo_env.run scenario=NAME [key=value ...]``: drive a simulated user through a scenario.
+"""``python -m sdpo_env.run scenario=NAME [key=value ...]``: a learner personalises to a simulated user.
 
-This is the foundation version of the runner: the environment, the scenario, the configuration and the run
-folder are real, but the assistant is a fixed scripted policy (canned answers in several styles) until the
-learners land. It shows the user's side: rewards per phase and the follow-ups the user sends.
+Examples::
+
+    python -m sdpo_env.run scenario=flip                      # SDPO on the embedded tiny model, offline
+    python -m sdpo_env.run scenario=single agent=icl_oracle   # the in-context oracle baseline
+    python -m sdpo_env.run scenario=flip agent.lr=5e-4 seed=1 out_dir=runs/flip-s1
+    python -m sdpo_env.run resume=runs/flip-s1                # continue a stopped run exactly
+
+The run folder gets ``config.yaml``, ``interactions.jsonl``, ``metrics.jsonl``, ``summary.json``, ``winrate.png``,
+``preferences.png``, the adapter in peft format and ``checkpoint.pt``. Ctrl-C checkpoints and stops cleanly.
 """
 
 from __future__ import annotations
 
-import json
+import signal
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
+from typing import Any
 
 import numpy as np
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sdpo_env.config import config_to_dict, load_run_config
-from sdpo_env.env import PersonalizationEnv
-from sdpo_env.errors import SdpoEnvError
-
-# Answers spanning the style axes, so the scripted policy satisfies some users and annoys others.
-SCRIPTED_ANSWERS = (
-    "Hey! Super easy: just give it a go and see, it's basically like riding a bike. 😀",
-    "Therefore, it is recommended to proceed systematically. Additionally, one should calibrate the approach to the "
-    "specific constraints involved, since the optimal configuration depends on the threshold in practice.",
-    "Great question! Here's the short version:\n- Start small.\n- Keep at it.\n- Check your progress.\n"
-    "Hope this helps!",
-    "In simple terms, think of it like learning to cook: start with one easy recipe and repeat it until it feels "
-    "natural, then add another one.",
+from agents import make_learner, set_persona
+from agents.base import Transition
+from agents.icl_oracle import InContextOracle
+from sdpo_env.config import (
+    COMMAND_LINE,
+    RunConfig,
+    config_to_dict,
+    load_run_config,
+    parse_overrides,
+    resolve_config,
 )
+from sdpo_env.env import PersonalizationEnv
+from sdpo_env.errors import ConfigError, Problem, SdpoEnvError
+from sdpo_env.judges import JUDGES
+from sdpo_env.judges.evaluate import WinRateEvaluator
+from sdpo_env.plots import plot_preferences, plot_win_rate
+from sdpo_env.policy import ChatPolicy, Sampling
+from sdpo_env.prompts import load_prompts
+from sdpo_env.runfolder import RunFolder
+from sdpo_env.scenarios import Scenario, load_scenario
+
+HEADLINE = ("win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "sat/all", "ceiling", "valid_rate")
+
+
+class StopRequest:
+    """Ctrl-C sets a flag that the loop honours at the next consistent point; a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self) -> StopRequest:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
+    """Resolves the configuration and the run folder; ``resume=`` takes both from an existing folder."""
+    cli = parse_overrides(args)
+    if "resume" in cli:
+        folder = RunFolder(str(cli["resume"]))
+        if not folder.config.is_file():
+            raise ConfigError([Problem(COMMAND_LINE, "resume",
+                                       f"{folder.path} has no config.yaml; is it a run folder?")])
+        extra = sorted(set(cli) - {"resume"})
+        if extra:
+            raise ConfigError([Problem(COMMAND_LINE, k, "a resumed run keeps the settings in its config.yaml; "
+                                                        "remove this override") for k in extra])
+        config = resolve_config([(str(folder.config), folder.read_config())])
+        scenario = load_scenario(config.scenario)
+        if config.persona is not None:
+            scenario = scenario.with_persona(config.persona)
+        return config, scenario, folder, True
+    config, scenario = load_run_config(args)
+    folder = RunFolder(config.out_dir or f"runs/{datetime.now():%Y%m%d-%H%M%S}-{scenario.name}")
+    if folder.checkpoint.is_file():
+        raise ConfigError([Problem(COMMAND_LINE, "out_dir", f"{folder.path} already holds a run; continue it with "
+                                                            f"resume={folder.path} or choose another out_dir")])
+    return config, scenario, folder, False
+
+
+def evaluation_points(n: int, every: int, scenario: Scenario) -> list[int]:
+    """After how many interactions to evaluate: 0, every ``every``, at each persona change, and at the end."""
+    points = set(range(0, n + 1, every)) | {n} | {p.start for p in scenario.phases if p.start < n}
+    return sorted(points)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs a scenario from command-line ``key=value`` arguments; returns the exit code."""
-    console = Console()
+    """Runs (or resumes) a scenario from command-line ``key=value`` arguments; returns the exit code."""
+    console = Console(width=None if sys.stdout.isatty() else 140)  # pipes and logs get the full table
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
         console.print(__doc__)
         return 0
     try:
-        config, scenario = load_run_config(args)
-        env = PersonalizationEnv(scenario, n_interactions=config.n_interactions,
-                                 simulator_kwargs={"max_complaints": config.simulator.max_complaints})
+        return run(args, console)
     except SdpoEnvError as exc:
         print(f"error: {exc}", file=sys.stderr)  # plain print: rich would re-wrap the lines users copy
         return 2
-    out_dir = Path(config.out_dir or f"runs/{datetime.now():%Y%m%d-%H%M%S}-{scenario.name}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    rng = np.random.default_rng(config.seed)
-    obs, info = env.reset(seed=config.seed)
-    rewards: dict[int, list[float]] = {}
-    start = time.perf_counter()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with (out_dir / "interactions.jsonl").open("w") as log, Progress(*columns, console=console) as progress:
-        task = progress.add_task(f"{scenario.name}: scripted policy", total=env.n_interactions)
-        for t in range(env.n_interactions):
-            answer = SCRIPTED_ANSWERS[int(rng.integers(len(SCRIPTED_ANSWERS)))]
-            obs_next, reward, _, truncated, info = env.step(answer)
-            rewards.setdefault(info["phase"], []).append(reward)
-            log.write(json.dumps({"interaction": t, "phase": info["phase"], "prompt": obs["messages"][-1]["content"],
-                                  "response": answer, "follow_up": info["follow_up"],
-                                  "follow_up_kind": info["follow_up_kind"], "reward": reward}) + "\n")
-            obs = obs_next
-            progress.update(task, advance=1, description=f"{scenario.name} phase {info['phase']}: scripted policy")
-    table = Table(title=f"{scenario.name}: scripted policy (no learning yet)")
-    for column in ("phase", "persona", "interactions", "mean reward"):
-        table.add_column(column)
-    for phase in scenario.phases:
-        if phase.index in rewards:
-            values = rewards[phase.index]
-            table.add_row(str(phase.index), phase.persona.name, str(len(values)), f"{np.mean(values):.3f}")
-    console.print(table)
-    summary = {"scenario": scenario.name, "interactions": env.n_interactions, "seconds": time.perf_counter() - start,
-               "mean_reward_per_phase": {str(k): float(np.mean(v)) for k, v in rewards.items()}}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    console.print(f"run folder: {out_dir}")
+
+
+def run(args: Sequence[str], console: Console) -> int:
+    config, scenario, folder, resuming = prepare(args)
+    n = config.n_interactions or scenario.n_interactions
+    sampling = Sampling(temperature=config.policy.temperature, top_p=config.policy.top_p,
+                        max_new_tokens=config.policy.max_new_tokens)
+    policy = ChatPolicy.load(config.policy.model, device=config.policy.device, dtype=config.policy.dtype,
+                             sampling=sampling)
+    learner = make_learner(config.agent, policy, seed=config.seed)
+    env = PersonalizationEnv(scenario, n_interactions=n, simulator=config.simulator.backend,
+                             simulator_kwargs={"max_complaints": config.simulator.max_complaints})
+    judge = JUDGES.get(config.judge.backend)(min_words=config.judge.min_words)
+    prompts = load_prompts(scenario.spec.prompts.eval)[: config.eval.n_prompts]
+    evaluator = WinRateEvaluator(policy, judge, prompts, samples_per_prompt=config.eval.samples_per_prompt,
+                                 seed=config.seed, bootstrap=config.eval.bootstrap)
+    wants_oracle = config.eval.oracle and config.agent["name"] != "icl_oracle"
+    oracle = InContextOracle(policy, seed=config.seed) if wants_oracle else None
+    points = evaluation_points(n, config.eval.every, scenario)
+
+    obs, _ = env.reset(seed=config.seed)
+    state = folder.load_checkpoint() if resuming else None
+    if state is not None:
+        learner.load_state_dict(state["learner"])
+        env.set_state(state["env"])
+        evaluator.load_state_dict(state["evaluator"])
+        obs = env.observation()
+        folder.truncate(folder.interactions, state["t"])
+        folder.truncate(folder.metrics, state["n_metric_lines"])
+        console.print(f"resuming {folder.path} at interaction {state['t']}")
+    else:
+        folder.write_config(config_to_dict(config))
+        folder.truncate(folder.interactions, 0)
+        folder.truncate(folder.metrics, 0)
+    t0 = state["t"] if state else 0
+    window: dict[str, list[float]] = state["window"] if state else defaultdict(list)
+    window = defaultdict(list, window)
+    last_eval = state["last_eval"] if state else -1
+    timings: dict[str, float] = defaultdict(float, state["timings"] if state else {})
+    rows = folder.read_jsonl(folder.metrics)
+
+    def evaluate(k: int) -> None:
+        started = time.perf_counter()
+        phases = [scenario.phase_at(max(k - 1, 0))]
+        if 0 < k < n and scenario.phase_at(k).index != phases[0].index:
+            phases.append(scenario.phase_at(k))  # a persona change: judge under the old and the new preferences
+        summary = {k2: float(np.mean(v)) for k2, v in window.items() if v}
+        for phase in phases:
+            set_persona(learner, phase.persona)
+            metrics, _ = evaluator.evaluate(lambda c, s: learner.answer(c, seed=s), phase.persona,
+                                            seed=config.seed * 100_003 + k)
+            if oracle is not None:
+                oracle.set_persona(phase.persona)
+                with policy.base_model():
+                    reference, _ = evaluator.evaluate(lambda c, s: oracle.answer(c, seed=s), phase.persona,
+                                                      seed=config.seed * 100_003 + k)
+                metrics.update({f"oracle/{m}": reference[m] for m in ("win_rate", "win_rate_excl_ties", "sat/all")})
+            row = {"interaction": k, "phase": phase.index, "persona": phase.persona.name, **metrics, **summary}
+            folder.append(folder.metrics, row)
+            rows.append(row)
+        window.clear()
+        timings["evaluation_s"] += time.perf_counter() - started
+        timings["evaluations"] += 1
+
+    def checkpoint(t: int) -> None:
+        folder.save_checkpoint({"t": t, "learner": learner.state_dict(), "env": env.get_state(),
+                                "evaluator": evaluator.state_dict(), "n_metric_lines": len(rows),
+                                "window": dict(window), "last_eval": last_eval, "timings": dict(timings)})
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+               TextColumn("{task.fields[status]}"))
+    stopped = False
+    with StopRequest() as stop, Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(scenario.name, total=n, completed=t0, status="")
+        for t in range(t0, n + 1):
+            if t in points and t > last_eval:
+                evaluate(t)
+                last_eval = t
+            if t == n:
+                break
+            phase = scenario.phase_at(t)
+            set_persona(learner, phase.persona)
+            messages = list(obs["messages"])
+            started = time.perf_counter()
+            (response,) = learner.act([messages])
+            acted = time.perf_counter()
+            obs, reward, _, _, info = env.step(response)
+            stepped = time.perf_counter()
+            learned = learner.observe([Transition(messages, response, info["follow_up"], reward, info)])
+            done = time.perf_counter()
+            timings["act_s"] += acted - started
+            timings["env_s"] += stepped - acted
+            timings["observe_s"] += done - stepped
+            logged = {k: v for k, v in learned.items() if not k.startswith("time/")}
+            for key, value in logged.items():
+                window[key].append(value)
+            window["env/reward"].append(reward)
+            folder.append(folder.interactions, {
+                "interaction": t, "phase": info["phase"], "persona": info["persona"], "messages": messages,
+                "response": response, "follow_up": info["follow_up"], "follow_up_kind": info["follow_up_kind"],
+                "relevant": info["relevant"], "addressed": info["addressed"], "reward": reward,
+                "satisfaction": info["satisfaction"], **logged,
+            })
+            if (t + 1) % config.checkpoint_every == 0 or stop.requested:
+                checkpoint(t + 1)
+            progress.update(task, advance=1, description=f"{scenario.name} phase {info['phase']}",
+                            status=_status(rows[-1] if rows else {}, done - started))
+            if stop.requested:
+                stopped = True
+                break
+    if stopped:
+        console.print(f"[yellow]stopped at interaction {t + 1}; checkpoint written.[/] Continue with:\n"
+                      f"  python -m sdpo_env.run resume={folder.path}")
+        return 130
+    checkpoint(n)
+    finish(config, scenario, folder, rows, timings, n, policy, console)
     return 0
+
+
+def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[dict[str, Any]],
+           timings: dict[str, float], n: int, policy: ChatPolicy, console: Console) -> None:
+    """Writes the adapter, the plots and the summary, and prints the final table."""
+    if policy.has_adapter:
+        policy.save_adapter(folder.path / "adapter")
+    phases = [{"start": p.start, "label": p.persona.name if p.added is None else f"+{p.added}"}
+              for p in scenario.phases if p.start < n]
+    title = f"{scenario.name}: agent={config.agent['name']} seed={config.seed} model={config.policy.model}"
+    plot_win_rate(rows, phases, folder.path / "winrate.png", title)
+    plot_preferences(rows, phases, folder.path / "preferences.png", title)
+    interactions = folder.read_jsonl(folder.interactions)
+    signal_split = {}
+    for kind in ("relevant", "unrelated"):
+        values = [r[f"sdpo/advantage_abs_mean_{kind}"] for r in interactions
+                  if r.get(f"sdpo/advantage_abs_mean_{kind}") is not None]
+        if values:
+            signal_split[f"advantage_abs_mean_{kind}"] = float(np.mean(values))
+    phase_end = {}
+    for p in scenario.phases:
+        at_end = [r for r in rows if r["phase"] == p.index and r["interaction"] == min(p.end, n)]
+        if at_end:
+            phase_end[str(p.index)] = {k: at_end[-1].get(k) for k in ("interaction", "persona", *HEADLINE)}
+    total = timings.get("act_s", 0) + timings.get("env_s", 0) + timings.get("observe_s", 0)
+    summary = {
+        "scenario": scenario.name, "agent": config.agent, "seed": config.seed, "model": config.policy.model,
+        "interactions": n, "final": {k: rows[-1].get(k) for k in HEADLINE} if rows else {},
+        "phase_end": phase_end, "signal": signal_split,
+        "timings": {"interaction_s_mean": total / max(n, 1), "act_s": timings.get("act_s", 0),
+                    "env_s": timings.get("env_s", 0), "observe_s": timings.get("observe_s", 0),
+                    "evaluation_s": timings.get("evaluation_s", 0), "evaluations": timings.get("evaluations", 0),
+                    "total_s": total + timings.get("evaluation_s", 0)},
+    }
+    folder.write_summary(summary)
+    table = Table(title=f"{title}: win rate vs frozen base ({len(rows)} evaluations)")
+    for column in ("interaction", "phase", "win rate [95% CI]", "excl. ties", "coverage", "all prefs", "ceiling",
+                   "oracle"):
+        table.add_column(column, justify="right")
+    shown = [r for r in rows if r["interaction"] in {0, n} or r["interaction"] % (config.eval.every * 2) == 0
+             or any(r["interaction"] == p.start for p in scenario.phases)]
+    for r in shown:
+        table.add_row(str(r["interaction"]), f"{r['phase']} {r['persona']}",
+                      f"{_fmt(r.get('win_rate'))} [{_fmt(r.get('ci_low'))}, {_fmt(r.get('ci_high'))}]",
+                      _fmt(r.get("win_rate_excl_ties")),
+                      _fmt(r.get("coverage")), _fmt(r.get("sat/all")), _fmt(r.get("ceiling")),
+                      _fmt(r.get("oracle/win_rate")))
+    console.print(table)
+    console.print(f"run folder: {folder.path}  ({summary['timings']['total_s']:.0f} s; "
+                  f"{summary['timings']['interaction_s_mean']:.3f} s per interaction)")
+
+
+def _status(latest: dict[str, Any], step_s: float) -> str:
+    return (f"win {_fmt(latest.get('win_rate'))} [{_fmt(latest.get('ci_low'))}, {_fmt(latest.get('ci_high'))}] "
+            f"excl-ties {_fmt(latest.get('win_rate_excl_ties'))} | {step_s:.2f} s/step")
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None or value != value else f"{value:.2f}"
 
 
 if __name__ == "__main__":

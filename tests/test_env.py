@@ -149,3 +149,16 @@ def test_render_ansi() -> None:
     env.step("Answer 😀")
     text = env.render()
     assert "[assistant] Answer 😀" in text
+
+
+def test_state_snapshot_continues_the_stream_exactly() -> None:
+    env = PersonalizationEnv("multiturn")
+    env.reset(seed=5)
+    for _ in range(7):
+        env.step(PRO_LONG)
+    state = env.get_state()
+    expected = [env.step(PRO_LONG) for _ in range(10)]
+    other = PersonalizationEnv("multiturn")
+    other.reset(seed=999)
+    other.set_state(state)
+    assert [other.step(PRO_LONG) for _ in range(10)] == expected
