@@ -80,15 +80,10 @@ class OnlineLearner(Protocol):
 LEARNERS: Registry = Registry("learner")
 
 
-def make_learner(options: Mapping[str, Any], policy: ChatPolicy, *, seed: int, source: str = "command line"
-                 ) -> OnlineLearner:
-    """Builds the learner named by ``options["name"]`` with its validated options.
+def learner_config(options: Mapping[str, Any], *, source: str = "command line") -> tuple[type, Any]:
+    """Resolves the learner class named by ``options["name"]`` and validates its options, without building it.
 
-    Args:
-        options: ``{"name": ..., **learner options}`` (the run config's ``agent`` section).
-        policy: The policy the learner acts with and trains.
-        seed: The run's seed.
-        source: Where the options came from, for error messages.
+    Called before any model is loaded, so a typo costs no loading time.
 
     Raises:
         UnknownNameError, SdpoEnvError: unknown learner name or unimportable dotted path.
@@ -103,15 +98,34 @@ def make_learner(options: Mapping[str, Any], policy: ChatPolicy, *, seed: int, s
     if config_cls is None:
         if rest:
             raise ConfigError([Problem(source, f"agent.{k}", f"learner {name!r} takes no options") for k in rest])
-        return cls(policy, None, seed=seed)
+        return cls, None
     problems: list[Problem] = []
     config = build(config_cls, rest, source=lambda _key: source, prefix="agent", problems=problems)
     if problems:
         raise ConfigError(problems)
+    return cls, config
+
+
+def make_learner(options: Mapping[str, Any], policy: ChatPolicy, *, seed: int, source: str = "command line"
+                 ) -> OnlineLearner:
+    """Builds the learner named by ``options["name"]`` with its validated options.
+
+    Args:
+        options: ``{"name": ..., **learner options}`` (the run config's ``agent`` section).
+        policy: The policy the learner acts with and trains.
+        seed: The run's seed.
+        source: Where the options came from, for error messages.
+
+    Raises:
+        UnknownNameError, SdpoEnvError: unknown learner name, unimportable dotted path, or a class that does not
+            follow the protocol.
+        ConfigError: options the learner does not accept, or bad values (all listed).
+    """
+    cls, config = learner_config(options, source=source)
     learner = cls(policy, config, seed=seed)
     if not isinstance(learner, OnlineLearner):
-        raise SdpoEnvError(f"{name!r} does not implement the learner protocol (act, observe, state_dict, "
-                           "load_state_dict, policy); see agents/base.py")
+        raise SdpoEnvError(f"{options.get('name')!r} does not implement the learner protocol (policy, act, answer, "
+                           "observe, state_dict, load_state_dict); see agents/base.py")
     return learner
 
 

@@ -93,7 +93,7 @@ class SDPOLearner:
     def __init__(self, policy: ChatPolicy, config: SDPOConfig, *, seed: int):
         self.policy, self.config, self.seed = policy, config, seed
         if not policy.has_adapter:
-            policy.add_lora(lora_settings(config))
+            policy.add_lora(lora_settings(config), seed=seed)
         self.params = policy.trainable_parameters()
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         self.ema = EmaTeacher(policy, config.ema_decay) if config.teacher == "ema" else None

@@ -157,7 +157,7 @@ def resolve_config(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> RunConfig
     Raises:
         ConfigError: every problem across all layers, each naming the layer that set the bad value.
     """
-    merged: dict[str, Any] = {}
+    merged: dict[str, Any] = {"agent": dict(RunConfig().agent)}  # free-form sections merge over their defaults
     origin: dict[str, str] = {}
     for source, data in layers:
         expanded = _expand_shorthand(data)

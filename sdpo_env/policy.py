@@ -122,13 +122,22 @@ class ChatPolicy:
 
     # --- adapters ---------------------------------------------------------------------------------------------
 
-    def add_lora(self, settings: LoraSettings) -> None:
-        """Wraps the model with a fresh, trainable LoRA adapter (``B = 0``: the policy starts equal to the base)."""
+    def add_lora(self, settings: LoraSettings, *, seed: int = 0) -> None:
+        """Wraps the model with a fresh, trainable LoRA adapter (``B = 0``: the policy starts equal to the base).
+
+        Args:
+            settings: Rank, alpha, dropout, target modules.
+            seed: Seeds the random initialisation of ``A`` (peft draws it from the global generator, which would make
+                runs depend on whatever ran before them in the process).
+        """
         if isinstance(self.model, PeftModel):
             raise SdpoEnvError("the policy already has a LoRA adapter")
         config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                             target_modules=settings.target_modules, task_type="CAUSAL_LM", bias="none")
-        self.model = get_peft_model(self.model, config)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            self.model = get_peft_model(self.model, config)
         self.model.eval()
 
     @property

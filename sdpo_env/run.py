@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agents import make_learner, set_persona
-from agents.base import Transition
+from agents.base import Transition, learner_config
 from agents.icl_oracle import InContextOracle
 from sdpo_env.config import (
     COMMAND_LINE,
@@ -116,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args: Sequence[str], console: Console) -> int:
     config, scenario, folder, resuming = prepare(args)
+    learner_config(config.agent)  # fail on a bad learner name or option before loading any model
     n = config.n_interactions or scenario.n_interactions
     sampling = Sampling(temperature=config.policy.temperature, top_p=config.policy.top_p,
                         max_new_tokens=config.policy.max_new_tokens)
@@ -158,7 +159,7 @@ def run(args: Sequence[str], console: Console) -> int:
         phases = [scenario.phase_at(max(k - 1, 0))]
         if 0 < k < n and scenario.phase_at(k).index != phases[0].index:
             phases.append(scenario.phase_at(k))  # a persona change: judge under the old and the new preferences
-        summary = {k2: float(np.mean(v)) for k2, v in window.items() if v}
+        summary = {k2: float(np.mean(v)) for k2, v in sorted(window.items()) if v}  # sorted: stable across resumes
         for phase in phases:
             set_persona(learner, phase.persona)
             metrics, _ = evaluator.evaluate(lambda c, s: learner.answer(c, seed=s), phase.persona,

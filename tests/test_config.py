@@ -63,3 +63,10 @@ def test_types_are_coerced_only_when_lossless() -> None:
 def test_persona_override_applies(tmp_path) -> None:
     config, scenario = load_run_config(["scenario=single", "persona=likes_emojis"])
     assert scenario.persona_at(0).name == "likes_emojis" and config.persona == "likes_emojis"
+
+
+def test_agent_options_merge_over_the_default_learner() -> None:
+    config = resolve_config([("command line", {"agent": {"lr": 0.01}})])
+    assert config.agent == {"name": "sdpo", "lr": 0.01}
+    config = resolve_config([("s.yaml", {"agent": {"lr": 0.01}}), ("command line", {"agent": "none"})])
+    assert config.agent == {"name": "none", "lr": 0.01}  # make_learner then reports that 'none' takes no options

@@ -1,0 +1,137 @@
+"""The runner end to end on a small real model: files, resume after SIGKILL, Ctrl-C, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from sdpo_env.run import main
+from tests.models import build_random_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_random_model(tmp_path_factory.mktemp("random_model"), hidden=48)
+
+
+@pytest.fixture(scope="module")
+def scenario_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("scenario") / "tiny_flip.yaml"
+    path.write_text(yaml.safe_dump({"name": "tiny_flip", "phases": [
+        {"start": 0, "end": 8, "persona": "concise_casual_beginner"},
+        {"start": 8, "end": 16, "persona": "detailed_professional_expert"}]}))
+    return path
+
+
+def args_for(model_dir, scenario_file, out_dir, *extra):
+    return [f"scenario={scenario_file}", f"policy.model={model_dir}", "policy.max_new_tokens=16", "eval.every=4",
+            "eval.n_prompts=6", "eval.bootstrap=200", "checkpoint_every=3", f"out_dir={out_dir}",
+            "agent.batch_size=2", *extra]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_run_writes_the_run_folder(model_dir, scenario_file, tmp_path) -> None:
+    out = tmp_path / "run"
+    assert main(args_for(model_dir, scenario_file, out)) == 0
+    for name in ("config.yaml", "interactions.jsonl", "metrics.jsonl", "summary.json", "winrate.png",
+                 "preferences.png", "checkpoint.pt", "adapter/adapter_config.json"):
+        assert (out / name).is_file(), name
+    interactions = read_jsonl(out / "interactions.jsonl")
+    assert [r["interaction"] for r in interactions] == list(range(16))
+    assert {r["phase"] for r in interactions[8:]} == {1}
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert [(r["interaction"], r["phase"]) for r in metrics] == [(0, 0), (4, 0), (8, 0), (8, 1), (12, 1), (16, 1)]
+    for row in metrics:
+        assert {"win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "ceiling", "sat/all",
+                "oracle/win_rate", "position_consistency"} <= set(row)
+    assert "sat/concise" in metrics[0] and "sat/detailed" in metrics[-1]
+    assert "sdpo/loss" in metrics[1] and "env/reward" in metrics[1]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["agent"]["batch_size"] == 2 and config["policy"]["model"] == str(model_dir)
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["phase_end"]) == {"0", "1"} and summary["timings"]["evaluations"] == 5  # points 0, 4, 8 (twice: both personas), 12, 16
+    assert (out / "winrate.png").stat().st_size > 10_000
+
+
+def _spawn(args, log):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "sdpo_env.run", *args], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
+def _wait_for_lines(path: Path, n: int, proc, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.is_file() and len(path.read_text().splitlines()) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError("the run ended before it could be interrupted")
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run(model_dir, scenario_file, tmp_path) -> None:
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main(args_for(model_dir, scenario_file, straight)) == 0
+    kill_at = int(np.random.default_rng().integers(4, 14))  # a random interaction, past the first checkpoint
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = _spawn(args_for(model_dir, scenario_file, killed), log)
+        _wait_for_lines(killed / "interactions.jsonl", kill_at, proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert len(read_jsonl(killed / "interactions.jsonl")) < 16, "the run finished before the kill"
+    assert main([f"resume={killed}"]) == 0
+    assert (killed / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
+    assert (killed / "interactions.jsonl").read_text() == (straight / "interactions.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_and_exits_cleanly(model_dir, scenario_file, tmp_path) -> None:
+    out = tmp_path / "interrupted"
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = _spawn(args_for(model_dir, scenario_file, out), log)
+        _wait_for_lines(out / "interactions.jsonl", 5, proc)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    text = (tmp_path / "log.txt").read_text()
+    assert f"python -m sdpo_env.run resume={out}" in text
+    done = len(read_jsonl(out / "interactions.jsonl"))
+    assert 5 <= done < 16
+    assert main([f"resume={out}"]) == 0
+    assert len(read_jsonl(out / "interactions.jsonl")) == 16
+
+
+def test_errors_name_the_problem(model_dir, scenario_file, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(args_for(model_dir, scenario_file, out, "n_interactions=2", "eval.every=1")) == 0
+    assert main(args_for(model_dir, scenario_file, out)) == 2
+    assert f"out_dir: {out} already holds a run; continue it with resume={out}" in capsys.readouterr().err
+    assert main([f"resume={out}", "seed=3"]) == 2
+    assert "command line: seed: a resumed run keeps the settings in its config.yaml" in capsys.readouterr().err
+    assert main(["scenario=flip", "agent=sdpoo"]) == 2
+    assert "unknown learner 'sdpoo'. Did you mean 'sdpo'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("agent", ["none", "icl_oracle"])
+def test_baselines_run(model_dir, scenario_file, tmp_path, agent) -> None:
+    out = tmp_path / agent
+    assert main(args_for(model_dir, scenario_file, out, f"agent={agent}", "n_interactions=4")[:-2]
+                + [f"agent={agent}", "n_interactions=4"]) == 0
+    metrics = read_jsonl(out / "metrics.jsonl")
+    assert metrics[-1]["interaction"] == 4
+    assert not (out / "adapter").exists()
