@@ -17,12 +17,14 @@ CUDA; on CPU the process's peak resident memory is printed once.
 from __future__ import annotations
 
 import argparse
+import functools
 import resource
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -38,7 +40,7 @@ from sdpo_env.sdpo import selective_log_softmax
 # Random models of real architectures' shapes. qwen2-cpu keeps Qwen2.5-0.5B's layout (grouped-query attention,
 # SwiGLU MLP 5.4x wide, tied embeddings) at under half its width, a third of its depth and a fifth of its
 # vocabulary, so it runs on a laptop CPU.
-SHAPES = {
+SHAPES: dict[str, dict[str, Any]] = {
     "qwen2-cpu": dict(hidden_size=384, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=8,
                       num_key_value_heads=2, vocab_size=32_000),
     "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -65,7 +67,7 @@ def batch_of(policy: ChatPolicy, size: int, completion_tokens: int) -> list[Tran
     prompts = load_prompts("eval")[:size]
     text = "Water it when the top of the soil feels dry, and give it plenty of light. " * 40
     ids = policy.tokenizer(text, add_special_tokens=False)["input_ids"][:completion_tokens]
-    response = policy.tokenizer.decode(ids)
+    response = str(policy.tokenizer.decode(ids))
     return [Transition(messages=list(p.messages), response=response, follow_up="Too long, keep it short.",
                        info={"relevant": True}) for p in prompts]
 
@@ -121,7 +123,8 @@ def bench(model: str, *, batch_size: int, completion_tokens: int, rounds: int, d
     policy = ChatPolicy.load(model, device=device, sampling=Sampling(max_new_tokens=completion_tokens))
     learner = SDPOLearner(policy, SDPOConfig(kl_metric_every=0), seed=0)
     batch = batch_of(policy, batch_size, completion_tokens)
-    variants = {"sdpo_update": lambda: learner.update(batch), "floor": _floor(policy, learner, batch),
+    variants: dict[str, Callable[[], object]] = {
+        "sdpo_update": lambda: learner.update(batch), "floor": _floor(policy, learner, batch),
                 "three_forward": _three_forward(policy, learner, batch)}
     dev = policy.device
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -142,7 +145,7 @@ def bench(model: str, *, batch_size: int, completion_tokens: int, rounds: int, d
         metrics = learner.update(batch)
         parts["teacher"].append(metrics["time/teacher_s"])
         parts["student_and_step"].append(metrics["time/student_and_step_s"])
-        generation.append(_timed(lambda r=r: policy.generate(conversations, seed=r), dev))
+        generation.append(_timed(functools.partial(policy.generate, conversations, seed=r), dev))
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {f"{k}_s": v for k, v in med.items()}
     result.update({

@@ -17,7 +17,7 @@ The episode truncates after ``n_interactions``; it never terminates early.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -49,7 +49,7 @@ class PersonalizationEnv(gym.Env[dict[str, Any], str]):
         render_mode: ``None`` or ``"ansi"`` (the last exchange as text).
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012 - Gymnasium declares it per instance
 
     def __init__(
         self,

@@ -113,7 +113,7 @@ class ChatPolicy:
                                                          use_safetensors=True)
         except (OSError, ValueError) as exc:
             raise SdpoEnvError(f"cannot load policy model {name!r} ({path}): {exc}") from exc
-        model.to(target)
+        model.to(target)  # type: ignore[arg-type]  # transformers types .to() as a model decorator
         model.eval()  # no dropout in the base; LoRA dropout is configured separately
         policy = cls(model, tokenizer, sampling)
         if lora is not None:
@@ -132,7 +132,7 @@ class ChatPolicy:
         """
         if isinstance(self.model, PeftModel):
             raise SdpoEnvError("the policy already has a LoRA adapter")
-        config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+        config = LoraConfig(r=settings.r, lora_alpha=settings.alpha,  # type: ignore[arg-type]  # a float works lora_dropout=settings.dropout,
                             target_modules=settings.target_modules, task_type="CAUSAL_LM", bias="none")
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
@@ -154,7 +154,7 @@ class ChatPolicy:
         if not self.has_adapter:
             yield
             return
-        with self.model.disable_adapter():
+        with self.model.disable_adapter():  # type: ignore[operator]
             yield
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
@@ -168,7 +168,7 @@ class ChatPolicy:
         """Writes the adapter in peft's format (``PeftModel.from_pretrained(base, path)`` loads it)."""
         if not self.has_adapter:
             raise SdpoEnvError("the policy has no adapter to save")
-        self.model.save_pretrained(str(path))
+        self.model.save_pretrained(str(path))  # type: ignore[operator]  # peft forwards it to the wrapper
 
     @property
     def device(self) -> torch.device:
@@ -227,13 +227,13 @@ class ChatPolicy:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)  # type: ignore[operator]
         samples = []
         for row in out[:, ids.shape[1]:].tolist():
             cut = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
             kept = row if cut is None else row[: cut + 1]
             text = self.tokenizer.decode(kept if cut is None else kept[:-1], skip_special_tokens=True)
-            samples.append(Sample(text=text.strip(), ids=kept, finished=cut is not None))
+            samples.append(Sample(text=str(text).strip(), ids=kept, finished=cut is not None))
         return samples
 
     # --- scoring ----------------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ class Registry(Generic[T]):
         if name in self._entries:
             return self._entries[name]
         if ":" in name or "." in name:
-            return import_dotted(name, self.kind)  # type: ignore[no-any-return]
+            return import_dotted(name, self.kind)  # type: ignore[return-value]
         raise UnknownNameError(self.kind, name, self._entries,
                                hint="Or give your own class as a dotted path, e.g. mypkg.module:MyClass.")
 

@@ -255,7 +255,7 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
         if at_end:
             phase_end[str(p.index)] = {k: at_end[-1].get(k) for k in ("interaction", "persona", *HEADLINE)}
     total = timings.get("act_s", 0) + timings.get("env_s", 0) + timings.get("observe_s", 0)
-    summary = {
+    summary: dict[str, Any] = {
         "scenario": scenario.name, "agent": config.agent, "seed": config.seed, "model": config.policy.model,
         "interactions": n, "final": {k: rows[-1].get(k) for k in HEADLINE} if rows else {},
         "phase_end": phase_end, "signal": signal_split,

@@ -27,8 +27,8 @@ def _lora_layers(policy: ChatPolicy) -> dict[str, LoraLayer]:
 
 
 def _dense_update(layer: LoraLayer, adapter: str = "default") -> torch.Tensor:
-    a = layer.lora_A[adapter].weight  # (r, d_in)
-    b = layer.lora_B[adapter].weight  # (d_out, r)
+    a: torch.Tensor = layer.lora_A[adapter].weight  # type: ignore[assignment]  # (r, d_in)
+    b: torch.Tensor = layer.lora_B[adapter].weight  # type: ignore[assignment]  # (d_out, r)
     return (b @ a).detach() * layer.scaling[adapter]  # (d_out, d_in)
 
 
@@ -65,7 +65,7 @@ class EmaTeacher:
             def hook(module: torch.nn.Module, inputs: tuple, output: torch.Tensor, update=update) -> torch.Tensor:
                 return output + F.linear(inputs[0].to(update.dtype), update).to(output.dtype)
 
-            handles.append(layer.register_forward_hook(hook))
+            handles.append(layer.register_forward_hook(hook))  # type: ignore[attr-defined]  # an nn.Module
         try:
             with self.policy.base_model():
                 yield
