@@ -7,6 +7,8 @@ assembled answer against the metrics.
 
 from __future__ import annotations
 
+DETAILED_TARGET_WORDS = 102  # detailed answers grow sentence by sentence until they pass this
+
 NOUNS: dict[str, tuple[str, ...]] = {
     "cooking": ("heat", "timing", "salt", "moisture", "the pan", "fresh ingredients"),
     "gardening": ("soil", "watering", "sunlight", "drainage", "pruning", "the roots"),
@@ -34,27 +36,27 @@ FRAMES = ("When it comes to {S},", "For {S},", "With {S},", "As for {S},")
 LEADS: dict[tuple[str, str], tuple[str, ...]] = {
     ("casual", "beginner"): (
         "it's basically all about {a} and {b}.",
-        "think of it like a recipe: you just need {a} and a bit of {b}.",
+        "think of it like a recipe: you'll just need {a} and a bit of {b}.",
         "it's pretty simple, the idea is to get {a} right first.",
         "don't worry, it's basically {a} plus a little {b}.",
     ),
     ("casual", "expert"): (
-        "the real mechanism is {a}, and {b} is the main constraint.",
+        "the real mechanism is {a}, and {b} is kinda the main constraint.",
         "it's a trade-off between {a} and {b}, tbh.",
-        "you're basically tuning one parameter: {a}.",
-        "the key lever is {a}, specifically how it interacts with {b}.",
+        "you're really just tuning one parameter: {a}.",
+        "the key lever is {a}, specifically how it's tied to {b}.",
     ),
     ("professional", "beginner"): (
-        "the main point is {a}; in simple terms, {b} supports it.",
-        "it is important to note that {a} matters most; think of it as the foundation.",
-        "a simple way to begin is to ensure that {a} is consistent.",
-        "in other words, {a} should come first, and {b} should follow.",
+        "the main point is {a}; in simple terms, {b} therefore supports it.",
+        "it is important to note that {a} matters most; therefore, think of it as the foundation.",
+        "a simple way to begin is to ensure that {a} is appropriate and consistent.",
+        "in other words, {a} should come first; therefore, {b} should follow subsequently.",
     ),
     ("professional", "expert"): (
         "the underlying mechanism is governed primarily by {a}; therefore, it should be addressed first.",
-        "there is a trade-off between {a} and {b}, and the optimal balance depends on the context.",
-        "the primary parameter is {a}, and {b} acts as the binding constraint.",
-        "the decisive factor is {a}; specifically, its interaction with {b} determines the outcome.",
+        "there is a trade-off between {a} and {b}; however, the optimal balance depends on the context.",
+        "the primary parameter is {a}; however, {b} acts as the binding constraint.",
+        "the decisive factor is {a}; specifically, its interaction with {b} therefore determines the outcome.",
     ),
 }
 # Further prose sentences.
@@ -123,6 +125,11 @@ ITEMS: dict[tuple[str, str], tuple[str, ...]] = {
         "Evaluate the trade-off between {a} and {b}", "Calibrate {b} systematically",
     ),
 }
+# Short bullet items for concise answers.
+SHORT_ITEMS: dict[str, tuple[str, ...]] = {
+    "casual": ("Check {a}", "Tweak {b}", "Keep it chill", "Don't rush {a}", "Try {b} next"),
+    "professional": ("Review {a}", "Monitor {b}", "Proceed gradually", "Ensure {a} is sufficient", "Assess {b}"),
+}
 LIST_INTROS: dict[str, tuple[str, ...]] = {
     "casual": ("Here's the quick rundown:", "Here's what works:", "Here's the plan:"),
     "professional": ("The key points are as follows:", "The recommended steps are as follows:",
@@ -151,19 +158,21 @@ CLOSING: dict[str, tuple[str, ...]] = {
 CLOSING_FIRST_PERSON = ("I hope this helps.", "Let me know if you have more questions.", "I hope this was helpful.")
 QUESTIONS: dict[str, tuple[str, ...]] = {
     "casual": ("Want more tips on {a}?", "Does that make sense?", "Wanna go deeper on {b}?"),
-    "professional": ("Would you like further detail regarding {a}?", "Shall we review {b} in more depth?",
+    "professional": ("Would you like further detail regarding {a}?", "Would additional detail regarding {b} be useful?",
                      "Would an example regarding {b} be useful?"),
 }
 QUESTIONS_FIRST_PERSON = ("Want me to go deeper on {a}?", "Should I cover {b} as well?")
 ALTERNATIVES: dict[str, tuple[str, ...]] = {
     "casual": ("Alternatively, you can just start with {b} instead.", "You could also try tweaking {b} first.",
                "Another option is to focus on {b} for a while."),
-    "professional": ("Alternatively, one could prioritize {b} instead.", "Another option is to address {b} first.",
-                     "Another approach is to begin with {b}."),
+    "professional": ("Alternatively, it is advisable to prioritize {b}.",
+                     "Another option is to address {b} first, if appropriate.",
+                     "Another approach is to begin with {b}; however, results vary."),
 }
 FIRST_PERSON: dict[str, tuple[str, ...]] = {
-    "casual": ("I usually start with {a}, it works for me.", "Honestly, I'd focus on {a} first.",
+    "casual": ("I usually start with {a}, it's what works for me.", "Honestly, I'd focus on {a} first.",
                "In my experience, {b} is where folks slip up."),
-    "professional": ("I would recommend beginning with {a}.", "In my view, {a} is the decisive factor.",
-                     "In my experience, {b} is frequently overlooked."),
+    "professional": ("I would therefore recommend beginning with {a}.",
+                     "In my view, {a} is the most significant factor.",
+                     "In my experience, {b} is frequently overlooked; however, it matters."),
 }

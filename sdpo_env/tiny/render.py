@@ -12,11 +12,18 @@ from sdpo_env.tiny.style import Style, measure
 MAX_TRIES = 60
 MAX_DETAILED_WORDS = 140  # keeps a detailed answer well inside 192 new tokens
 _PREFIXES = re.compile(
-    r"^(?:how (?:do|can|should|does|much|often|long) (?:i|you|we|it|a|an|the)?\s*|what (?:is|are|does|should i|can i"
-    r"|causes|makes)\s+|why (?:does|do|is|are|did|should)\s+|is it\s+|should i\s+|can i\s+|any tips (?:on|for)\s+"
-    r"|help me\s+|write (?:a|an)\s+|when should i\s+|what\s+)",
+    r"^(?:quick question:\s*|i was wondering:\s*)?(?:what's the best way to\s+"
+    r"|can you explain (?:how to|why)?\s*|what exactly is\s+|any tips to\s+"
+    r"|how (?:do|can|should|does|much|often|long) (?:i|you|we|it|a|an|the)?\s*"
+    r"|what (?:is|are|does|should i|can i|causes|makes)\s+|why (?:does|do|is|are|did|should)\s+|is it\s+"
+    r"|should i\s+|can i\s+|any tips (?:on|for)\s+|help me\s+|write (?:a|an)\s+|when should i\s+|what\s+)",
     re.IGNORECASE,
 )
+
+# The answer speaks to the user: "my soup" in the question is "your soup" in the answer (and no first person leaks).
+_SWAP = {"i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yourself", "i'm": "you're",
+         "i've": "you've", "i'd": "you'd", "i'll": "you'll"}
+_PRONOUNS = re.compile(r"\b(?:i'm|i've|i'd|i'll|i|me|my|mine|myself)\b", re.IGNORECASE)
 
 
 def subject_of(question: str) -> str:
@@ -29,6 +36,7 @@ def subject_of(question: str) -> str:
     text = re.sub(r"[?.!]+$", "", text.strip())
     stripped = _PREFIXES.sub("", text, count=1).strip()
     subject = stripped or text
+    subject = _PRONOUNS.sub(lambda found: _SWAP[found.group(0).lower()], subject)
     return subject[0].lower() + subject[1:] if subject else "this"
 
 
@@ -54,6 +62,10 @@ def _capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def _n_words(pieces: list[str]) -> int:
+    return sum(len(p.split()) for p in pieces)
+
+
 def _compose(style: Style, parts: _Parts) -> str:
     rng = parts.rng
     tone, level = str(style["tone"]), str(style["level"])
@@ -65,18 +77,6 @@ def _compose(style: Style, parts: _Parts) -> str:
         head.append(parts.pick(ph.PRAISE_FIRST_PERSON if fp and rng.random() < 0.3 else ph.PRAISE[tone]))
     elif style["opener"] == "preamble":
         head.append(parts.pick(ph.PREAMBLE_FIRST_PERSON[tone] if fp and rng.random() < 0.3 else ph.PREAMBLE[tone]))
-    lead = parts.pick(ph.FRAMES) + " " + parts.pick(ph.LEADS[key])
-    body: list[str] = []
-    bullets: list[str] = []
-    if style["lists"]:
-        n_items = 3 if concise else int(rng.integers(4, 6))
-        bullets = ["- " + item for item in parts.sample(ph.ITEMS[key], n_items)]
-        if not concise:
-            body = parts.sample(ph.BODY[key], int(rng.integers(2, 4)))
-    else:
-        body = parts.sample(ph.BODY[key], int(rng.integers(0, 2)) if concise else int(rng.integers(5, 8)))
-    if fp:
-        body.insert(int(rng.integers(len(body) + 1)), parts.pick(ph.FIRST_PERSON[tone]))
     tail: list[str] = []
     if style["alternatives"]:
         tail.append(parts.pick(ph.ALTERNATIVES[tone]))
@@ -84,27 +84,47 @@ def _compose(style: Style, parts: _Parts) -> str:
         tail.append(parts.pick(ph.QUESTIONS_FIRST_PERSON if fp and rng.random() < 0.3 else ph.QUESTIONS[tone]))
     if style["closing"]:
         tail.append(parts.pick(ph.CLOSING_FIRST_PERSON if fp and rng.random() < 0.3 else ph.CLOSING[tone]))
-
-    sentences = [*head, _capital(lead)]
-    if bullets:
-        sentences.append(parts.pick(ph.LIST_INTROS[tone]))
+    extra = [parts.pick(ph.FIRST_PERSON[tone])] if fp else []
+    lead = parts.pick(ph.LEADS[key])
+    framed = parts.pick(ph.FRAMES) + " " + lead
+    bullets: list[str] = []
+    if style["lists"]:
+        n_items = 3 if concise else int(rng.integers(4, 6))
+        items = parts.sample(ph.SHORT_ITEMS[tone] if concise else ph.ITEMS[key], n_items)
+        bullets = ["- " + item for item in items]
+    if concise:
+        # The frame repeats the question's subject; drop it when the answer would run long.
+        fixed = _n_words(head + tail + extra + bullets)
+        first = framed if fixed + len(framed.split()) <= 40 else lead
+        intro: list[str] = []
+        body = extra
+        if not bullets and fixed + len(first.split()) < 22:
+            body = [*parts.sample(ph.BODY[key], 1), *extra]
+    else:
+        first = framed
+        intro = [parts.pick(ph.LIST_INTROS[tone])] if bullets else []
+        body = list(extra)
+        pool = list(parts.sample(ph.BODY[key], len(ph.BODY[key])))
+        target = ph.DETAILED_TARGET_WORDS + int(rng.integers(0, 12))
+        while pool and _n_words([*head, first, *intro, *bullets, *body, *tail]) < target:
+            body.insert(int(rng.integers(len(body) + 1)), pool.pop())
+    sentences = [*head, _capital(first), *intro]
     if style["exclaim"]:
-        sentences, body, tail = _exclaim(rng, sentences, body, tail)
+        sentences, body, tail = _exclaim(rng, sentences, body, tail, limit=1 if tone == "professional" else 2)
     if style["emoji"]:
         sentences, body, tail, bullets = _emojify(parts, sentences, body, tail, bullets)
     text = " ".join(sentences)
     if bullets:
-        text += "\n" + "\n".join(bullets)
         rest = " ".join(body + tail)
-        return text + ("\n" + rest if rest else "")
+        return text + "\n" + "\n".join(bullets) + ("\n" + rest if rest else "")
     return " ".join([text, *body, *tail]).strip()
 
 
-def _exclaim(rng: np.random.Generator, *groups: list[str]) -> tuple[list[str], ...]:
-    """Turns the full stop of one or two sentences into an exclamation mark."""
+def _exclaim(rng: np.random.Generator, *groups: list[str], limit: int) -> tuple[list[str], ...]:
+    """Turns the full stop of one to ``limit`` sentences into an exclamation mark."""
     flat = [(g, i) for g, group in enumerate(groups) for i, s in enumerate(group) if s.endswith(".")]
     out = [list(group) for group in groups]
-    for k in rng.permutation(len(flat))[: int(rng.integers(1, 3))]:
+    for k in rng.permutation(len(flat))[: int(rng.integers(1, limit + 1))]:
         g, i = flat[int(k)]
         out[g][i] = out[g][i][:-1] + "!"
     return tuple(out)

@@ -29,9 +29,9 @@ AXES: dict[str, tuple[object, ...]] = {
     "alternatives": (False, True),
 }
 # Margins inside the rule thresholds, so sampled answers near a template's edge still satisfy the rules.
-CONCISE_MAX_WORDS = 44
+CONCISE_MAX_WORDS = 47
 DETAILED_MIN_WORDS = 100
-SCORE_MARGIN = 0.34
+SCORE_MARGIN = 0.3
 
 
 def sample_style(rng: np.random.Generator, fixed: Style | None = None) -> Style:

@@ -1,0 +1,260 @@
+"""Measures what SDPO needs from the tiny model (the acceptance figures of the embedded default).
+
+    python -m sdpo_env.tiny.probe                      # the shipped checkpoint
+    python -m sdpo_env.tiny.probe --model DIR --n 256 --seed 0
+
+Figures, all on held-out (eval-pool) prompts, sampling at temperature 1:
+- room: share of samples satisfying each persona preference without hindsight (wanted: 20-80%; the preferences
+  cover both directions of the length, tone, level, emoji and list axes);
+- hindsight: share of samples that satisfy a complaint in the hindsight block, per persona preference (>= 90%);
+- unrelated: largest change of any style share when the hindsight block carries an unrelated follow-up (<= 10 pts);
+- signal: mean |A_t| for relevant vs unrelated follow-ups (ratio >= 5), share of relevant complaints whose summed
+  advantage is negative (>= 90%);
+- oracle: share of samples that satisfy every check of a persona given its profile as system prompt (>= 85%);
+- fluency: share of well-formed samples: ended by EOS within 192 tokens, at least 5 words, no loop (>= 97%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from sdpo_env.hindsight import hindsight_messages
+from sdpo_env.personas import Preference
+from sdpo_env.prompts import load_prompts
+from sdpo_env.tiny import TINY_DIR
+from sdpo_env.tiny.corpus import personas
+
+MAX_NEW_TOKENS = 192
+Messages = list[dict[str, str]]
+TARGETS = {"room_min": 0.20, "room_max": 0.80, "hindsight_min": 0.90, "unrelated_max_shift": 0.10,
+           "signal_ratio_min": 5.0, "signal_negative_min": 0.90, "oracle_min": 0.85, "fluency_min": 0.97}
+
+
+class Sampler:
+    """Batched sampling and per-token log-probs of a causal LM with a chat template."""
+
+    def __init__(self, model_dir: str, device: str = "cpu", batch_size: int = 64):
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(model_dir)
+        self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        self.model.to(device).eval()
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+
+    def _prompt_ids(self, messages: Messages) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @torch.no_grad()
+    def generate(self, conversations: Sequence[Messages]) -> list[tuple[str, bool]]:
+        """One sample per conversation: (text, ended with EOS)."""
+        out: list[tuple[str, bool]] = []
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        for start in range(0, len(conversations), self.batch_size):
+            prompts = [self._prompt_ids(m) for m in conversations[start : start + self.batch_size]]
+            width = max(len(p) for p in prompts)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)  # (B, T) left pad
+            mask = (torch.arange(width, device=self.device)[None] >= torch.tensor(
+                [width - len(p) for p in prompts], device=self.device)[:, None]).long()
+            gen = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                                      top_p=1.0, max_new_tokens=MAX_NEW_TOKENS, eos_token_id=eos, pad_token_id=pad)
+            for row in gen[:, width:].tolist():
+                ended = eos in row
+                tokens = row[: row.index(eos)] if ended else row
+                out.append((self.tokenizer.decode(tokens, skip_special_tokens=True), ended))
+        return out
+
+    @torch.no_grad()
+    def token_logprobs(self, conversations: Sequence[Messages], answers: Sequence[str]) -> list[np.ndarray]:
+        """log pi(y_t | x, y_<t) for each answer token and the closing EOS, one array per conversation."""
+        out: list[np.ndarray] = []
+        for start in range(0, len(conversations), self.batch_size):
+            rows = []
+            for messages, answer in zip(conversations[start : start + self.batch_size],
+                                        answers[start : start + self.batch_size]):
+                answer_ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [
+                    self.tokenizer.eos_token_id]
+                rows.append((self._prompt_ids(messages), answer_ids))
+            width = max(len(p) + len(a) for p, a in rows)
+            ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, device=self.device)  # (B, T)
+            mask = torch.zeros_like(ids)
+            for i, (p, a) in enumerate(rows):
+                ids[i, : len(p) + len(a)] = torch.tensor(p + a)
+                mask[i, : len(p) + len(a)] = 1
+            logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), -1)  # (B, T, V)
+            for i, (p, a) in enumerate(rows):
+                positions = torch.arange(len(p) - 1, len(p) + len(a) - 1, device=self.device)
+                out.append(logp[i, positions, torch.tensor(a, device=self.device)].cpu().numpy())
+        return out
+
+
+def well_formed(text: str, ended: bool) -> bool:
+    """Ended by EOS, at least five words, and no sentence or 6-word run repeated (a loop)."""
+    words = text.split()
+    if not ended or len(words) < 5:
+        return False
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n", text) if len(s.split()) >= 5]
+    if len(sentences) != len(set(sentences)):
+        return False
+    grams = [" ".join(words[i : i + 6]) for i in range(len(words) - 5)]
+    return all(grams.count(g) < 3 for g in set(grams))
+
+
+def shares(texts: Sequence[str]) -> dict[str, float]:
+    """Share of ``texts`` that satisfy each persona preference (both directions of an axis are preferences)."""
+    return {name: float(np.mean([pref.satisfied_by(t) for t in texts])) for name, pref in preferences().items()}
+
+
+def preferences() -> dict[str, Preference]:
+    """Every distinct persona preference (by name) the shipped personas check."""
+    found: dict[str, Preference] = {}
+    for persona in personas():
+        for pref in persona.preferences:
+            found.setdefault(pref.name, pref)
+    return found
+
+
+def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 32, n_triples: int = 200,
+          n_per_persona: int = 16, seed: int = 0, device: str = "cpu", batch_size: int = 64) -> dict:
+    """Runs every measurement; returns the figures (see the module docstring) and whether each meets its target."""
+    sampler = Sampler(str(model_dir or TINY_DIR), device, batch_size)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    prompts = load_prompts("eval")
+    unrelated_pool = personas()[0].unrelated_pool
+
+    def draw(k: int) -> list[Messages]:
+        return [[dict(m) for m in prompts[int(i)].messages] for i in rng.integers(len(prompts), size=k)]
+
+    base_convs = draw(n)
+    base = sampler.generate(base_convs)
+    fluent = [well_formed(t, e) for t, e in base]
+    room = shares([t for t, _ in base])
+
+    unrelated_convs = [hindsight_messages(c, unrelated_pool[int(rng.integers(len(unrelated_pool)))])
+                       for c in base_convs]
+    unrelated = sampler.generate(unrelated_convs)
+    fluent += [well_formed(t, e) for t, e in unrelated]
+    shifted = shares([t for t, _ in unrelated])
+    shift = {k: shifted[k] - room[k] for k in room}
+
+    hindsight: dict[str, float] = {}
+    for name, pref in preferences().items():
+        convs = [hindsight_messages(c, pref.follow_ups[int(rng.integers(len(pref.follow_ups)))])
+                 for c in draw(n_per_complaint)]
+        samples = sampler.generate(convs)
+        fluent += [well_formed(t, e) for t, e in samples]
+        hindsight[name] = float(np.mean([pref.satisfied_by(t) for t, _ in samples]))
+
+    oracle: dict[str, float] = {}
+    for persona in personas():
+        convs = [[{"role": "system", "content": persona.profile}, *c] for c in draw(n_per_persona)]
+        samples = sampler.generate(convs)
+        fluent += [well_formed(t, e) for t, e in samples]
+        oracle[persona.name] = float(np.mean([all(persona.satisfaction(t).values()) for t, _ in samples]))
+
+    signal = _signal(sampler, base_convs, [t for t, _ in base], n_triples, rng, unrelated_pool)
+    figures = {
+        "room": room, "unrelated_shift": shift, "hindsight": hindsight, "oracle": oracle, "signal": signal,
+        "room_min": min(room.values()),
+        "unrelated_max_shift": max(abs(v) for v in shift.values()),
+        "hindsight_min": min(hindsight.values()),
+        "oracle_mean": float(np.mean(list(oracle.values()))),
+        "fluency": float(np.mean(fluent)), "n_samples": len(fluent),
+    }
+    figures["room_max"] = max(room.values())
+    figures["pass"] = {
+        "room": TARGETS["room_min"] <= figures["room_min"] and figures["room_max"] <= TARGETS["room_max"],
+        "hindsight": figures["hindsight_min"] >= TARGETS["hindsight_min"],
+        "unrelated": figures["unrelated_max_shift"] <= TARGETS["unrelated_max_shift"],
+        "signal": signal["ratio"] >= TARGETS["signal_ratio_min"]
+        and signal["relevant_negative"] >= TARGETS["signal_negative_min"],
+        "oracle": figures["oracle_mean"] >= TARGETS["oracle_min"],
+        "fluency": figures["fluency"] >= TARGETS["fluency_min"],
+    }
+    return figures
+
+
+def _signal(sampler: Sampler, convs: list[Messages], answers: list[str], n_triples: int, rng: np.random.Generator,
+            unrelated_pool: Sequence[str]) -> dict[str, float]:
+    """Token advantages A_t = log pi(y_t | x, o) - log pi(y_t | x) for relevant and unrelated follow-ups o."""
+    triples = []  # (x, y, relevant o, unrelated o)
+    pool = personas()
+    for _ in range(50 * n_triples):
+        if len(triples) == n_triples:
+            break
+        i = int(rng.integers(len(convs)))
+        persona = pool[int(rng.integers(len(pool)))]
+        violated = [p for p in persona.preferences if not p.satisfied_by(answers[i])]
+        if violated and answers[i].strip():
+            pref = violated[int(rng.integers(len(violated)))]
+            triples.append((convs[i], answers[i], pref.follow_ups[int(rng.integers(len(pref.follow_ups)))],
+                            unrelated_pool[int(rng.integers(len(unrelated_pool)))]))
+    xs = [x for x, _, _, _ in triples]
+    ys = [y for _, y, _, _ in triples]
+    plain = sampler.token_logprobs(xs, ys)
+    relevant = sampler.token_logprobs([hindsight_messages(x, o) for x, _, o, _ in triples], ys)
+    unrelated = sampler.token_logprobs([hindsight_messages(x, u) for x, _, _, u in triples], ys)
+    adv_rel = [r - p for r, p in zip(relevant, plain)]
+    adv_unr = [u - p for u, p in zip(unrelated, plain)]
+    abs_rel = float(np.mean([np.abs(a).mean() for a in adv_rel]))
+    abs_unr = float(np.mean([np.abs(a).mean() for a in adv_unr]))
+    return {"n_triples": len(triples), "abs_relevant": abs_rel, "abs_unrelated": abs_unr,
+            "ratio": abs_rel / max(abs_unr, 1e-9),
+            "relevant_negative": float(np.mean([a.sum() < 0 for a in adv_rel])),
+            "unrelated_negative": float(np.mean([a.sum() < 0 for a in adv_unr]))}
+
+
+def table(figures: dict) -> str:
+    """The figures as a plain-text table."""
+    ok = {True: "ok", False: "MISS"}
+    lines = [f"{'figure':<44}{'value':>10}  target"]
+    lines += [f"  room {k:<37}{v:>10.2f}  0.20-0.80" for k, v in figures["room"].items()]
+    lines += [f"  hindsight {k:<32}{v:>10.2f}  >= 0.90" for k, v in figures["hindsight"].items()]
+    lines += [f"  unrelated shift {k:<26}{v:>+10.2f}  |x| <= 0.10" for k, v in figures["unrelated_shift"].items()]
+    lines += [f"  oracle {k:<35}{v:>10.2f}" for k, v in figures["oracle"].items()]
+    s = figures["signal"]
+    lines += [
+        f"{'room (min share / max share)':<44}{figures['room_min']:>6.2f}/{figures['room_max']:.2f}  "
+        f"[{ok[figures['pass']['room']]}]",
+        f"{'hindsight compliance (worst preference)':<44}{figures['hindsight_min']:>10.2f}  >= 0.90  "
+        f"[{ok[figures['pass']['hindsight']]}]",
+        f"{'unrelated follow-up: largest shift':<44}{figures['unrelated_max_shift']:>10.2f}  <= 0.10  "
+        f"[{ok[figures['pass']['unrelated']]}]",
+        f"{'signal: mean |A| relevant / unrelated':<44}{s['abs_relevant']:>6.3f}/{s['abs_unrelated']:.3f}  "
+        f"ratio {s['ratio']:.1f} >= 5 ({s['n_triples']} triples)",
+        f"{'signal: summed A < 0, relevant (unrelated)':<44}{s['relevant_negative']:>10.2f}  >= 0.90 "
+        f"({s['unrelated_negative']:.2f})  [{ok[figures['pass']['signal']]}]",
+        f"{'in-context oracle: full compliance (mean)':<44}{figures['oracle_mean']:>10.2f}  >= 0.85  "
+        f"[{ok[figures['pass']['oracle']]}]",
+        f"{'fluency: well-formed samples':<44}{figures['fluency']:>10.3f}  >= 0.97  "
+        f"[{ok[figures['pass']['fluency']]}] ({figures['n_samples']} samples)",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Command-line entry point: prints the table, returns the figures."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder (default: the shipped checkpoint)")
+    parser.add_argument("--n", type=int, default=256, help="samples for the base and unrelated shares")
+    parser.add_argument("--per-complaint", type=int, default=32, help="samples per complained preference")
+    parser.add_argument("--per-persona", type=int, default=16, help="samples per persona (oracle)")
+    parser.add_argument("--triples", type=int, default=200, help="(x, y, o) triples for the signal")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args(argv)
+    figures = probe(args.model, n=args.n, n_per_complaint=args.per_complaint, n_triples=args.triples,
+                    n_per_persona=args.per_persona, seed=args.seed, device=args.device, batch_size=args.batch_size)
+    print(table(figures))
+    return figures
+
+
+if __name__ == "__main__":
+    main()

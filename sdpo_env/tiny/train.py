@@ -1,0 +1,173 @@
+"""Tokenizer, model and training loop of the tiny model (pure pieces; ``build.py`` wires them together)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+BOS, EOS, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+# ChatML, as in Qwen2: <|im_start|>role\ncontent<|im_end|>\n, generation prompt <|im_start|>assistant\n.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>'"
+    " + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Architecture of the tiny model (a Llama)."""
+
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 4
+    intermediate_size: int = 384
+    max_position_embeddings: int = 1024
+
+
+MINI = ModelSize(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                 max_position_embeddings=1024)
+
+
+def build_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``texts``: it encodes any Unicode string, with a ChatML chat template."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, BOS, EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=None, eos_token=EOS, pad_token=PAD,
+                                        unk_token=None, model_max_length=1024, clean_up_tokenization_spaces=False)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.add_special_tokens({"additional_special_tokens": [BOS]})
+    return tokenizer
+
+
+def build_model(tokenizer: PreTrainedTokenizerFast, size: ModelSize, seed: int) -> LlamaForCausalLM:
+    """A freshly initialised Llama with tied embeddings, sized by ``size``."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=size.hidden_size, intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.num_hidden_layers, num_attention_heads=size.num_attention_heads,
+        num_key_value_heads=size.num_attention_heads, max_position_embeddings=size.max_position_embeddings,
+        tie_word_embeddings=True, bos_token_id=tokenizer.convert_tokens_to_ids(BOS),
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def chat_text(messages: Messages, *, add_generation_prompt: bool) -> str:
+    """``CHAT_TEMPLATE`` applied in Python (the same string, without a Jinja render per example)."""
+    text = "".join(f"{BOS}{m['role']}\n{m['content']}{EOS}\n" for m in messages)
+    return text + (f"{BOS}assistant\n" if add_generation_prompt else "")
+
+
+def encode(tokenizer: PreTrainedTokenizerFast, chats: Sequence[Messages]) -> list[tuple[list[int], int]]:
+    """Token ids of chats ending with the assistant's answer, and the number of prompt tokens before the answer.
+
+    The prompt (with the generation prompt) and the answer are tokenised separately, exactly as the policy sees
+    them when it samples: the answer's tokens never merge with the prompt's.
+    """
+    prompts = tokenizer([chat_text(c[:-1], add_generation_prompt=True) for c in chats], add_special_tokens=False)
+    answers = tokenizer([c[-1]["content"] for c in chats], add_special_tokens=False)
+    eos = tokenizer.eos_token_id
+    return [(p + a + [eos], len(p)) for p, a in zip(prompts["input_ids"], answers["input_ids"])]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings."""
+
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup: int = 200
+    weight_decay: float = 0.01
+    first_token_weight: float = 5.0  # style decisions made at the first answer token need a stronger signal
+    tokens_per_example: float = 100.0  # constant loss normaliser (per-batch token means over-weight short answers)
+
+
+def batch_tensors(examples: Sequence[tuple[list[int], int]], pad_id: int, *, first_token_weight: float,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, attention mask and per-position loss weights (0 outside the answers)."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)  # (B, T)
+    weights = torch.zeros((len(examples), width))  # (B, T): weight of predicting token t
+    for row, (tokens, n_prompt) in enumerate(examples):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        weights[row, n_prompt : len(tokens)] = 1.0
+        weights[row, n_prompt] = first_token_weight
+    mask = (torch.arange(width)[None, :] < torch.tensor([len(t) for t, _ in examples])[:, None]).long()
+    return ids.to(device), mask.to(device), weights.to(device)
+
+
+def _bucketed_batches(data: Sequence[tuple[list[int], int]], batch_size: int,
+                      rng: np.random.Generator) -> list[list[int]]:
+    """One epoch of batches of similar length (less padding), in random order.
+
+    The loss is normalised by a constant, so batches of short answers are not over-weighted.
+    """
+    order = rng.permutation(len(data))
+    batches = []
+    for start in range(0, len(order), batch_size * 50):
+        chunk = sorted(order[start : start + batch_size * 50].tolist(), key=lambda i: len(data[i][0]))
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk) - batch_size + 1, batch_size)]
+    return [batches[int(i)] for i in rng.permutation(len(batches))]
+
+
+def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id: int, cfg: TrainConfig, *,
+          seed: int, device: torch.device, log: Callable[[str], None] = print) -> float:
+    """Trains ``model`` in place; returns the mean loss per answer token over the last 100 steps."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    model.to(device).train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    use_bf16 = device.type == "cuda"
+    recent: list[float] = []
+    start = time.time()
+    batches = _bucketed_batches(data, cfg.batch_size, rng)
+    for step in range(cfg.steps):
+        if not batches:
+            batches = _bucketed_batches(data, cfg.batch_size, rng)
+        chosen = [data[i] for i in batches.pop()]
+        ids, mask, weights = batch_tensors(chosen, pad_id, first_token_weight=cfg.first_token_weight, device=device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+            scored = weights[:, 1:] > 0  # (B, T-1): positions whose next token is an answer token
+            logits = model.lm_head(hidden[:, :-1][scored])  # (N, V): only answer positions reach the vocabulary
+        nll = torch.nn.functional.cross_entropy(logits.float(), ids[:, 1:][scored], reduction="none")  # (N,)
+        loss = (nll * weights[:, 1:][scored]).sum() / (cfg.batch_size * cfg.tokens_per_example)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        # Reported per answer token (weighted mean), comparable across batch sizes.
+        recent.append(loss.item() * cfg.batch_size * cfg.tokens_per_example / float(weights.sum()))
+        recent = recent[-100:]
+        if step % 200 == 0 or step == cfg.steps - 1:
+            log(f"step {step:5d}/{cfg.steps}  loss {np.mean(recent):.4f}  lr {lr_at(step):.2e}  "
+                f"{(time.time() - start) / (step + 1):.3f} s/step")
+    model.eval()
+    return float(np.mean(recent))
