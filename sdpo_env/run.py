@@ -154,6 +154,20 @@ def run(args: Sequence[str], console: Console) -> int:
     timings: dict[str, float] = defaultdict(float, state["timings"] if state else {})
     rows = folder.read_jsonl(folder.metrics)
 
+    oracle_cache: dict[str, dict[str, float]] = {}
+
+    def oracle_metrics(persona: Any) -> dict[str, float]:
+        """The oracle never learns: with a fixed seed its score changes only with the persona, so compute it once."""
+        if persona.name not in oracle_cache:
+            assert oracle is not None
+            oracle.set_persona(persona)
+            with policy.base_model():
+                reference, _ = evaluator.evaluate(lambda c, s: oracle.answer(c, seed=s), persona,
+                                                  seed=config.seed * 100_003 + 99_991)
+            oracle_cache[persona.name] = {f"oracle/{m}": reference[m]
+                                          for m in ("win_rate", "win_rate_excl_ties", "sat/all")}
+        return oracle_cache[persona.name]
+
     def evaluate(k: int) -> None:
         started = time.perf_counter()
         phases = [scenario.phase_at(max(k - 1, 0))]
@@ -165,11 +179,7 @@ def run(args: Sequence[str], console: Console) -> int:
             metrics, _ = evaluator.evaluate(lambda c, s: learner.answer(c, seed=s), phase.persona,
                                             seed=config.seed * 100_003 + k)
             if oracle is not None:
-                oracle.set_persona(phase.persona)
-                with policy.base_model():
-                    reference, _ = evaluator.evaluate(lambda c, s: oracle.answer(c, seed=s), phase.persona,
-                                                      seed=config.seed * 100_003 + k)
-                metrics.update({f"oracle/{m}": reference[m] for m in ("win_rate", "win_rate_excl_ties", "sat/all")})
+                metrics.update(oracle_metrics(phase.persona))
             row = {"interaction": k, "phase": phase.index, "persona": phase.persona.name, **metrics, **summary}
             folder.append(folder.metrics, row)
             rows.append(row)

@@ -79,6 +79,7 @@ def test_base_view_reproduces_the_base_model_after_updates(policy, model_dir) ->
         (-lp.sum()).backward()
         optimizer.step()
         optimizer.zero_grad()
+        policy.generate(CONVERSATIONS, seed=0)  # samples from merged weights, then restores the originals
     reference = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     ids = torch.tensor([x + y])
     with torch.no_grad():
@@ -109,3 +110,22 @@ def test_errors(policy, model_dir) -> None:
         policy.add_lora(LoraSettings())
     with pytest.raises(SdpoEnvError, match=r"cannot load policy model 'no/such-model-folder'"):
         ChatPolicy.load("no/such-model-folder", device="cpu")
+
+
+def test_sampling_on_merged_weights_is_the_adapted_policy(policy) -> None:
+    assert policy._pristine, "the random test model is small enough to merge for sampling"
+    with torch.no_grad():
+        for p in policy.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ids = torch.tensor([policy.encode(CONVERSATIONS[2])])
+    with torch.no_grad():
+        adapted = policy.model(input_ids=ids).logits
+        with policy._merged_for_sampling():
+            merged = policy.model(input_ids=ids).logits
+        with policy.base_model(), policy._merged_for_sampling():  # the base view never merges
+            base = policy.model(input_ids=ids).logits
+        with policy.base_model():
+            expected_base = policy.model(input_ids=ids).logits
+    torch.testing.assert_close(merged, adapted, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(base, expected_base, atol=0, rtol=0)
+    assert not torch.allclose(adapted, base, atol=1e-3)

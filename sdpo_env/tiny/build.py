@@ -22,7 +22,16 @@ from transformers import GenerationConfig
 
 from sdpo_env.tiny import TINY_DIR
 from sdpo_env.tiny.corpus import corpus
-from sdpo_env.tiny.train import MINI, ModelSize, TrainConfig, build_model, build_tokenizer, encode, train
+from sdpo_env.tiny.train import (
+    MINI,
+    ModelSize,
+    TrainConfig,
+    boundary_token_ids,
+    build_model,
+    build_tokenizer,
+    encode,
+    train,
+)
 
 MAX_NEW_TOKENS = 192  # the policy's default; every training answer must fit
 CHUNK = 2000
@@ -75,7 +84,8 @@ def build(cfg: BuildConfig, out: Path, *, device: str | None = None, workers: in
     print(f"model: Llama, {n_params / 1e6:.2f}M parameters; training on {dev}", flush=True)
     t0 = time.time()
     loss = train(model, kept, tokenizer.pad_token_id, cfg.train, seed=cfg.seed, device=dev,
-                 log=lambda line: print(line, flush=True))
+                 log=lambda line: print(line, flush=True), boundaries=frozenset(boundary_token_ids(tokenizer)),
+                 eos_id=tokenizer.eos_token_id)
     t_train = time.time() - t0
     out.mkdir(parents=True, exist_ok=True)
     model.to("cpu").to(torch.float32)
@@ -109,11 +119,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--heads", type=int, default=None, help="override the number of attention heads")
     parser.add_argument("--mlp", type=int, default=None, help="override the MLP width")
     parser.add_argument("--first-token-weight", type=float, default=None, help="override the first-token weight")
+    parser.add_argument("--decision-weight", type=float, default=None,
+                        help="override the loss weight of tokens after a line or sentence boundary and of EOS")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--workers", type=int, default=None, help="processes generating the corpus")
     args = parser.parse_args(argv)
     cfg = MINI_BUILD if args.mini else BuildConfig()
-    train_over = {"steps": args.steps, "first_token_weight": args.first_token_weight}
+    train_over = {"steps": args.steps, "first_token_weight": args.first_token_weight,
+                  "decision_weight": args.decision_weight}
     size_over = {"hidden_size": args.hidden, "num_hidden_layers": args.layers, "num_attention_heads": args.heads,
                  "intermediate_size": args.mlp}
     train_cfg = replace(cfg.train, **{k: v for k, v in train_over.items() if v is not None})

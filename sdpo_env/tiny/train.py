@@ -88,24 +88,42 @@ def encode(tokenizer: PreTrainedTokenizerFast, chats: Sequence[Messages]) -> lis
 class TrainConfig:
     """Optimisation settings."""
 
-    steps: int = 3000
+    steps: int = 5000
     batch_size: int = 128
     lr: float = 2e-3
     warmup: int = 200
     weight_decay: float = 0.01
     first_token_weight: float = 5.0  # style decisions made at the first answer token need a stronger signal
+    # Mid-answer style decisions (keep going or stop, start a list, add a closing line or an emoji) are taken at the
+    # start of a line or sentence and at the end-of-answer token; the first build ignored complaints there.
+    decision_weight: float = 3.0
     tokens_per_example: float = 100.0  # constant loss normaliser (per-batch token means over-weight short answers)
 
 
+def boundary_token_ids(tokenizer: PreTrainedTokenizerFast) -> set[int]:
+    """Ids of tokens that end a line or a sentence: the token after one starts a new style decision."""
+    ends = ("\n", ".", "!", "?", ":")
+    return {i for i in range(len(tokenizer)) if tokenizer.decode([i]).rstrip(" ").endswith(ends)}
+
+
 def batch_tensors(examples: Sequence[tuple[list[int], int]], pad_id: int, *, first_token_weight: float,
-                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, attention mask and per-position loss weights (0 outside the answers)."""
+                  device: torch.device, decision_weight: float = 1.0, boundaries: frozenset[int] = frozenset(),
+                  eos_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, attention mask and per-position loss weights (0 outside the answers).
+
+    Answer tokens weigh 1; the first answer token ``first_token_weight``; tokens that follow a line or sentence
+    boundary, and the end-of-answer token, ``decision_weight``.
+    """
     width = max(len(ids) for ids, _ in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)  # (B, T)
     weights = torch.zeros((len(examples), width))  # (B, T): weight of predicting token t
     for row, (tokens, n_prompt) in enumerate(examples):
         ids[row, : len(tokens)] = torch.tensor(tokens)
         weights[row, n_prompt : len(tokens)] = 1.0
+        if decision_weight != 1.0:
+            for t in range(n_prompt + 1, len(tokens)):
+                if tokens[t - 1] in boundaries or tokens[t] == eos_id:
+                    weights[row, t] = decision_weight
         weights[row, n_prompt] = first_token_weight
     mask = (torch.arange(width)[None, :] < torch.tensor([len(t) for t, _ in examples])[:, None]).long()
     return ids.to(device), mask.to(device), weights.to(device)
@@ -126,7 +144,8 @@ def _bucketed_batches(data: Sequence[tuple[list[int], int]], batch_size: int,
 
 
 def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id: int, cfg: TrainConfig, *,
-          seed: int, device: torch.device, log: Callable[[str], None] = print) -> float:
+          seed: int, device: torch.device, log: Callable[[str], None] = print,
+          boundaries: frozenset[int] = frozenset(), eos_id: int | None = None) -> float:
     """Trains ``model`` in place; returns the mean loss per answer token over the last 100 steps."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -150,7 +169,8 @@ def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id
         if not batches:
             batches = _bucketed_batches(data, cfg.batch_size, rng)
         chosen = [data[i] for i in batches.pop()]
-        ids, mask, weights = batch_tensors(chosen, pad_id, first_token_weight=cfg.first_token_weight, device=device)
+        ids, mask, weights = batch_tensors(chosen, pad_id, first_token_weight=cfg.first_token_weight, device=device,
+                                           decision_weight=cfg.decision_weight, boundaries=boundaries, eos_id=eos_id)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
