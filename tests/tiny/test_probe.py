@@ -12,14 +12,15 @@ from sdpo_env.tiny.probe import probe
 
 pytestmark = pytest.mark.slow
 
-# Preferences whose hindsight complaints the shipped checkpoint follows (>= 0.88 at 64 samples each).
-WORKING_COMPLAINTS = ("answer_first", "no_opening_praise", "casual", "professional", "beginner", "expert", "emojis",
-                      "no_exclamation_marks")
+# Preferences whose hindsight complaints the shipped checkpoint follows: >= 0.91 at 32 samples each, both on the GPU
+# probe and on this test's CPU run (expert: 1.00 on the GPU but 0.78 on the CPU, so it is left out).
+WORKING_COMPLAINTS = ("answer_first", "plain_text", "casual", "professional", "prose", "no_opening_praise", "emojis",
+                      "no_exclamation_marks", "no_first_person", "single_answer")
 
 
 @pytest.fixture(scope="module")
 def figures() -> dict:
-    return probe(n=160, n_per_complaint=16, n_per_persona=8, n_triples=200, seed=0, batch_size=80)
+    return probe(n=160, n_per_complaint=32, n_per_persona=8, n_triples=200, seed=0, batch_size=80)
 
 
 def test_room_to_personalize(figures: dict) -> None:
@@ -43,12 +44,16 @@ def test_hindsight_complaints_are_followed(figures: dict, name: str) -> None:
 def test_relevant_follow_ups_carry_more_signal_than_unrelated(figures: dict) -> None:
     signal = figures["signal"]
     assert signal["n_triples"] >= 200
-    assert signal["ratio"] >= 1.5 and signal["relevant_negative"] >= 0.8, signal
+    assert signal["ratio"] >= 1.5 and signal["relevant_negative"] >= 0.85, signal
 
 
-@pytest.mark.xfail(reason="issue 3 acceptance not yet met: length, list, emoji removal, closing filler, first "
-                          "person, questions-back and alternatives complaints are followed only 50-75% of the time; "
-                          "signal ratio ~2 (target 5); oracle ~0.8 (target 0.85)", strict=False)
+def test_in_context_oracle(figures: dict) -> None:
+    assert figures["oracle_mean"] >= 0.80, figures["oracle"]  # 0.95 at 16 samples per persona
+
+
+@pytest.mark.xfail(reason="issue 3 acceptance not yet met: 'no questions back' (0.59), 'no emojis' (0.69), "
+                          "'detailed' (0.78) and 'concise' (0.84) complaints are followed below 0.90; the |A| ratio "
+                          "relevant/unrelated is 2.3 (target 5)", strict=False)
 def test_full_acceptance(figures: dict) -> None:
     assert figures["hindsight_min"] >= 0.90
     assert figures["signal"]["ratio"] >= 5.0 and figures["signal"]["relevant_negative"] >= 0.90
