@@ -57,8 +57,8 @@ class SDPOConfig:
     ratio_clip: float | None = option(None, "PPO-style importance-ratio clip epsilon (pg loss); null = off", gt=0.0)
     aggregation: str = option("token_mean", "how token losses are averaged", choices=AGGREGATIONS)
     kl_coef: float = option(0.0, "weight of a KL(policy || base) penalty on the completion positions", min=0.0)
-    kl_metric_every: int = option(10, "compute the KL-to-base metric every N updates (an extra forward); 0 = never",
-                                  min=0)
+    diagnostics_every: int = option(10, "every N updates also log KL to the base (an extra forward) and entropy "
+                                    "(a softmax over the vocabulary); 0 = never", min=0)
     large_advantage: float = option(0.5, "|A_t| above this counts as a large advantage in the metrics", gt=0.0)
     lora_r: int = option(8, "LoRA rank", min=1)
     lora_alpha: float = option(16.0, "LoRA alpha (scaling = alpha / r)", gt=0.0)
@@ -165,7 +165,8 @@ class SDPOLearner:
             loss = full_divergence_loss(student_logits=student_logits, teacher_logits=teacher_logits, mask=mask,
                                         alpha=c.alpha, aggregation=c.aggregation)
         kl_to_base = None
-        if c.kl_coef > 0 or (c.kl_metric_every and self.n_updates % c.kl_metric_every == 0):
+        diagnose = bool(c.diagnostics_every) and self.n_updates % c.diagnostics_every == 0
+        if c.kl_coef > 0 or diagnose:
             with torch.no_grad(), policy.base_model():
                 base_logits, _, _ = policy.completion_logits(contexts, completions)
             kl = divergence(torch.log_softmax(student_logits.float(), -1),
@@ -176,9 +177,6 @@ class SDPOLearner:
                 loss = loss + c.kl_coef * kl_mean
         metrics = self._step(loss, batch)
         done = time.perf_counter()
-        with torch.no_grad():
-            probs = torch.softmax(student_logits.float(), -1)
-            entropy = -(probs * torch.log(probs.clamp(min=1e-30))).sum(-1)  # (B, T)
         n_tokens = mask.sum().clamp(min=1)
         abs_adv = raw_advantages.abs()
         metrics.update({
@@ -187,7 +185,6 @@ class SDPOLearner:
             "sdpo/advantage_abs_mean": (abs_adv.sum() / n_tokens).item(),
             "sdpo/advantage_sum_mean": (raw_advantages.sum(-1)).mean().item(),
             "sdpo/large_advantage_share": ((abs_adv > c.large_advantage).float() * mask).sum().item() / n_tokens.item(),
-            "sdpo/entropy": ((entropy * mask).sum() / n_tokens).item(),
             "sdpo/completion_tokens": n_tokens.item() / len(batch),
             "time/teacher_s": teacher_done - started,
             "time/student_and_step_s": done - teacher_done,
@@ -199,6 +196,11 @@ class SDPOLearner:
                 metrics[f"sdpo/advantage_abs_mean_{'relevant' if flag else 'unrelated'}"] = per_row
         if kl_to_base is not None:
             metrics["sdpo/kl_to_base"] = kl_to_base
+        if diagnose:
+            with torch.no_grad():
+                log_probs = torch.log_softmax(student_logits.float(), -1)  # (B, T, V)
+                entropy = -(log_probs.exp() * log_probs).sum(-1)  # (B, T)
+            metrics["sdpo/entropy"] = ((entropy * mask).sum() / n_tokens).item()
         return metrics
 
     def _step(self, loss: torch.Tensor, batch: Sequence[Transition]) -> dict[str, float]:

@@ -121,7 +121,7 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
 def bench(model: str, *, batch_size: int, completion_tokens: int, rounds: int, device: str) -> dict[str, float]:
     """Times the variants on ``model``; returns median seconds per variant and the ratios."""
     policy = ChatPolicy.load(model, device=device, sampling=Sampling(max_new_tokens=completion_tokens))
-    learner = SDPOLearner(policy, SDPOConfig(kl_metric_every=0), seed=0)
+    learner = SDPOLearner(policy, SDPOConfig(diagnostics_every=0), seed=0)
     batch = batch_of(policy, batch_size, completion_tokens)
     variants: dict[str, Callable[[], object]] = {
         "sdpo_update": lambda: learner.update(batch), "floor": _floor(policy, learner, batch),

@@ -63,7 +63,8 @@ def test_run_writes_the_run_folder(model_dir, scenario_file, tmp_path) -> None:
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["agent"]["batch_size"] == 2 and config["policy"]["model"] == str(model_dir)
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["phase_end"]) == {"0", "1"} and summary["timings"]["evaluations"] == 5  # points 0, 4, 8 (twice: both personas), 12, 16
+    assert set(summary["phase_end"]) == {"0", "1"}
+    assert summary["timings"]["evaluations"] == 5  # points 0, 4, 8 (judged under both personas), 12, 16
     assert (out / "winrate.png").stat().st_size > 10_000
 
 

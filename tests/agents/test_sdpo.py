@@ -27,7 +27,7 @@ def model_dir(tmp_path_factory):
 
 def make(model_dir, **options):
     policy = ChatPolicy.load(str(model_dir), device="cpu", sampling=Sampling(max_new_tokens=10))
-    return make_learner({"name": "sdpo", "kl_metric_every": 0, **options}, policy, seed=0)
+    return make_learner({"name": "sdpo", "diagnostics_every": 0, **options}, policy, seed=0)
 
 
 def interact(learner, follow_up="Too long, keep it short.", conversations=(X, X2)):
@@ -168,7 +168,7 @@ def test_options_are_validated_together(model_dir) -> None:
 
 
 def test_metrics_report_relevance_split(model_dir) -> None:
-    learner = make(model_dir, batch_size=2, kl_metric_every=1)
+    learner = make(model_dir, batch_size=2, diagnostics_every=1)
     responses, (t1, t2) = interact(learner)
     t2.info["relevant"] = False
     with warnings.catch_warnings():
