@@ -69,6 +69,23 @@ class StopRequest:
         signal.signal(signal.SIGINT, self._previous)
 
 
+def degenerate(row: dict[str, Any]) -> list[str]:
+    """Warnings for an evaluation row that shows learning has gone wrong (collapse, no signal, a useless judge)."""
+    found = []
+    if row.get("valid_rate") is not None and row["valid_rate"] < 0.5:
+        found.append(f"policy collapse at interaction {row['interaction']}: only {row['valid_rate']:.0%} of held-out "
+                     "answers are valid (too short or looping); lower agent.lr or raise agent.weight_decay")
+    signal = row.get("sdpo/advantage_abs_mean")
+    if signal is not None and signal < 1e-4:
+        found.append(f"no learning signal at interaction {row['interaction']}: mean |A_t| is {signal:.1e} (the "
+                     "hindsight context no longer changes the policy's log-probs)")
+    if row.get("coverage") == 0 and row.get("missing_rate", 1) < 1:
+        found.append(f"the judge called every pair a tie at interaction {row['interaction']}")
+    if row.get("missing_rate") is not None and row["missing_rate"] > 0.5:
+        found.append(f"the judge failed on {row['missing_rate']:.0%} of pairs at interaction {row['interaction']}")
+    return found
+
+
 def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
     """Resolves the configuration and the run folder; ``resume=`` takes both from an existing folder."""
     cli = parse_overrides(args)
@@ -183,6 +200,8 @@ def run(args: Sequence[str], console: Console) -> int:
             row = {"interaction": k, "phase": phase.index, "persona": phase.persona.name, **metrics, **summary}
             folder.append(folder.metrics, row)
             rows.append(row)
+            for message in degenerate(row):
+                console.print(f"[yellow]warning:[/] {message}")
         window.clear()
         timings["evaluation_s"] += time.perf_counter() - started
         timings["evaluations"] += 1
@@ -269,6 +288,7 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
         "scenario": scenario.name, "agent": config.agent, "seed": config.seed, "model": config.policy.model,
         "interactions": n, "final": {k: rows[-1].get(k) for k in HEADLINE} if rows else {},
         "phase_end": phase_end, "signal": signal_split,
+        "warnings": [message for row in rows for message in degenerate(row)],
         "timings": {"interaction_s_mean": total / max(n, 1), "act_s": timings.get("act_s", 0),
                     "env_s": timings.get("env_s", 0), "observe_s": timings.get("observe_s", 0),
                     "evaluation_s": timings.get("evaluation_s", 0), "evaluations": timings.get("evaluations", 0),

@@ -136,3 +136,16 @@ def test_baselines_run(model_dir, scenario_file, tmp_path, agent) -> None:
     metrics = read_jsonl(out / "metrics.jsonl")
     assert metrics[-1]["interaction"] == 4
     assert not (out / "adapter").exists()
+
+
+def test_degenerate_learning_is_flagged() -> None:
+    from sdpo_env.run import degenerate
+
+    healthy = {"interaction": 5, "valid_rate": 1.0, "sdpo/advantage_abs_mean": 0.1, "coverage": 0.7, "missing_rate": 0}
+    assert degenerate(healthy) == []
+    collapsed = {**healthy, "valid_rate": 0.0, "sdpo/advantage_abs_mean": 0.0, "coverage": 0.0}
+    messages = degenerate(collapsed)
+    assert any(m.startswith("policy collapse at interaction 5: only 0% of held-out answers") for m in messages)
+    assert any(m.startswith("no learning signal at interaction 5") for m in messages)
+    assert any(m == "the judge called every pair a tie at interaction 5" for m in messages)
+    assert degenerate({**healthy, "missing_rate": 0.75}) == ["the judge failed on 75% of pairs at interaction 5"]
