@@ -78,7 +78,9 @@ def plot_preferences(rows: Sequence[dict[str, Any]], phases: Sequence[dict[str, 
         for j, seg in enumerate(_by_phase(rows)):
             ax.plot(*_series(seg, f"sat/{name}"), "o-", color=color, markersize=3, label=name if j == 0 else None)
             ax.plot(*_series(seg, f"base_sat/{name}"), "--", color=color, alpha=0.5)
-    ax.plot(*_series(rows, "sat/all"), "k-", linewidth=1.5, alpha=0.6, label="all current preferences")
+    for j, seg in enumerate(_by_phase(rows)):
+        ax.plot(*_series(seg, "sat/all"), "k-", linewidth=1.5, alpha=0.6,
+                label="all current preferences" if j == 0 else None)
     _phase_lines(ax, phases)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("interactions")
