@@ -88,7 +88,7 @@ def build(cfg: BuildConfig, out: Path, *, device: str | None = None, workers: in
                  eos_id=tokenizer.eos_token_id)
     t_train = time.time() - t0
     out.mkdir(parents=True, exist_ok=True)
-    model.to("cpu").to(torch.float32)
+    model.to("cpu").to(torch.float32)  # type: ignore[arg-type]  # transformers types .to() as a model decorator
     model.generation_config = GenerationConfig(
         do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ class Sampler:
     def __init__(self, model_dir: str, device: str = "cpu", batch_size: int = 64):
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(model_dir)
         self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        self.model.to(device).eval()
+        self.model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() as a model decorator
         self.device = torch.device(device)
         self.batch_size = batch_size
 
@@ -61,12 +62,13 @@ class Sampler:
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)  # (B, T) left pad
             mask = (torch.arange(width, device=self.device)[None] >= torch.tensor(
                 [width - len(p) for p in prompts], device=self.device)[:, None]).long()
-            gen = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
-                                      top_p=1.0, max_new_tokens=MAX_NEW_TOKENS, eos_token_id=eos, pad_token_id=pad)
+            gen = self.model.generate(  # type: ignore[operator]
+                input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                max_new_tokens=MAX_NEW_TOKENS, eos_token_id=eos, pad_token_id=pad)
             for row in gen[:, width:].tolist():
                 ended = eos in row
                 tokens = row[: row.index(eos)] if ended else row
-                out.append((self.tokenizer.decode(tokens, skip_special_tokens=True), ended))
+                out.append((str(self.tokenizer.decode(tokens, skip_special_tokens=True)), ended))
         return out
 
     @torch.no_grad()
@@ -159,7 +161,7 @@ def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 
         oracle[persona.name] = float(np.mean([all(persona.satisfaction(t).values()) for t, _ in samples]))
 
     signal = _signal(sampler, base_convs, [t for t, _ in base], n_triples, rng, unrelated_pool)
-    figures = {
+    figures: dict[str, Any] = {
         "room": room, "unrelated_shift": shift, "hindsight": hindsight, "oracle": oracle, "signal": signal,
         "room_min": min(room.values()),
         "unrelated_max_shift": max(abs(v) for v in shift.values()),
@@ -183,7 +185,7 @@ def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 
 def _signal(sampler: Sampler, convs: list[Messages], answers: list[str], n_triples: int, rng: np.random.Generator,
             unrelated_pool: Sequence[str]) -> dict[str, float]:
     """Token advantages A_t = log pi(y_t | x, o) - log pi(y_t | x) for relevant and unrelated follow-ups o."""
-    triples = []  # (x, y, relevant o, unrelated o)
+    triples: list[tuple[Messages, str, str, str]] = []  # (x, y, relevant o, unrelated o)
     pool = personas()
     for _ in range(50 * n_triples):
         if len(triples) == n_triples:

@@ -127,7 +127,7 @@ def persona_axes(persona: Persona) -> Style | None:
     for pref in persona.preferences:
         for axis, values in preference_axes(pref).items():
             prior = out.get(axis)
-            merged = values if prior is None else tuple(v for v in values if v in prior)  # type: ignore[union-attr]
+            merged = values if prior is None else tuple(v for v in values if v in prior)  # type: ignore[union-attr,operator,attr-defined]
             if not merged:
                 return None
             out[axis] = merged

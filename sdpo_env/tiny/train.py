@@ -58,7 +58,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, size: ModelSize, seed: int) 
         vocab_size=len(tokenizer), hidden_size=size.hidden_size, intermediate_size=size.intermediate_size,
         num_hidden_layers=size.num_hidden_layers, num_attention_heads=size.num_attention_heads,
         num_key_value_heads=size.num_attention_heads, max_position_embeddings=size.max_position_embeddings,
-        tie_word_embeddings=True, bos_token_id=tokenizer.convert_tokens_to_ids(BOS),
+        tie_word_embeddings=True, bos_token_id=int(tokenizer.convert_tokens_to_ids(BOS)),  # type: ignore[arg-type]
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, rms_norm_eps=1e-5,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
     )
@@ -103,7 +103,7 @@ class TrainConfig:
 def boundary_token_ids(tokenizer: PreTrainedTokenizerFast) -> set[int]:
     """Ids of tokens that end a line or a sentence: the token after one starts a new style decision."""
     ends = ("\n", ".", "!", "?", ":")
-    return {i for i in range(len(tokenizer)) if tokenizer.decode([i]).rstrip(" ").endswith(ends)}
+    return {i for i in range(len(tokenizer)) if str(tokenizer.decode([i])).rstrip(" ").endswith(ends)}
 
 
 def batch_tensors(examples: Sequence[tuple[list[int], int]], pad_id: int, *, first_token_weight: float,
@@ -149,7 +149,7 @@ def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id
     """Trains ``model`` in place; returns the mean loss per answer token over the last 100 steps."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    model.to(device).train()
+    model.to(device).train()  # type: ignore[arg-type]  # transformers types .to() as a model decorator
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
