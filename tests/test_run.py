@@ -124,8 +124,11 @@ def test_errors_name_the_problem(model_dir, scenario_file, tmp_path, capsys) -> 
     assert f"out_dir: {out} already holds a run; continue it with resume={out}" in capsys.readouterr().err
     assert main([f"resume={out}", "seed=3"]) == 2
     assert "command line: seed: a resumed run keeps the settings in its config.yaml" in capsys.readouterr().err
+    before = set(Path("runs").glob("*")) if Path("runs").is_dir() else set()
     assert main(["scenario=flip", "agent=sdpoo"]) == 2
     assert "unknown learner 'sdpoo'. Did you mean 'sdpo'" in capsys.readouterr().err
+    after = set(Path("runs").glob("*")) if Path("runs").is_dir() else set()
+    assert after == before, "a run that failed validation must not leave a run folder behind"
 
 
 @pytest.mark.parametrize("agent", ["none", "icl_oracle"])
