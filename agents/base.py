@@ -10,7 +10,7 @@ learner's options come from its ``Config`` dataclass, validated like every other
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -80,7 +80,8 @@ class OnlineLearner(Protocol):
 LEARNERS: Registry = Registry("learner")
 
 
-def learner_config(options: Mapping[str, Any], *, source: str = "command line") -> tuple[type, Any]:
+def learner_config(options: Mapping[str, Any], *, source: str | Callable[[str], str] = "command line"
+                   ) -> tuple[type, Any]:
     """Resolves the learner class named by ``options["name"]`` and validates its options, without building it.
 
     Called before any model is loaded, so a typo costs no loading time.
@@ -95,12 +96,14 @@ def learner_config(options: Mapping[str, Any], *, source: str = "command line") 
     cls = LEARNERS.get(str(name))
     config_cls = getattr(cls, "Config", None)
     rest = {k: v for k, v in options.items() if k != "name"}
+    source_of = source if callable(source) else (lambda _key: str(source))
     if config_cls is None:
         if rest:
-            raise ConfigError([Problem(source, f"agent.{k}", f"learner {name!r} takes no options") for k in rest])
+            raise ConfigError([Problem(source_of(f"agent.{k}"), f"agent.{k}", f"learner {name!r} takes no options")
+                               for k in rest])
         return cls, None
     problems: list[Problem] = []
-    config = build(config_cls, rest, source=lambda _key: source, prefix="agent", problems=problems)
+    config = build(config_cls, rest, source=source_of, prefix="agent", problems=problems)
     if problems:
         raise ConfigError(problems)
     return cls, config
@@ -114,7 +117,7 @@ def make_learner(options: Mapping[str, Any], policy: ChatPolicy, *, seed: int, s
         options: ``{"name": ..., **learner options}`` (the run config's ``agent`` section).
         policy: The policy the learner acts with and trains.
         seed: The run's seed.
-        source: Where the options came from, for error messages.
+        source: Where the options came from (a label, or a function from dotted key to label), for error messages.
 
     Raises:
         UnknownNameError, SdpoEnvError: unknown learner name, unimportable dotted path, or a class that does not

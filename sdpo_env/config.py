@@ -10,7 +10,7 @@ value and what is allowed::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -80,6 +80,13 @@ class RunConfig:
     simulator: SimulatorConfig = option(help="simulated user", factory=SimulatorConfig)
     judge: JudgeConfig = option(help="pairwise judge", factory=JudgeConfig)
     eval: EvalConfig = option(help="win-rate evaluation", factory=EvalConfig)
+
+    sources: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False,
+                                    metadata={"help": "where each setting came from (not written to config.yaml)"})
+
+    def source_of(self, key: str) -> str:
+        """The layer (file or "command line") that set ``key``, or "defaults"."""
+        return self.sources.get(key, DEFAULTS)
 
     def check(self) -> list[tuple[str, str]]:
         if not isinstance(self.agent.get("name"), str) or not self.agent["name"]:
@@ -163,7 +170,9 @@ def resolve_config(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> RunConfig
         expanded = _expand_shorthand(data)
         merged = merge(merged, expanded)
         for dotted in _flatten(expanded):
-            origin[dotted] = source
+            parts = dotted.split(".")
+            for i in range(1, len(parts) + 1):  # a mapping's own key too, so problems about it name the layer
+                origin[".".join(parts[:i])] = source
 
     def source_of(key: str) -> str:
         while key:
@@ -176,12 +185,15 @@ def resolve_config(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> RunConfig
     config = build(RunConfig, merged, source=source_of, problems=problems)
     if problems:
         raise ConfigError(problems)
+    config.sources = {k: source_of(k) for k in _flatten(merged)}
     return config
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
     """The resolved configuration as plain data (for ``config.yaml``)."""
-    return to_dict(config)  # type: ignore[no-any-return]
+    data = to_dict(config)
+    data.pop("sources", None)
+    return data  # type: ignore[no-any-return]
 
 
 def load_run_config(args: Sequence[str]) -> tuple[RunConfig, Any]:

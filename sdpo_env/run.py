@@ -99,13 +99,13 @@ def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
             raise ConfigError([Problem(COMMAND_LINE, k, "a resumed run keeps the settings in its config.yaml; "
                                                         "remove this override") for k in extra])
         config = resolve_config([(str(folder.config), folder.read_config())])
-        learner_config(config.agent, source=str(folder.config))
+        learner_config(config.agent, source=config.source_of)
         scenario = load_scenario(config.scenario)
         if config.persona is not None:
             scenario = scenario.with_persona(config.persona)
         return config, scenario, folder, True
     config, scenario = load_run_config(args)
-    learner_config(config.agent)  # a bad learner name or option fails here: before any model loads or folder exists
+    learner_config(config.agent, source=config.source_of)  # fails before any model loads or folder exists
     folder = RunFolder(config.out_dir or f"runs/{datetime.now():%Y%m%d-%H%M%S}-{scenario.name}")
     if folder.checkpoint.is_file():
         raise ConfigError([Problem(COMMAND_LINE, "out_dir", f"{folder.path} already holds a run; continue it with "

@@ -70,3 +70,20 @@ def test_agent_options_merge_over_the_default_learner() -> None:
     assert config.agent == {"name": "sdpo", "lr": 0.01}
     config = resolve_config([("s.yaml", {"agent": {"lr": 0.01}}), ("command line", {"agent": "none"})])
     assert config.agent == {"name": "none", "lr": 0.01}  # make_learner then reports that 'none' takes no options
+
+
+def test_bad_learner_options_name_the_file_that_set_them(write_yaml) -> None:
+    from agents.base import learner_config
+
+    path = write_yaml({"name": "s", "phases": [{"start": 0, "end": 4, "persona": "no_emojis"}],
+                       "defaults": {"agent": {"lr": -1.0}}})
+    config, _ = load_run_config([f"scenario={path}", "agent.teachr=base"])
+    with pytest.raises(ConfigError) as caught:
+        learner_config(config.agent, source=config.source_of)
+    assert f"{path}: agent.lr: got -1.0; must be > 0.0" in str(caught.value)
+    assert "command line: agent.teachr: unknown key. Did you mean 'teacher'?" in str(caught.value)
+
+
+def test_internal_fields_cannot_be_set() -> None:
+    with pytest.raises(ConfigError, match=r"command line: sources: unknown key\."):
+        resolve_config([("command line", {"sources": {"a": "b"}})])
