@@ -36,6 +36,7 @@ from sdpo_env.hindsight import hindsight_messages
 from sdpo_env.policy import ChatPolicy, Sampling
 from sdpo_env.prompts import load_prompts
 from sdpo_env.sdpo import selective_log_softmax
+from sdpo_env.tiny import resolve_model_path
 
 # Random models of real architectures' shapes. qwen2-cpu keeps Qwen2.5-0.5B's layout (grouped-query attention,
 # SwiGLU MLP 5.4x wide, tied embeddings) at under half its width, a third of its depth and a fifth of its
@@ -170,8 +171,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     console = Console(width=200)
-    from sdpo_env.policy import resolve_model_name
-
     table = Table(title=f"one SDPO update: batch {args.batch_size} x {args.completion_tokens} completion tokens, "
                         f"median of {args.rounds} interleaved rounds ({args.device})")
     columns = ("model", "params (M)", "generation s", "teacher fwd s", "student fwd/bwd + step s", "update s",
@@ -179,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     for column in columns:
         table.add_column(column, justify="right")
     for name in args.models:
-        folder = random_model_folder(name, resolve_model_name("tiny")) if name in SHAPES else name
+        folder = random_model_folder(name, resolve_model_path("tiny")) if name in SHAPES else name
         r = bench(folder, batch_size=args.batch_size, completion_tokens=args.completion_tokens, rounds=args.rounds,
                   device=args.device)
         table.add_row(name, f"{r['parameters_m']:.1f}", f"{r['generation_s']:.3f}", f"{r['teacher_forward_s']:.4f}",

@@ -21,6 +21,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from sdpo_env.errors import SdpoEnvError
+from sdpo_env.tiny import resolve_model_path
 
 Messages = Sequence[dict[str, str]]
 # peft still calls a transformers method that transformers 5 deprecates; the warning is not the user's to act on.
@@ -59,15 +60,6 @@ class Sample:
     text: str
     ids: list[int] = field(repr=False)
     finished: bool
-
-
-def resolve_model_name(name: str) -> str:
-    """Maps ``tiny`` to the shipped checkpoint folder; other names (folders, hub ids) pass through."""
-    if name == "tiny":
-        from sdpo_env.tiny import TINY_DIR  # local import: the tiny package is only needed for the default
-
-        return str(TINY_DIR)
-    return name
 
 
 def pick_device(device: str) -> torch.device:
@@ -110,7 +102,7 @@ class ChatPolicy:
         Raises:
             SdpoEnvError: the model cannot be loaded (the message names it and why).
         """
-        path = resolve_model_name(name)
+        path = resolve_model_path(name)
         target = pick_device(device)
         torch_dtype = DTYPES.get(dtype) or (torch.bfloat16 if target.type == "cuda" else torch.float32)
         try:

@@ -195,8 +195,6 @@ def build(
             continue
         field = fields[key]
         tp = hints[key]
-        if isinstance(value, str) and dataclasses.is_dataclass(tp) and "name" in fields_of(tp):
-            value = {"name": value}  # `agent=sdpo` is shorthand for `agent.name=sdpo`
         converted = _convert(tp, value, dotted, source, problems)
         if converted is dataclasses.MISSING:
             continue
@@ -220,11 +218,6 @@ def build(
             dotted = join_key(prefix, key) if key else prefix
             problems.append(Problem(source(dotted), dotted, message))
     return instance
-
-
-def fields_of(cls: Any) -> dict[str, dataclasses.Field]:
-    """The dataclass fields of ``cls`` by name."""
-    return {f.name: f for f in dataclasses.fields(cls)}
 
 
 def to_dict(instance: Any) -> Any:
