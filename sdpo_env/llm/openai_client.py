@@ -79,7 +79,7 @@ class OpenAIClient:
         messages = [{"role": "system", "content": request.system}, *request.messages]
         try:
             completion = await self._get_client().chat.completions.create(
-                model=self.model, messages=messages, **kwargs)  # type: ignore[call-overload]
+                model=self.model, messages=messages, **kwargs)  # type: ignore[call-overload,arg-type]
         except openai.APIStatusError as exc:
             outcome = status_error(exc, backend=self.backend, model=self.model, key=self._key)
             if isinstance(outcome, ProviderRequestError):

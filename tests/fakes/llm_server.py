@@ -174,7 +174,8 @@ class FakeLLMServer:
                 else:
                     if action == "slow":
                         time.sleep(server.slow_s)
-                    text = "" if action == "empty" else action[5:] if action.startswith("text:") else default_reply(call)
+                    text = action[5:] if action.startswith("text:") else default_reply(call)
+                    text = "" if action == "empty" else text
                     self._send(200, json.dumps(self._reply(api, call, text)).encode())
 
             def _reply(self, api: str, call: Call, text: str) -> dict[str, Any]:

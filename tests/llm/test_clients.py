@@ -148,7 +148,8 @@ def test_anthropic_requests_carry_no_sampling_parameters(tmp_path: Path) -> None
         (judgement,) = LLMJudge(service("anthropic", server, tmp_path)).judge([pair("p")])
     body = server.calls[0].body
     assert judgement.verdict == "A" and judgement.prob_a is None
-    assert "temperature" not in body and "impartial judge" in body["system"] and PERSONA.profile.strip() in body["system"]
+    assert "temperature" not in body and "impartial judge" in body["system"]
+    assert PERSONA.profile.strip() in body["system"]
 
 
 def test_judge_concurrency_is_limited(tmp_path: Path) -> None:
@@ -215,8 +216,8 @@ def test_keys_come_only_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert str(info.value).startswith("judge.backend=openai needs an API key in the environment variable "
                                       "OPENAI_API_KEY, which is not set.")
     assert "judge.base_url=http://localhost:8000/v1" in str(info.value)
-    with pytest.raises(MissingKeyError, match="simulator.backend=anthropic needs an API key in the environment "
-                                              "variable ANTHROPIC_API_KEY"):
+    with pytest.raises(MissingKeyError, match=r"simulator\.backend=anthropic needs an API key in the environment "
+                                              r"variable ANTHROPIC_API_KEY"):
         api_key("anthropic", base_url=None, role="simulator")
     assert api_key("openai", base_url="http://localhost:8000/v1", role="judge") == LOCAL_PLACEHOLDER_KEY
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
