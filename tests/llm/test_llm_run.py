@@ -113,6 +113,7 @@ def test_run_with_llm_user_and_judge_then_an_identical_run_from_the_cache(model_
     assert [(r["interaction"], r["phase"]) for r in rows] == [(0, 0), (4, 0), (4, 1), (8, 1)]
     assert missing_judgements(rows, 8) >= len(plan.missing) > 0  # unreadable twice: missing, never a tie
     assert all(r["coverage"] is not None for r in rows)
+    assert all(0.0 <= r["win_rate_logprob"] <= 1.0 for r in rows)  # the fake returns top_logprobs for labels
     assert (second / "metrics.jsonl").read_text() == (first / "metrics.jsonl").read_text()
     assert (second / "interactions.jsonl").read_text() == (first / "interactions.jsonl").read_text()
     summary = json.loads((first / "summary.json").read_text())
