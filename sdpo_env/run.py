@@ -38,7 +38,14 @@ from sdpo_env.config import (
     resolve_config,
 )
 from sdpo_env.env import PersonalizationEnv
-from sdpo_env.errors import ConfigError, Problem, ProviderRequestError, RunInterrupted, SdpoEnvError
+from sdpo_env.errors import (
+    BudgetExceededError,
+    ConfigError,
+    Problem,
+    ProviderRequestError,
+    RunInterrupted,
+    SdpoEnvError,
+)
 from sdpo_env.judges import JUDGES
 from sdpo_env.judges.evaluate import WinRateEvaluator
 from sdpo_env.llm.setup import LLMComponents, check_keys
@@ -290,11 +297,13 @@ def run(args: Sequence[str], console: Console) -> int:
     if interruption.error is not None:  # back to the last consistent point: the interrupted step is redone
         t, env_state, n_rows, last_eval = interruption.safe
         del rows[n_rows:]
+        folder.truncate(folder.metrics, n_rows)  # rows of an evaluation cut short are redone on resume
         checkpoint(t, env_state)
         llm.close()
         console.print(f"[red]stopped at interaction {t}:[/] {interruption.error}\ncheckpoint written "
                       f"(${llm.meter.spent_usd:.4f} spent). Continue with:\n  python -m sdpo_env.run "
-                      f"resume={folder.path}" + (" budget_usd=..." if "budget" in str(interruption.error) else ""))
+                      f"resume={folder.path}"
+                      + (" budget_usd=..." if isinstance(interruption.error, BudgetExceededError) else ""))
         return 2 if isinstance(interruption.error, ProviderRequestError) else 3
     if stopped:
         console.print(f"[yellow]stopped at interaction {t + 1}; checkpoint written.[/] Continue with:\n"

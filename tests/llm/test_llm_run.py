@@ -166,8 +166,10 @@ def test_budget_stops_with_a_checkpoint_and_resumes_with_a_larger_one(model_dir,
         stopped_at = state["t"]
         assert 0 < stopped_at < 8
         assert [r["interaction"] for r in read_jsonl(out / "interactions.jsonl")] == list(range(stopped_at))
+        assert len(read_jsonl(out / "metrics.jsonl")) == state["n_metric_lines"]  # no half-written evaluation
         assert not (out / "summary.json").exists()
         assert main([f"resume={out}", "budget_usd=100"]) == 0
+        assert "/100.00" in capsys.readouterr().out  # the live progress line shows spending against the budget
     assert yaml.safe_load((out / "config.yaml").read_text())["budget_usd"] == 100
     assert [r["interaction"] for r in read_jsonl(out / "interactions.jsonl")] == list(range(8))
     cost = json.loads((out / "summary.json").read_text())["cost"]
@@ -186,3 +188,12 @@ def test_a_missing_key_fails_before_any_folder_exists(model_dir, scenario_file, 
     assert not out.exists()
     assert main([f"scenario={scenario_file}", "judge.backend=openai", f"out_dir={out}"]) == 2
     assert "judge.model: backend=openai needs a model, e.g. model=gpt-4o-mini" in capsys.readouterr().err
+
+
+def test_a_budget_needs_a_price(scenario_file, tmp_path, keys, capsys) -> None:
+    out = tmp_path / "never"
+    assert main([f"scenario={scenario_file}", "judge.backend=openai", "judge.model=my-finetune", "budget_usd=1",
+                 f"out_dir={out}"]) == 2
+    err = capsys.readouterr().err
+    assert "command line: judge.price_input_per_mtok: no known price for model 'my-finetune'" in err
+    assert "set judge.price_input_per_mtok= and judge.price_output_per_mtok=" in err and not out.exists()
