@@ -117,12 +117,18 @@ class LLMJudge:
 
 
 def _factory(backend: str) -> Callable[..., LLMJudge]:
-    def make(*, service: LLMService, **kwargs: Any) -> LLMJudge:
+    def make(*, service: LLMService | None = None, **kwargs: Any) -> LLMJudge:
+        if service is None:  # built outside the runner: connection settings come as keyword arguments
+            from sdpo_env.llm.setup import standalone_service
+
+            service = standalone_service(backend, "judge", TEMPLATE_VERSION, empty_is_failure=False, **kwargs)
         if service.client.backend != backend:
             raise ValueError(f"the {backend} judge needs a {backend} service, got {service.client.backend}")
-        return LLMJudge(service, **kwargs)
+        options = ("temperature", "max_tokens", "seed", "logprobs")
+        return LLMJudge(service, **{k: v for k, v in kwargs.items() if k in options})
 
-    make.__doc__ = f"A pairwise judge backed by the {backend} backend (see sdpo_env.llm.setup.build_judge)."
+    make.__doc__ = (f"A pairwise judge backed by the {backend} backend (``service=``, or ``model=`` and connection "
+                    "settings).")
     return make
 
 

@@ -53,14 +53,15 @@ class ResponseCache:
     """Answers by key in one SQLite file; safe to share between runs (WAL mode, short write transactions).
 
     Args:
-        path: The database file (created with its folder).
+        path: The database file (created with its folder), or ``":memory:"`` for a cache that lasts one process.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+        self._db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(SCHEMA)
         self._db.commit()

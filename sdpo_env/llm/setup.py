@@ -68,6 +68,25 @@ def make_client(section: Section, role: str, *, device: str = "auto", dtype: str
     return AnthropicClient(model, **settings)
 
 
+def standalone_service(backend: str, role: str, template: str, *, model: str, base_url: str | None = None,
+                       max_retries: int = 6, timeout_s: float = 60.0, concurrency: int = 8,
+                       cache_dir: str | None = None, budget_usd: float | None = None, device: str = "auto",
+                       empty_is_failure: bool = False, **unused: Any) -> LLMService:
+    """A service for a simulator or judge built outside the runner (``gym.make(..., simulator="openai",
+    simulator_kwargs={"model": "gpt-4o-mini"})``): the cache is in ``cache_dir`` or in memory; its own meter.
+
+    Raises:
+        MissingKeyError: the backend's key is not in the environment.
+    """
+    section = (SimulatorConfig if role == "simulator" else JudgeConfig)(
+        backend=backend, model=model, base_url=base_url, max_retries=max_retries, timeout_s=timeout_s,
+        concurrency=concurrency)
+    client = make_client(section, role, device=device)
+    cache = ResponseCache(Path(cache_dir) / CACHE_FILE if cache_dir else ":memory:")
+    return LLMService(client, template=template, cache=cache, meter=CostMeter(budget_usd),
+                      price=_price(section) or Price(0.0, 0.0), empty_is_failure=empty_is_failure)
+
+
 class LLMComponents:
     """The run's LLM simulator and judge (where configured), their shared cache and cost meter.
 

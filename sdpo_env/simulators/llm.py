@@ -82,12 +82,17 @@ class LLMSimulator:
 
 
 def _factory(backend: str) -> Callable[..., LLMSimulator]:
-    def make(*, service: LLMService, **kwargs: Any) -> LLMSimulator:
+    def make(*, service: LLMService | None = None, **kwargs: Any) -> LLMSimulator:
+        if service is None:  # built outside the runner: connection settings come as keyword arguments
+            from sdpo_env.llm.setup import standalone_service
+
+            service = standalone_service(backend, "simulator", TEMPLATE_VERSION, empty_is_failure=True, **kwargs)
         if service.client.backend != backend:
             raise ValueError(f"the {backend} simulator needs a {backend} service, got {service.client.backend}")
-        return LLMSimulator(service, **kwargs)
+        return LLMSimulator(service, **{k: v for k, v in kwargs.items() if k in ("temperature", "max_tokens")})
 
-    make.__doc__ = f"A simulated user written by the {backend} backend (see sdpo_env.llm.setup.build_simulator)."
+    make.__doc__ = (f"A simulated user written by the {backend} backend (``service=``, or ``model=`` and connection "
+                    "settings).")
     return make
 
 

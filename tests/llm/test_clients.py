@@ -223,3 +223,21 @@ def test_keys_come_only_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     assert api_key("openai", base_url=None, role="judge") == KEY
     assert api_key("hf", base_url=None, role="judge") is None
+
+
+def test_the_gym_environment_takes_an_llm_user_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gymnasium as gym
+
+    import sdpo_env  # noqa: F401  registers the environment
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with FakeLLMServer(KEY) as server:
+        env = gym.make("sdpo_env/Personalization-v0", scenario="single", simulator="openai",
+                       simulator_kwargs={"model": "gpt-4o-mini", "base_url": server.openai_url, "max_retries": 1,
+                                         "cache_dir": str(tmp_path), "temperature": 0.7})
+        env.reset(seed=0)
+        follow_ups = [env.step("A long answer. " * 30)[4] for _ in range(3)]
+    asked = [f for f in follow_ups if f["follow_up_kind"] != "unrelated"]
+    assert asked and all(f["follow_up"] == "Too long, keep it short please." for f in asked)
+    assert len(server.calls) == len(asked) and server.calls[0].body["temperature"] == 0.7
+    assert (tmp_path / "llm_cache.sqlite").is_file()
