@@ -85,9 +85,11 @@ class Interruption:
     def __init__(self) -> None:
         self.error: SdpoEnvError | None = None
         self.safe: tuple[int, dict[str, Any], int, int] = (0, {}, 0, -1)
+        self.response: str | None = None  # the answer of the interaction in progress, once the learner gave it
 
     def mark(self, t: int, env_state: dict[str, Any], n_rows: int, last_eval: int) -> None:
         self.safe = (t, env_state, n_rows, last_eval)
+        self.response = None
 
     def __enter__(self) -> Interruption:
         return self
@@ -204,6 +206,7 @@ def run(args: Sequence[str], console: Console) -> int:
         folder.truncate(folder.interactions, 0)
         folder.truncate(folder.metrics, 0)
     t0 = state["t"] if state else 0
+    pending = state.get("pending_response") if state else None  # an answer whose follow-up failed: reuse it
     window: dict[str, list[float]] = state["window"] if state else defaultdict(list)
     window = defaultdict(list, window)
     last_eval = state["last_eval"] if state else -1
@@ -245,11 +248,11 @@ def run(args: Sequence[str], console: Console) -> int:
         timings["evaluation_s"] += time.perf_counter() - started
         timings["evaluations"] += 1
 
-    def checkpoint(t: int, env_state: dict[str, Any] | None = None) -> None:
+    def checkpoint(t: int, env_state: dict[str, Any] | None = None, pending: str | None = None) -> None:
         folder.save_checkpoint({"t": t, "learner": learner.state_dict(), "env": env_state or env.get_state(),
                                 "evaluator": evaluator.state_dict(), "n_metric_lines": len(rows),
                                 "window": dict(window), "last_eval": last_eval, "timings": dict(timings),
-                                "llm": llm.state_dict()})
+                                "llm": llm.state_dict(), "pending_response": pending})
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[status]}"))
@@ -268,7 +271,8 @@ def run(args: Sequence[str], console: Console) -> int:
             set_persona(learner, phase.persona)
             messages = list(obs["messages"])
             started = time.perf_counter()
-            (response,) = learner.act([messages])
+            (response,) = [pending] if pending is not None else learner.act([messages])
+            interruption.response, pending = response, None
             acted = time.perf_counter()
             obs, reward, _, _, info = env.step(response)
             stepped = time.perf_counter()
@@ -298,7 +302,7 @@ def run(args: Sequence[str], console: Console) -> int:
         t, env_state, n_rows, last_eval = interruption.safe
         del rows[n_rows:]
         folder.truncate(folder.metrics, n_rows)  # rows of an evaluation cut short are redone on resume
-        checkpoint(t, env_state)
+        checkpoint(t, env_state, pending=interruption.response)  # the learner's state is the one after acting
         llm.close()
         console.print(f"[red]stopped at interaction {t}:[/] {interruption.error}\ncheckpoint written "
                       f"(${llm.meter.spent_usd:.4f} spent). Continue with:\n  python -m sdpo_env.run "
