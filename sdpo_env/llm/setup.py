@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sdpo_env.config import LLM_BACKENDS, JudgeConfig, RunConfig, SimulatorConfig
-from sdpo_env.errors import ConfigError, Problem
+from sdpo_env.errors import ConfigError, Problem, UnknownNameError
 from sdpo_env.llm.base import ProviderClient, api_key
 from sdpo_env.llm.cache import CACHE_FILE, ResponseCache
 from sdpo_env.llm.cost import PRICES_PER_MTOK, CostMeter, Price, find_price
@@ -71,13 +71,23 @@ def make_client(section: Section, role: str, *, device: str = "auto", dtype: str
 def standalone_service(backend: str, role: str, template: str, *, model: str, base_url: str | None = None,
                        max_retries: int = 6, timeout_s: float = 60.0, concurrency: int = 8,
                        cache_dir: str | None = None, budget_usd: float | None = None, device: str = "auto",
-                       empty_is_failure: bool = False, **unused: Any) -> LLMService:
+                       empty_is_failure: bool = False, **component: Any) -> LLMService:
     """A service for a simulator or judge built outside the runner (``gym.make(..., simulator="openai",
     simulator_kwargs={"model": "gpt-4o-mini"})``): the cache is in ``cache_dir`` or in memory; its own meter.
 
+    Args:
+        component: The simulator's or judge's own options (``temperature``, ``max_tokens``, ``seed``,
+            ``logprobs``), accepted here and used by the caller.
+
     Raises:
         MissingKeyError: the backend's key is not in the environment.
+        UnknownNameError: an option that neither the service nor the component takes.
     """
+    unknown = sorted(set(component) - {"temperature", "max_tokens", "seed", "logprobs"})
+    if unknown:
+        known = ["model", "base_url", "max_retries", "timeout_s", "concurrency", "cache_dir", "budget_usd", "device",
+                 "temperature", "max_tokens", "seed", "logprobs"]
+        raise UnknownNameError(f"{backend} {role} option", unknown[0], known)
     section = (SimulatorConfig if role == "simulator" else JudgeConfig)(
         backend=backend, model=model, base_url=base_url, max_retries=max_retries, timeout_s=timeout_s,
         concurrency=concurrency)

@@ -241,3 +241,13 @@ def test_the_gym_environment_takes_an_llm_user_by_name(tmp_path: Path, monkeypat
     assert asked and all(f["follow_up"] == "Too long, keep it short please." for f in asked)
     assert len(server.calls) == len(asked) and server.calls[0].body["temperature"] == 0.7
     assert (tmp_path / "llm_cache.sqlite").is_file()
+
+
+def test_a_misspelt_option_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdpo_env.errors import UnknownNameError
+    from sdpo_env.simulators import SIMULATORS
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with pytest.raises(UnknownNameError) as info:
+        SIMULATORS.get("openai")(model="gpt-4o-mini", max_retry=2)
+    assert str(info.value).startswith("unknown openai simulator option 'max_retry'. Did you mean 'max_retries'?")
