@@ -202,3 +202,18 @@ def test_a_budget_needs_a_price(scenario_file, tmp_path, keys, capsys) -> None:
     err = capsys.readouterr().err
     assert "command line: judge.price_input_per_mtok: no known price for model 'my-finetune'" in err
     assert "set judge.price_input_per_mtok= and judge.price_output_per_mtok=" in err and not out.exists()
+
+
+def test_a_rejected_key_stops_the_run_with_a_clear_message(model_dir, scenario_file, tmp_path, monkeypatch,
+                                                           capsys) -> None:
+    wrong = "sk-wrong-0000"
+    monkeypatch.setenv("OPENAI_API_KEY", wrong)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    out = tmp_path / "rejected"
+    with FakeLLMServer(KEY) as server:
+        assert main(args_for(model_dir, scenario_file, server, out)) == 2
+    printed = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "stopped at interaction 0:" in printed
+    assert "the openai API rejected a request to model 'gpt-4o-mini' with HTTP 401" in printed
+    assert "check the API key in the environment" in printed and wrong not in printed
+    assert (out / "checkpoint.pt").is_file() and read_jsonl(out / "interactions.jsonl") == []
