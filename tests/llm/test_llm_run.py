@@ -164,7 +164,7 @@ def test_budget_stops_with_a_checkpoint_and_resumes_with_a_larger_one(model_dir,
               "simulator.price_input_per_mtok=200", "simulator.price_output_per_mtok=200"]
     with FakeLLMServer(KEY) as server:
         assert main(args_for(model_dir, scenario_file, server, out, "budget_usd=2", *prices)) == 3
-        err = capsys.readouterr().out
+        err = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
         assert "budget_usd=2 reached" in err and f"resume={out} budget_usd=..." in err
         state = torch.load(out / "checkpoint.pt", weights_only=False)
         assert 0 < state["llm"]["spent_usd"] <= 2
