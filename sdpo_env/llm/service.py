@@ -8,6 +8,7 @@ synchronous runner (and a notebook with its own running loop) can call them.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
@@ -18,15 +19,16 @@ from sdpo_env.llm.cost import CostMeter, Price
 
 T = TypeVar("T")
 _loop: asyncio.AbstractEventLoop | None = None
+_loop_pid = 0
 _loop_lock = threading.Lock()
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Runs ``coro`` on the library's background event loop and waits for its result."""
-    global _loop
+    global _loop, _loop_pid
     with _loop_lock:
-        if _loop is None:
-            _loop = asyncio.new_event_loop()
+        if _loop is None or _loop_pid != os.getpid():  # a forked child (vector envs) needs its own loop thread
+            _loop, _loop_pid = asyncio.new_event_loop(), os.getpid()
             threading.Thread(target=_loop.run_forever, name="sdpo_env-llm", daemon=True).start()
     return asyncio.run_coroutine_threadsafe(coro, _loop).result()
 
