@@ -26,7 +26,9 @@ def status_error(exc: Any, *, backend: str, model: str, key: str | None) -> Prov
     message = redact(str(getattr(exc, "message", "") or exc), key)
     if 400 <= status < 500 and status not in RETRYABLE_4XX:
         hint = {401: "check the API key in the environment", 403: "the key lacks access to this model",
-                404: f"check the model name {model!r} and the base_url"}.get(status, "check the request settings")
+                404: f"check the model name {model!r} and the base_url"}.get(
+            status, "check the request settings; a server without log-probs needs judge.logprobs=false"
+            if backend == "openai" else "check the request settings")
         return ProviderRequestError(f"the {backend} API rejected a request to model {model!r} with HTTP {status}: "
                                     f"{message} ({hint}); retrying cannot fix this, so the run stops")
     return Failure(f"HTTP {status} after the SDK's retries: {message}")
