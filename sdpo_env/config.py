@@ -23,6 +23,20 @@ COMMAND_LINE = "command line"
 DEFAULTS = "defaults"
 
 
+LLM_BACKENDS = ("openai", "anthropic", "hf")
+
+
+def llm_section_problems(backend: str, model: str | None, base_url: str | None) -> list[tuple[str, str]]:
+    """Cross-field rules of the simulator and judge sections."""
+    problems = []
+    if backend in LLM_BACKENDS and not model:
+        example = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5", "hf": "tiny"}[backend]
+        problems.append(("model", f"backend={backend} needs a model, e.g. model={example}"))
+    if base_url is not None and backend not in ("openai", "anthropic"):
+        problems.append(("base_url", f"only the openai and anthropic backends use a server; got backend={backend}"))
+    return problems
+
+
 @dataclass
 class PolicyConfig:
     """The policy model and how it samples."""
@@ -39,16 +53,49 @@ class PolicyConfig:
 class SimulatorConfig:
     """The simulated user's writer of follow-ups."""
 
-    backend: str = option("rules", "'rules' (offline) or a registered/dotted-path simulator", nonempty=True)
+    backend: str = option("rules", "'rules' (offline), 'openai', 'anthropic', 'hf', or a dotted-path simulator",
+                          nonempty=True)
     max_complaints: int = option(2, "rules: most preferences one follow-up complains about", min=1)
+    model: str | None = option(None, "LLM backends: the model (gpt-4o-mini, claude-haiku-4-5, a folder for hf)")
+    base_url: str | None = option(None, "openai: an OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    temperature: float = option(0.0, "LLM backends: sampling temperature (Anthropic's current API ignores it)",
+                                min=0.0)
+    max_tokens: int = option(256, "LLM backends: longest reply in tokens", min=1)
+    max_retries: int = option(6, "API backends: the SDK's retries per request (backoff, retry-after)", min=0)
+    timeout_s: float = option(60.0, "API backends: the SDK's timeout per attempt, seconds", gt=0.0)
+    concurrency: int = option(8, "API backends: most requests in flight at once", min=1)
+    price_input_per_mtok: float | None = option(None, "USD per million input tokens; default the price table",
+                                                min=0.0)
+    price_output_per_mtok: float | None = option(None, "USD per million output tokens; default the price table",
+                                                 min=0.0)
+
+    def check(self) -> list[tuple[str, str]]:
+        return llm_section_problems(self.backend, self.model, self.base_url)
 
 
 @dataclass
 class JudgeConfig:
     """The pairwise judge used for win rates."""
 
-    backend: str = option("rules", "'rules' (offline) or a registered/dotted-path judge", nonempty=True)
+    backend: str = option("rules", "'rules' (offline), 'openai', 'anthropic', 'hf', or a dotted-path judge",
+                          nonempty=True)
     min_words: int = option(5, "rules: an answer needs this many words to be valid (collapse check)", min=0)
+    model: str | None = option(None, "LLM backends: the model (gpt-4o-mini, claude-haiku-4-5, a folder for hf)")
+    base_url: str | None = option(None, "openai: an OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    temperature: float = option(0.0, "LLM backends: sampling temperature (Anthropic's current API ignores it)",
+                                min=0.0)
+    max_tokens: int = option(16, "LLM backends: longest verdict reply in tokens", min=1)
+    logprobs: bool = option(True, "openai/hf: read label log-probs (prob_a); turn off for servers without them")
+    max_retries: int = option(6, "API backends: the SDK's retries per request (backoff, retry-after)", min=0)
+    timeout_s: float = option(60.0, "API backends: the SDK's timeout per attempt, seconds", gt=0.0)
+    concurrency: int = option(8, "API backends: most judge requests in flight at once", min=1)
+    price_input_per_mtok: float | None = option(None, "USD per million input tokens; default the price table",
+                                                min=0.0)
+    price_output_per_mtok: float | None = option(None, "USD per million output tokens; default the price table",
+                                                 min=0.0)
+
+    def check(self) -> list[tuple[str, str]]:
+        return llm_section_problems(self.backend, self.model, self.base_url)
 
 
 @dataclass
@@ -74,6 +121,9 @@ class RunConfig:
     out_dir: str | None = option(None, "run folder; default runs/<time>-<scenario>")
     resume: str | None = option(None, "resume the run in this folder")
     checkpoint_every: int = option(50, "save a resumable checkpoint every N interactions", min=1)
+    budget_usd: float | None = option(None, "stop cleanly (with a checkpoint) before LLM API spending would pass "
+                                            "this; may be raised on resume", gt=0.0)
+    cache_dir: str | None = option(None, "folder of the LLM call cache; default the run folder")
     policy: PolicyConfig = option(help="policy model and sampling", factory=PolicyConfig)
     agent: dict[str, Any] = option(help="the learner: agent=NAME plus its own options (agent.lr=...)",
                                    factory=lambda: {"name": "sdpo"})

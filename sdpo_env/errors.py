@@ -92,3 +92,23 @@ def unknown_name_message(kind: str, name: str, known: Iterable[str], hint: str =
     listed = ", ".join(known[:40]) + (", ..." if len(known) > 40 else "")
     message = f"unknown {kind} {name!r}.{did_you_mean(name, known)} Known: {listed or '(none)'}."
     return f"{message} {hint}".rstrip()
+
+
+class MissingKeyError(SdpoEnvError):
+    """An API backend is configured but its key is not in the environment (keys are never read from files)."""
+
+
+class ProviderRequestError(SdpoEnvError):
+    """A provider rejected a request for a reason retrying cannot fix (HTTP 4xx other than 408, 409 and 429)."""
+
+
+class RunInterrupted(SdpoEnvError):
+    """The run must stop now and can be resumed: the runner checkpoints before the interaction in progress."""
+
+
+class ProviderUnavailableError(RunInterrupted):
+    """A provider kept failing after the SDK's own retries (rate limits, 5xx, timeouts, malformed replies)."""
+
+
+class BudgetExceededError(RunInterrupted):
+    """The next API call could take the run's spending past ``budget_usd``."""

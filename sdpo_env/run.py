@@ -38,9 +38,17 @@ from sdpo_env.config import (
     resolve_config,
 )
 from sdpo_env.env import PersonalizationEnv
-from sdpo_env.errors import ConfigError, Problem, SdpoEnvError
+from sdpo_env.errors import (
+    BudgetExceededError,
+    ConfigError,
+    Problem,
+    ProviderRequestError,
+    RunInterrupted,
+    SdpoEnvError,
+)
 from sdpo_env.judges import JUDGES
 from sdpo_env.judges.evaluate import WinRateEvaluator
+from sdpo_env.llm.setup import LLMComponents, check_keys
 from sdpo_env.plots import plot_preferences, plot_win_rate
 from sdpo_env.policy import ChatPolicy, Sampling
 from sdpo_env.prompts import load_prompts
@@ -69,6 +77,30 @@ class StopRequest:
         signal.signal(signal.SIGINT, self._previous)
 
 
+class Interruption:
+    """Catches what stops a run that can be resumed (a provider down after retries, the budget reached, a request
+    the provider rejects) and remembers the last consistent point, so the runner checkpoints before the
+    interaction or evaluation in progress: nothing is half-written and nothing is lost."""
+
+    def __init__(self) -> None:
+        self.error: SdpoEnvError | None = None
+        self.safe: tuple[int, dict[str, Any], int, int] = (0, {}, 0, -1)
+        self.response: str | None = None  # the answer of the interaction in progress, once the learner gave it
+
+    def mark(self, t: int, env_state: dict[str, Any], n_rows: int, last_eval: int) -> None:
+        self.safe = (t, env_state, n_rows, last_eval)
+        self.response = None
+
+    def __enter__(self) -> Interruption:
+        return self
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        if isinstance(exc, (RunInterrupted, ProviderRequestError)):
+            self.error = exc
+            return True
+        return False
+
+
 def degenerate(row: dict[str, Any]) -> list[str]:
     """Warnings for an evaluation row that shows learning has gone wrong (collapse, no signal, a useless judge)."""
     found = []
@@ -94,11 +126,16 @@ def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
         if not folder.config.is_file():
             raise ConfigError([Problem(COMMAND_LINE, "resume",
                                        f"{folder.path} has no config.yaml; is it a run folder?")])
-        extra = sorted(set(cli) - {"resume"})
+        extra = sorted(set(cli) - {"resume", "budget_usd"})
         if extra:
             raise ConfigError([Problem(COMMAND_LINE, k, "a resumed run keeps the settings in its config.yaml; "
-                                                        "remove this override") for k in extra])
-        config = resolve_config([(str(folder.config), folder.read_config())])
+                                                        "remove this override (only budget_usd may change)")
+                               for k in extra])
+        budget = {"budget_usd": cli["budget_usd"]} if "budget_usd" in cli else {}
+        config = resolve_config([(str(folder.config), folder.read_config()), (COMMAND_LINE, budget)])
+        check_keys(config)
+        if budget:
+            folder.write_config(config_to_dict(config))  # the raised budget is part of the run's settings now
         learner_config(config.agent, source=config.source_of)
         scenario = load_scenario(config.scenario)
         if config.persona is not None:
@@ -106,6 +143,7 @@ def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
         return config, scenario, folder, True
     config, scenario = load_run_config(args)
     learner_config(config.agent, source=config.source_of)  # fails before any model loads or folder exists
+    check_keys(config)
     folder = RunFolder(config.out_dir or f"runs/{datetime.now():%Y%m%d-%H%M%S}-{scenario.name}")
     if folder.checkpoint.is_file():
         raise ConfigError([Problem(COMMAND_LINE, "out_dir", f"{folder.path} already holds a run; continue it with "
@@ -141,9 +179,10 @@ def run(args: Sequence[str], console: Console) -> int:
     policy = ChatPolicy.load(config.policy.model, device=config.policy.device, dtype=config.policy.dtype,
                              sampling=sampling)
     learner = make_learner(config.agent, policy, seed=config.seed)
+    llm = LLMComponents(config, folder.path)  # LLM simulator/judge plumbing: one cache, one cost meter
     env = PersonalizationEnv(scenario, n_interactions=n, simulator=config.simulator.backend,
-                             simulator_kwargs={"max_complaints": config.simulator.max_complaints})
-    judge = JUDGES.get(config.judge.backend)(min_words=config.judge.min_words)
+                             simulator_kwargs=llm.simulator_kwargs())
+    judge = JUDGES.get(config.judge.backend)(**llm.judge_kwargs())
     prompts = load_prompts(scenario.spec.prompts.eval)[: config.eval.n_prompts]
     evaluator = WinRateEvaluator(policy, judge, prompts, samples_per_prompt=config.eval.samples_per_prompt,
                                  seed=config.seed, bootstrap=config.eval.bootstrap)
@@ -157,6 +196,7 @@ def run(args: Sequence[str], console: Console) -> int:
         learner.load_state_dict(state["learner"])
         env.set_state(state["env"])
         evaluator.load_state_dict(state["evaluator"])
+        llm.load_state_dict(state.get("llm"))
         obs = env.observation()
         folder.truncate(folder.interactions, state["t"])
         folder.truncate(folder.metrics, state["n_metric_lines"])
@@ -166,6 +206,7 @@ def run(args: Sequence[str], console: Console) -> int:
         folder.truncate(folder.interactions, 0)
         folder.truncate(folder.metrics, 0)
     t0 = state["t"] if state else 0
+    pending = state.get("pending_response") if state else None  # an answer whose follow-up failed: reuse it
     window: dict[str, list[float]] = state["window"] if state else defaultdict(list)
     window = defaultdict(list, window)
     last_eval = state["last_eval"] if state else -1
@@ -207,17 +248,20 @@ def run(args: Sequence[str], console: Console) -> int:
         timings["evaluation_s"] += time.perf_counter() - started
         timings["evaluations"] += 1
 
-    def checkpoint(t: int) -> None:
-        folder.save_checkpoint({"t": t, "learner": learner.state_dict(), "env": env.get_state(),
+    def checkpoint(t: int, env_state: dict[str, Any] | None = None, pending: str | None = None) -> None:
+        folder.save_checkpoint({"t": t, "learner": learner.state_dict(), "env": env_state or env.get_state(),
                                 "evaluator": evaluator.state_dict(), "n_metric_lines": len(rows),
-                                "window": dict(window), "last_eval": last_eval, "timings": dict(timings)})
+                                "window": dict(window), "last_eval": last_eval, "timings": dict(timings),
+                                "llm": llm.state_dict(), "pending_response": pending})
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[status]}"))
     stopped = False
-    with StopRequest() as stop, Progress(*columns, console=console, transient=False) as progress:
+    interruption = Interruption()
+    with StopRequest() as stop, Progress(*columns, console=console, transient=False) as progress, interruption:
         task = progress.add_task(scenario.name, total=n, completed=t0, status="")
         for t in range(t0, n + 1):
+            interruption.mark(t, env.get_state(), len(rows), last_eval)
             if t in points and t > last_eval:
                 evaluate(t)
                 last_eval = t
@@ -227,7 +271,8 @@ def run(args: Sequence[str], console: Console) -> int:
             set_persona(learner, phase.persona)
             messages = list(obs["messages"])
             started = time.perf_counter()
-            (response,) = learner.act([messages])
+            (response,) = [pending] if pending is not None else learner.act([messages])
+            interruption.response, pending = response, None
             acted = time.perf_counter()
             obs, reward, _, _, info = env.step(response)
             stepped = time.perf_counter()
@@ -249,21 +294,34 @@ def run(args: Sequence[str], console: Console) -> int:
             if (t + 1) % config.checkpoint_every == 0 or stop.requested:
                 checkpoint(t + 1)
             progress.update(task, advance=1, description=f"{scenario.name} phase {info['phase']}",
-                            status=_status(rows[-1] if rows else {}, done - started))
+                            status=_status(rows[-1] if rows else {}, done - started) + llm.status())
             if stop.requested:
                 stopped = True
                 break
+    if interruption.error is not None:  # back to the last consistent point: the interrupted step is redone
+        t, env_state, n_rows, last_eval = interruption.safe
+        del rows[n_rows:]
+        folder.truncate(folder.metrics, n_rows)  # rows of an evaluation cut short are redone on resume
+        checkpoint(t, env_state, pending=interruption.response)  # the learner's state is the one after acting
+        llm.close()
+        console.print(f"[red]stopped at interaction {t}:[/] {interruption.error}\ncheckpoint written "
+                      f"(${llm.meter.spent_usd:.4f} spent). Continue with:\n  python -m sdpo_env.run "
+                      f"resume={folder.path}"
+                      + (" budget_usd=..." if isinstance(interruption.error, BudgetExceededError) else ""))
+        return 2 if isinstance(interruption.error, ProviderRequestError) else 3
     if stopped:
         console.print(f"[yellow]stopped at interaction {t + 1}; checkpoint written.[/] Continue with:\n"
                       f"  python -m sdpo_env.run resume={folder.path}")
         return 130
     checkpoint(n)
-    finish(config, scenario, folder, rows, timings, n, policy, console)
+    finish(config, scenario, folder, rows, timings, n, policy, console, cost=llm.summary())
+    llm.close()
     return 0
 
 
 def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[dict[str, Any]],
-           timings: dict[str, float], n: int, policy: ChatPolicy, console: Console) -> None:
+           timings: dict[str, float], n: int, policy: ChatPolicy, console: Console,
+           cost: dict[str, Any] | None = None) -> None:
     """Writes the adapter, the plots and the summary, and prints the final table."""
     if policy.has_adapter:
         policy.save_adapter(folder.path / "adapter")
@@ -294,6 +352,7 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
                     "env_s": timings.get("env_s", 0), "observe_s": timings.get("observe_s", 0),
                     "evaluation_s": timings.get("evaluation_s", 0), "evaluations": timings.get("evaluations", 0),
                     "total_s": total + timings.get("evaluation_s", 0)},
+        "cost": cost or {},
     }
     folder.write_summary(summary)
     table = Table(title=f"{title}: win rate vs frozen base ({len(rows)} evaluations)")

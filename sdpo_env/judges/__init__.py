@@ -4,3 +4,5 @@ from sdpo_env.judges.base import JUDGES, VERDICTS, Comparison, Judgement, Pairwi
 from sdpo_env.judges.rules import RuleJudge, is_valid
 
 __all__ = ["JUDGES", "VERDICTS", "Comparison", "Judgement", "PairwiseJudge", "RuleJudge", "is_valid"]
+
+from sdpo_env.judges import llm as _llm  # noqa: F401  registers openai, anthropic, hf

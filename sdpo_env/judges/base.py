@@ -29,11 +29,12 @@ class Comparison:
 
 @dataclass(frozen=True)
 class Judgement:
-    """A verdict, with the judge's probability that A is better when it has one (log-prob judges)."""
+    """A verdict, with the judge's probabilities of ``A`` and of a tie when it has them (log-prob judges)."""
 
     verdict: str
     prob_a: float | None = None
     reason: str = ""
+    prob_tie: float | None = None
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:

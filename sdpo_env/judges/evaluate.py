@@ -7,6 +7,7 @@ answers afresh each time. Every pair is judged in both orders. Reported:
   ``ci_low``/``ci_high``: bootstrap 95% interval over prompts;
 - ``win_rate_excl_ties`` and ``coverage`` (share of non-missing judgements that are not ties), the paper's metric;
 - ``missing_rate`` (judge failures, never counted as ties) and ``position_consistency``;
+- ``win_rate_logprob`` where the judge returns label probabilities (log-prob judges): the expected score;
 - per-preference satisfaction of policy and base (``sat/<name>``, ``base_sat/<name>``) where rules exist;
 - ``ceiling``: what an answer satisfying every current preference would score against the same base answers.
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from sdpo_env.judges.base import Comparison, PairwiseJudge
+from sdpo_env.judges.base import Comparison, Judgement, PairwiseJudge
 from sdpo_env.judges.rules import is_valid
 from sdpo_env.metrics import words
 from sdpo_env.personas import Persona
@@ -74,6 +75,19 @@ def win_rate_stats(outcomes: Sequence[Sequence[tuple[str, str]]], *, bootstrap: 
     return result
 
 
+def logprob_win_rate(judgements: Sequence[Judgement], n: int) -> float | None:
+    """The policy's expected score (win 1, tie 0.5) under the judge's label probabilities, over the judgements that
+    carry them; the first ``n`` have the policy as A, the rest as B. ``None`` when no judgement has probabilities."""
+    scores = []
+    for i, j in enumerate(judgements):
+        if j.verdict == "missing" or j.prob_a is None:
+            continue
+        tie = j.prob_tie or 0.0
+        policy = j.prob_a if i < n else 1.0 - j.prob_a - tie
+        scores.append(policy + 0.5 * tie)
+    return float(np.mean(scores)) if scores else None
+
+
 class WinRateEvaluator:
     """Evaluates answers against the frozen base model's answers on a fixed held-out prompt set.
 
@@ -121,11 +135,15 @@ class WinRateEvaluator:
         mine = answer(conversations, seed)
         comparisons = [Comparison(persona, c, m, b) for c, m, b in zip(conversations, mine, base)]
         comparisons += [Comparison(persona, c, b, m) for c, m, b in zip(conversations, mine, base)]
-        verdicts = [j.verdict for j in self.judge.judge(comparisons)]
+        judgements = self.judge.judge(comparisons)
+        verdicts = [j.verdict for j in judgements]
         n = len(conversations)
         pairs = [(policy_outcome(verdicts[i], True), policy_outcome(verdicts[n + i], False)) for i in range(n)]
         per_prompt = [pairs[i * self.samples : (i + 1) * self.samples] for i in range(len(self.prompts))]
         metrics: dict[str, Any] = win_rate_stats(per_prompt, bootstrap=self.bootstrap, seed=self.seed)
+        weighted = logprob_win_rate(judgements, n)
+        if weighted is not None:
+            metrics["win_rate_logprob"] = weighted
         metrics["valid_rate"] = float(np.mean([is_valid(m) for m in mine]))
         metrics["mean_words"] = float(np.mean([len(words(m)) for m in mine]))
         checkable = [p for p in persona.preferences if p.checkable]

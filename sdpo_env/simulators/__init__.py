@@ -4,3 +4,5 @@ from sdpo_env.simulators.base import SIMULATORS, FollowUp, FollowUpRequest, User
 from sdpo_env.simulators.rules import RuleSimulator
 
 __all__ = ["SIMULATORS", "FollowUp", "FollowUpRequest", "RuleSimulator", "UserSimulator"]
+
+from sdpo_env.simulators import llm as _llm  # noqa: F401  registers openai, anthropic, hf
