@@ -223,7 +223,7 @@ def read_logs(path: str | Path, *, fmt: str = "auto", history: int = 5, on_bad_l
                 found, messages = _parse(record, fmt)
             except _BadLine as exc:
                 if on_bad_line == "error":
-                    hint = "; pass data.on_bad_line=skip to skip and count bad lines"
+                    hint = "; pass on_bad_line=skip to skip and count bad lines"
                     raise LogFileError([Problem(source, f"line {number}", f"{exc}{hint}")]) from None
                 stats.skipped += 1
                 if len(stats.first_skipped) < 5:
