@@ -98,11 +98,23 @@ class TokenScores:
 
 
 def token_pieces(policy: ChatPolicy, ids: Sequence[int]) -> list[str]:
-    """The text each token adds (incremental decoding, so multi-byte characters such as emojis stay whole)."""
-    pieces, previous = [], ""
+    """The text each token adds, by incremental decoding.
+
+    A character spread over several byte tokens (an emoji) is shown on the first of them, where the model decided
+    to write it; the continuation tokens get an empty piece.
+    """
+    pieces: list[str] = []
+    previous, pending = "", None
     for i in range(len(ids)):
         text = str(policy.tokenizer.decode(list(ids[: i + 1]), skip_special_tokens=False))
-        pieces.append(text[len(previous):] if text.startswith(previous) else text)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: its bytes continue in the next token
+            pending = len(pieces) if pending is None else pending
+            pieces.append("")
+            continue
+        piece = text[len(previous):] if text.startswith(previous) else text
+        if pending is not None:
+            pieces[pending], piece, pending = piece, "", None
+        pieces.append(piece)
         previous = text
     return pieces
 
