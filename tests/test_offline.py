@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -108,8 +109,8 @@ def test_config_errors_are_reported_together(tmp_path, capsys) -> None:
 
 
 def test_missing_data_and_bad_lines_fail_before_training(tmp_path, write_jsonl, capsys) -> None:
-    with pytest.raises(ConfigError, match="data: no such file 'nope.jsonl'; give a .jsonl path or a shipped log: "
-                                          "sample"):
+    with pytest.raises(ConfigError, match=re.escape("data: no such file 'nope.jsonl'; give a .jsonl "
+                                                    "path or a shipped log: sample")):
         resolve([("command line", {"data": "nope.jsonl"})])
     with pytest.raises(ConfigError, match="data: missing required key"):
         resolve([("command line", {})])
