@@ -29,7 +29,7 @@ def train(tmp_path, name, *extra):
     return code, out
 
 
-def test_resume_equals_an_uninterrupted_run(tmp_path) -> None:
+def test_resume_equals_an_uninterrupted_run_and_the_adapter_is_plain_peft(tmp_path) -> None:
     code, whole = train(tmp_path, "whole")
     assert code == 0
     code, part = train(tmp_path, "part", "stop_after_steps=1")
@@ -44,24 +44,18 @@ def test_resume_equals_an_uninterrupted_run(tmp_path) -> None:
     b = load_file(part / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)  # it did learn something
+    summary = json.loads((whole / "summary.json").read_text())
+    assert summary["data_counts"]["conversations"] == 240 and summary["optimizer_steps"] == 4
+    assert (whole / "train.png").is_file()
 
-
-def test_the_adapter_loads_with_plain_peft(tmp_path) -> None:
-    code, out = train(tmp_path, "run", "train.epochs=1")
-    assert code == 0
-    base = AutoModelForCausalLM.from_pretrained(str(TINY_DIR))
-    model = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
+    # The adapter is plain peft: it loads onto the base model without this library and changes its outputs.
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(TINY_DIR)), str(whole / "adapter"))
     policy = ChatPolicy.load("tiny", device="cpu")
-    policy.model = PeftModel.from_pretrained(policy.model, str(out / "adapter"))
-    x = policy.encode([{"role": "user", "content": "How do I water basil?"}])
-    ids = torch.tensor([x])
+    ids = torch.tensor([policy.encode([{"role": "user", "content": "How do I water basil?"}])])
     with torch.no_grad():
-        plain_logits = model(input_ids=ids).logits
-        with policy.model.disable_adapter():
-            base_logits = policy.model(input_ids=ids).logits
-    assert not torch.allclose(plain_logits, base_logits)  # the adapter changes the model
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["data_counts"]["conversations"] == 240 and summary["optimizer_steps"] == 2
+        adapted = model.eval()(input_ids=ids).logits
+        base = policy.model(input_ids=ids).logits
+    assert not torch.allclose(adapted, base, atol=1e-4)
 
 
 def _nll(model_dir_or_policy, tuples) -> float:
@@ -74,7 +68,7 @@ def _nll(model_dir_or_policy, tuples) -> float:
 
 
 def test_sft_full_fine_tuning_raises_the_likelihood_of_the_logged_responses(tmp_path) -> None:
-    code, out = train(tmp_path, "sft", "method=sft", "train.lora=false", "train.lr=3e-4")
+    code, out = train(tmp_path, "sft", "method=sft", "train.lora=false", "train.lr=3e-4", "train.epochs=1")
     assert code == 0
     tuples = [t for _, t in zip(range(16), read_logs(SHIPPED_LOGS["sample"]))]
     before = _nll(ChatPolicy.load("tiny", device="cpu"), tuples)
