@@ -234,7 +234,7 @@ def write_png(path: Path, rows: Sequence[TokenScores], scale: float, title: str,
     bar = fig.colorbar(plt.cm.ScalarMappable(norm=Normalize(-scale, scale), cmap=cmap), ax=axes[:, 0].tolist(),
                        orientation="horizontal", fraction=0.04, pad=0.02, aspect=60)
     bar.set_label("A_t  (red = penalised, green = reinforced)", fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, y=1.0, va="bottom")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
