@@ -74,6 +74,9 @@ def run(config: OfflineConfig, folder: RunFolder, resuming: bool, console: Conso
         row = {"when": label, "step": step, "persona": persona.name, **metrics}
         folder.append(folder.metrics, row)
         rows.append(row)
+        if metrics["valid_rate"] < 0.5:
+            console.print(f"[yellow]warning:[/] policy collapse {label} training: only {metrics['valid_rate']:.0%} of "
+                          "held-out answers are valid (too short or looping); lower train.lr")
         timings["evaluation_s"] += time.perf_counter() - t0
 
     def checkpoint() -> None:
