@@ -4,10 +4,11 @@
 
 The conversations are written for this project, not copied from any dataset: requests from the shipped training
 prompt pool, answers assembled by the tiny model's corpus renderer in a chosen style, and user turns taken from the
-shipped personas' phrasings (complaints, thanks) and the unrelated follow-up pool. Like WildFeedback, most logged
-first answers leave the user dissatisfied: each simulated user's first answer violates one of their preferences
-with probability ``VIOLATE`` and the user says so; the assistant's revision satisfies them. Users are ``no_emojis``
-and ``concise_casual_beginner``, so their complaints (emojis; length, tone, jargon) appear in the logs.
+shipped personas' phrasings (complaints, thanks) and the unrelated follow-up pool. The logged assistant does not
+know its user: it answers in a style drawn from the tiny corpus's base distribution; when the answer breaks one of
+the user's preferences the user complains about one of them, and the assistant revises that aspect (keeping the
+rest of its style), up to ``MAX_COMPLAINTS`` rounds. As in WildFeedback, many conversations carry dissatisfaction.
+Users are ``no_emojis`` and ``concise_casual_beginner``, so their complaints (emojis; length, tone, jargon) appear.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ from typing import Any
 import numpy as np
 
 from sdpo_env.files import DATA_DIR
-from sdpo_env.personas import Persona, load_persona
+from sdpo_env.personas import Persona, Preference, load_persona
 from sdpo_env.prompts import load_prompts
 from sdpo_env.tiny.render import render
-from sdpo_env.tiny.style import AXES, Style, persona_axes, preference_axes, sample_style
+from sdpo_env.tiny.style import Style, measure, preference_axes, sample_style
 
 LOGS_DIR = DATA_DIR / "logs"
 SAMPLE = LOGS_DIR / "sample.jsonl"
 USERS = {"no_emojis": 0.6, "concise_casual_beginner": 0.4}
-VIOLATE = 0.75
+MAX_COMPLAINTS = 2  # complaint rounds per request before the user moves on
 Messages = list[dict[str, str]]
 
 
@@ -43,18 +44,21 @@ def _answer(rng: np.random.Generator, question: str, category: str, fixed: Style
             return text
 
 
-def _first_style(rng: np.random.Generator, persona: Persona) -> Style:
-    """Every preference satisfied, or (with probability VIOLATE) one of them violated."""
-    fixed = dict(persona_axes(persona) or {})
-    if rng.random() < VIOLATE:
-        pref = _pick(rng, persona.preferences)
-        for axis, allowed in preference_axes(pref).items():
-            fixed[axis] = tuple(v for v in AXES[axis] if v not in allowed)  # type: ignore[operator]
-    return fixed
+def _revise(rng: np.random.Generator, question: str, category: str, style: Style,
+            pref: Preference) -> tuple[str, Style]:
+    """The assistant fixes what the user complained about and keeps the rest of its style when it can."""
+    fixed = dict(style)
+    fixed.update(preference_axes(pref))
+    for _ in range(5):
+        text = render(sample_style(rng, fixed), question, category, rng)
+        if text is not None:
+            return text, measure(text)
+    text = _answer(rng, question, category, dict(preference_axes(pref)))
+    return text, measure(text)
 
 
 def conversation(rng: np.random.Generator, persona: Persona) -> Messages:
-    """One logged conversation with a user who has ``persona``'s preferences."""
+    """One logged conversation between an assistant that does not know the user and a user with ``persona``."""
     prompts = load_prompts("train")
     prompt = _pick(rng, prompts)
     messages: Messages = []
@@ -62,13 +66,17 @@ def conversation(rng: np.random.Generator, persona: Persona) -> Messages:
         messages.append({"role": "system", "content": "You are a helpful assistant."})
     for _ in range(int(rng.integers(1, 4))):  # one to three requests in a conversation
         messages.append({"role": "user", "content": prompt.text})
-        answer = _answer(rng, prompt.text, prompt.category, _first_style(rng, persona))
+        style = sample_style(rng)  # the logged model's own style: the base distribution
+        answer = render(style, prompt.text, prompt.category, rng) or _answer(rng, prompt.text, prompt.category, {})
         messages.append({"role": "assistant", "content": answer})
-        violated = [p for p in persona.preferences if not p.satisfied_by(answer)]
-        if violated:  # the user complains; the assistant revises
-            messages.append({"role": "user", "content": _pick(rng, _pick(rng, violated).follow_ups)})
-            revised = _answer(rng, prompt.text, prompt.category, dict(persona_axes(persona) or {}))
-            messages.append({"role": "assistant", "content": revised})
+        for _ in range(MAX_COMPLAINTS):
+            violated = [p for p in persona.preferences if not p.satisfied_by(answer)]
+            if not violated:
+                break
+            pref = _pick(rng, violated)  # the user complains about one thing at a time
+            messages.append({"role": "user", "content": _pick(rng, pref.follow_ups)})
+            answer, style = _revise(rng, prompt.text, prompt.category, style, pref)
+            messages.append({"role": "assistant", "content": answer})
         roll = rng.random()
         if roll < 0.45:
             messages.append({"role": "user", "content": _pick(rng, persona.satisfied.replies)})

@@ -58,7 +58,8 @@ class TrainConfig:
     """How the policy is trained on the logs."""
 
     epochs: int = option(2, "passes over the logs (paper: 2)", min=1)
-    lr: float = option(2e-4, "peak AdamW learning rate (paper, full fine-tuning: 2e-6)", gt=0.0)
+    lr: float = option(3e-3, "peak AdamW learning rate; 3e-3 suits LoRA on the tiny model (1e-2, or 3e-3 with "
+                       "grad_accum=1, collapsed it); paper, full fine-tuning of 4-8B models: 2e-6", gt=0.0)
     batch_size: int = option(8, "interaction tuples per forward pass", min=1)
     grad_accum: int = option(4, "forward passes per optimizer step (effective batch = batch_size * grad_accum)",
                              min=1)
