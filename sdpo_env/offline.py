@@ -5,7 +5,7 @@ Examples::
     python -m sdpo_env.offline data=sample eval.persona=no_emojis              # the shipped sample, tiny model
     python -m sdpo_env.offline data=sample method=sft eval.persona=no_emojis   # the Table 4 control
     python -m sdpo_env.offline data=my_logs.jsonl policy.model=Qwen/Qwen3-4B policy.device=cuda train.lr=2e-6 \\
-        train.lora=false train.batch_size=4 train.grad_accum=8
+        train.lora=false train.batch_size=4 train.grad_accum=8            # the paper's offline recipe
     python -m sdpo_env.offline resume=runs/offline-x                           # continue a stopped run exactly
 
 The off-policy surrogate (paper, Sec. 4.1): for each logged interaction (x, y, o) the same SDPO loss as online,
