@@ -158,8 +158,11 @@ def resolve(layers: Sequence[tuple[str, dict[str, Any]]]) -> OfflineConfig:
     return config
 
 
-def prepare(args: Sequence[str]) -> tuple[OfflineConfig, RunFolder, bool]:
-    """The configuration and run folder; ``resume=FOLDER`` takes both from an existing run."""
+def prepare(args: Sequence[str]) -> tuple[OfflineConfig, RunFolder, bool, LogStats]:
+    """The configuration, the run folder and the data's counts; ``resume=FOLDER`` takes both from an existing run.
+
+    The data file is scanned (streaming) before the run folder is created, so a bad line leaves nothing behind.
+    """
     cli = parse_overrides(args)
     if "resume" in cli:
         folder = RunFolder(str(cli["resume"]))
@@ -173,13 +176,14 @@ def prepare(args: Sequence[str]) -> tuple[OfflineConfig, RunFolder, bool]:
         saved = {k: v for k, v in folder.read_config().items() if k != "stop_after_steps"}
         config = resolve([(str(folder.config), saved), (COMMAND_LINE, {k: v for k, v in cli.items()
                                                                         if k != "resume"})])
-        return config, folder, True
+        return config, folder, True, data_stats(config)
     config = resolve([(COMMAND_LINE, cli)])
+    stats = data_stats(config)
     folder = RunFolder(config.out_dir or f"runs/{datetime.now():%Y%m%d-%H%M%S}-offline-{config.method}")
     if folder.checkpoint.is_file():
         raise ConfigError([Problem(COMMAND_LINE, "out_dir", f"{folder.path} already holds a run; continue it with "
                                                             f"resume={folder.path} or choose another out_dir")])
-    return config, folder, False
+    return config, folder, False, stats
 
 
 # --- data ------------------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from rich.table import Table
 
 from sdpo_env.judges import JUDGES
 from sdpo_env.judges.evaluate import WinRateEvaluator
-from sdpo_env.offline import OfflineConfig, OfflineTrainer, config_dict, data_stats, micro_batches, plan, policy_for
+from sdpo_env.logs import LogStats
+from sdpo_env.offline import OfflineConfig, OfflineTrainer, config_dict, micro_batches, plan, policy_for
 from sdpo_env.personas import load_persona
 from sdpo_env.prompts import load_prompts
 from sdpo_env.run import StopRequest
@@ -28,10 +29,9 @@ EVAL_KEYS = ("win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", 
              "mean_words")
 
 
-def run(config: OfflineConfig, folder: RunFolder, resuming: bool, console: Console) -> int:
-    """Trains on the logs in ``config.data``; returns the exit code (130 when stopped early)."""
+def run(config: OfflineConfig, folder: RunFolder, resuming: bool, stats: LogStats, console: Console) -> int:
+    """Trains on the logs in ``config.data`` (``stats``: their counts); returns the exit code (130 when stopped)."""
     started = time.perf_counter()
-    stats = data_stats(config)
     console.print(f"{config.data_path}: {stats.summary()}")
     if stats.tuples == 0:
         console.print("[red]error:[/] no interaction tuples to train on (every conversation lacks a follow-up)")
@@ -137,7 +137,7 @@ def run(config: OfflineConfig, folder: RunFolder, resuming: bool, console: Conso
     return 0
 
 
-def finish(config: OfflineConfig, folder: RunFolder, stats: Any, rows: list[dict[str, Any]],
+def finish(config: OfflineConfig, folder: RunFolder, stats: LogStats, rows: list[dict[str, Any]],
            timings: dict[str, float], wall_s: float, trainer: OfflineTrainer, console: Console) -> None:
     """Saves the weights (peft adapter, or the full model), the loss plot and the summary; prints the table."""
     policy = trainer.policy
