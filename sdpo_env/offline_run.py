@@ -91,7 +91,8 @@ def run(config: OfflineConfig, folder: RunFolder, resuming: bool, stats: LogStat
     stop_at = config.stop_after_steps
     stopped = False
     with StopRequest() as stop, Progress(*columns, console=console) as progress:
-        task = progress.add_task(f"{config.method} epoch {epoch + 1}", total=total, completed=step, status="")
+        label = f"{config.method} epoch {min(epoch + 1, config.train.epochs)}"
+        task = progress.add_task(label, total=total, completed=step, status="")
         while epoch < config.train.epochs and not stopped:
             batches = micro_batches(config, epoch)
             for _ in range(position):  # already trained on before the checkpoint
