@@ -153,16 +153,26 @@ def plan(args: Sequence[str]) -> tuple[BenchConfig, list[PlannedRun], Any]:
             stored_config = folder / "config.yaml"
             if stored_config.is_file():  # not RunFolder(folder): planning must not create folders
                 stored = yaml.safe_load(stored_config.read_text(encoding="utf-8"))
-                if _comparable(stored) != _comparable(expected):
-                    problems.append(Problem(str(folder), "config.yaml", "holds a run with other settings than this "
-                                            "bench asks for; use another out= or remove the folder"))
+                differing = _differences(stored, expected)
+                if differing:
+                    problems.append(Problem(str(folder), "config.yaml", f"holds a run with other settings ("
+                                            f"{', '.join(differing)}) than this bench asks for; use the same settings, "
+                                            "another out=, or remove the folder"))
     if problems:
         raise ConfigError(problems)
     return bench, runs, scenario
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in ("out_dir", "resume")}
+def _differences(stored: Any, expected: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs (the folder and resume keys aside)."""
+    if not (isinstance(stored, dict) and isinstance(expected, dict)):
+        return [] if stored == expected else [prefix]
+    out = []
+    for key in sorted(set(stored) | set(expected)):
+        if not prefix and key in ("out_dir", "resume"):
+            continue
+        out += _differences(stored.get(key), expected.get(key), f"{prefix}.{key}" if prefix else key)
+    return out
 
 
 def execute(runs: Sequence[PlannedRun], console: Console) -> int:
@@ -205,16 +215,16 @@ def columns(phases: Sequence[PhaseInfo], threshold: float) -> list[tuple[str, st
     """``(metric key, column title, format)`` of the results table; format ``rate``, ``reach`` or ``s``."""
     cols = []
     for p in phases:
-        cols.append((f"end/p{p.index}/win_rate", f"win @{p.end} (p{p.index} {p.label})", "rate"))
+        cols.append((f"end/p{p.index}/win_rate", f"win @{p.end} (p{p.index})", "rate"))
         cols.append((f"end/p{p.index}/win_rate_excl_ties", f"excl. ties @{p.end}", "rate"))
-    cols.append(("auc", "mean win (AUC)", "rate"))
+    cols.append(("auc", "AUC", "rate"))
     for p in phases:
-        title = f"reach {threshold:g}" if p.index == 0 else f"recover {threshold:g} (p{p.index})"
+        title = f"to {threshold:g}" if p.index == 0 else f"p{p.index} recovery"
         cols.append((f"reach/p{p.index}", title, "reach"))
     if any(p.introduced != p.preferences for p in phases[1:]):
-        cols.append(("retention", "retention (Δ sat, earlier prefs)", "rate"))
-    cols.append(("interaction_s", "s / interaction", "s"))
-    cols.append(("total_s", "run s (with evals)", "s"))
+        cols.append(("retention", "retention", "rate"))
+    cols.append(("interaction_s", "s/interaction", "s"))
+    cols.append(("total_s", "run s", "s"))
     return cols
 
 
@@ -242,8 +252,9 @@ def report(bench: BenchConfig, scenario: Any, runs: Sequence[PlannedRun], out: P
              for agent, per_seed in numbers.items()}
     cols = columns(phases, bench.threshold)
     n_seeds = len(bench.seed_list())
-    title = (f"{scenario.name}: {n} interactions, {n_seeds} seed(s); mean ± 95% CI over seeds; win rate vs the frozen "
-             "base (ties = 1/2)")
+    labels = ", ".join(f"p{p.index} = {p.label} [{p.start}, {p.end})" for p in phases)
+    title = (f"{scenario.name} ({labels}): {n_seeds} seed(s), mean ± 95% CI over seeds; win rate vs the frozen base "
+             "(ties = 1/2)")
     table = Table(title=title)
     table.add_column("learner")
     table.add_column("seeds", justify="right")
