@@ -6,6 +6,7 @@ Examples::
         agents=[sdpo,sft_hindsight,dpo_hindsight,icl_memory,none,icl_oracle,reinforce_oracle] seeds=3
     python -m sdpo_env.bench scenario=single agents=[sdpo,mypkg.learners:MyLearner] seeds=2 out=bench/mine
     python -m sdpo_env.bench scenario=flip agents=[sdpo,none] seeds=1 n_interactions=100 eval.n_prompts=32
+    python -m sdpo_env.bench scenario=flip agents=[sdpo,none] seeds=3 run=false   # aggregate what has finished
 
 Every (learner, seed) is an ordinary run folder, ``<out>/<learner>/seed<k>``, made by the runner in this process,
 seed by seed: same scenario, prompts, judge, seed and budget for every learner. Run it again to continue: finished
@@ -21,6 +22,7 @@ import csv
 import json
 import re
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +41,7 @@ from sdpo_env.errors import ConfigError, Problem, SdpoEnvError, UnknownNameError
 from sdpo_env.runfolder import RunFolder
 from sdpo_env.schema import build, option
 
-BENCH_KEYS = ("scenario", "agents", "seeds", "out", "threshold")
+BENCH_KEYS = ("scenario", "agents", "seeds", "out", "threshold", "run")
 SET_BY_BENCH = ("seed", "out_dir", "resume", "agent", "agent.name")
 
 
@@ -54,6 +56,7 @@ class BenchConfig:
     out: str | None = option(None, "bench folder; default bench/<scenario>")
     threshold: float = option(0.8, "win rate that counts as reached (interactions to reach it, recovery)",
                               min=0.0, max=1.0)
+    run: bool = option(True, "false = only aggregate the runs finished so far (e.g. while the grid runs elsewhere)")
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
@@ -318,8 +321,10 @@ def plot_curves(curves: dict[str, list[list[dict[str, Any]]]], phases: Sequence[
             xs, means = [x for x, _, _ in seg], [m for _, m, _ in seg]
             ax.plot(xs, means, "o-", color=color, markersize=2.5, linewidth=1.4,
                     label=f"{agent} ({len(runs)} seed{'s' if len(runs) > 1 else ''})" if j == 0 else None)
-            if all(c is not None for _, _, c in seg):
-                ax.fill_between(xs, [m - c for _, m, c in seg], [m + c for _, m, c in seg], color=color, alpha=0.12)
+            halves = [c for _, _, c in seg if c is not None]
+            if len(halves) == len(seg):
+                ax.fill_between(xs, [m - c for m, c in zip(means, halves)], [m + c for m, c in zip(means, halves)],
+                                color=color, alpha=0.12)
     for p in phases[1:]:
         ax.axvline(p.start, color="grey", linestyle=":", linewidth=1)
     for p in phases:
@@ -330,7 +335,7 @@ def plot_curves(curves: dict[str, list[list[dict[str, Any]]]], phases: Sequence[
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("interactions")
     ax.set_ylabel("win rate vs frozen base (mean ± 95% CI over seeds)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 120), fontsize=9)
     ax.legend(fontsize=7, loc="lower left", ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -349,8 +354,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench, runs, scenario = plan(args)
         out = runs[0].folder.parent.parent
         out.mkdir(parents=True, exist_ok=True)
-        code = execute(runs, console)
-        report(bench, scenario, runs, out, console)
+        code = execute(runs, console) if bench.run else 0
+        if any(RunFolder(r.folder).summary.is_file() for r in runs):
+            report(bench, scenario, runs, out, console)
+        else:
+            console.print(f"no finished runs in {out} yet: nothing to aggregate")
         return code
     except SdpoEnvError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -75,8 +75,8 @@ def area_under_curve(rows: Sequence[Mapping[str, Any]], key: str = "win_rate") -
     """Trapezoid area of ``key`` over interactions, per phase, divided by the interactions covered."""
     area, span = 0.0, 0.0
     for phase in sorted({r["phase"] for r in rows}):
-        points = sorted((r["interaction"], _number(r.get(key))) for r in rows if r["phase"] == phase)
-        points = [(x, y) for x, y in points if y is not None]
+        points = sorted((r["interaction"], y) for r in rows
+                        if r["phase"] == phase and (y := _number(r.get(key))) is not None)
         for (x0, y0), (x1, y1) in itertools.pairwise(points):
             area += (x1 - x0) * (y0 + y1) / 2
             span += x1 - x0
