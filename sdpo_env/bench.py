@@ -37,7 +37,7 @@ from agents.base import learner_config
 from sdpo_env import run as runner
 from sdpo_env.bench_metrics import PhaseInfo, Stat, aggregate_runs, mean_curve, phase_infos, run_metrics
 from sdpo_env.config import COMMAND_LINE, config_to_dict, load_run_config, parse_overrides
-from sdpo_env.errors import ConfigError, Problem, SdpoEnvError, UnknownNameError, did_you_mean
+from sdpo_env.errors import ConfigError, Problem, SdpoEnvError, did_you_mean
 from sdpo_env.runfolder import RunFolder
 from sdpo_env.schema import build, option
 
@@ -123,10 +123,7 @@ def plan(args: Sequence[str]) -> tuple[BenchConfig, list[PlannedRun], Any]:
     for i, name in enumerate(bench.agents):
         try:
             cls, _ = learner_config({"name": name})
-        except UnknownNameError as exc:
-            problems.append(Problem(COMMAND_LINE, f"agents[{i}]", str(exc)))
-            continue
-        except SdpoEnvError as exc:
+        except SdpoEnvError as exc:  # an unknown name (with close matches) or an unimportable dotted path
             problems.append(Problem(COMMAND_LINE, f"agents[{i}]", str(exc)))
             continue
         config_cls = getattr(cls, "Config", None)
