@@ -320,8 +320,8 @@ def plot_curves(curves: dict[str, list[list[dict[str, Any]]]], phases: Sequence[
                     label=f"{agent} ({len(runs)} seed{'s' if len(runs) > 1 else ''})" if j == 0 else None)
             halves = [c for _, _, c in seg if c is not None]
             if len(halves) == len(seg):
-                ax.fill_between(xs, [m - c for m, c in zip(means, halves)], [m + c for m, c in zip(means, halves)],
-                                color=color, alpha=0.12)
+                ax.fill_between(xs, [max(0.0, m - c) for m, c in zip(means, halves)],
+                                [min(1.0, m + c) for m, c in zip(means, halves)], color=color, alpha=0.08)
     for p in phases[1:]:
         ax.axvline(p.start, color="grey", linestyle=":", linewidth=1)
     for p in phases:
