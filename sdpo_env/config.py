@@ -156,6 +156,9 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
             problems.append(Problem(COMMAND_LINE, arg, "expected key=value (e.g. scenario=flip seed=1)"))
     if problems:
         raise ConfigError(problems)
+    # `agent=NAME` is `agent.name=NAME`: otherwise a later `agent.lr=...` replaces the whole section, name included.
+    args = [f"agent.name={a.partition('=')[2]}" if a.partition("=")[0].strip() == "agent"
+            and not a.partition("=")[2].lstrip().startswith("{") else a for a in args]
     try:
         parsed = OmegaConf.to_container(OmegaConf.from_dotlist(list(args)), resolve=True)
     except OmegaConfBaseException as exc:

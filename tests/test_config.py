@@ -87,3 +87,11 @@ def test_bad_learner_options_name_the_file_that_set_them(write_yaml) -> None:
 def test_internal_fields_cannot_be_set() -> None:
     with pytest.raises(ConfigError, match=r"command line: sources: unknown key\."):
         resolve_config([("command line", {"sources": {"a": "b"}})])
+
+
+def test_agent_name_survives_a_later_agent_option() -> None:
+    from sdpo_env.config import parse_overrides
+
+    assert parse_overrides(["agent=dpo_hindsight", "agent.lr=0.01"]) == {"agent": {"name": "dpo_hindsight",
+                                                                                  "lr": 0.01}}
+    assert parse_overrides(["agent.lr=0.01", "agent=none"]) == {"agent": {"lr": 0.01, "name": "none"}}

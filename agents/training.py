@@ -1,0 +1,109 @@
+"""What the LoRA-training baselines share with SDPO: the same options and the same optimiser step.
+
+- :func:`same_as_sdpo` declares a config field with SDPO's default, help text and checks (read from
+  :class:`agents.sdpo.SDPOConfig`), so a comparison uses one set of LoRA and AdamW settings by construction.
+- :class:`LoraTrainer` adds the adapter, owns the AdamW optimiser, and takes a step with SDPO's rules: gradient
+  clipping, non-finite losses and gradients skipped, counted and warned about; its state resumes exactly.
+- :class:`SampledIds` remembers the token ids of the policy's own answers, so a loss scores exactly the sampled
+  tokens rather than a re-tokenisation of the text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from agents.sdpo import SDPOConfig, lora_settings
+from sdpo_env.policy import ChatPolicy
+from sdpo_env.schema import option
+
+_SDPO_FIELDS = {f.name: f for f in dataclasses.fields(SDPOConfig)}
+
+
+def same_as_sdpo(name: str) -> Any:
+    """A dataclass field equal to SDPO's option ``name`` (default, help text, allowed range).
+
+    Raises:
+        KeyError: SDPO has no such option.
+    """
+    f = _SDPO_FIELDS[name]
+    meta = f.metadata
+    return option(f.default, meta["help"], min=meta["min"], max=meta["max"], gt=meta["gt"],
+                  choices=meta["choices"], nonempty=meta["nonempty"])
+
+
+class LoraTrainer:
+    """A LoRA adapter on the policy and its AdamW optimiser, stepped like SDPO's.
+
+    Args:
+        policy: The policy; a LoRA adapter is added if it has none.
+        config: Any learner config with SDPO's ``lr``, ``weight_decay``, ``grad_clip`` and ``lora_*`` fields.
+        seed: Seeds the adapter's initialisation.
+        name: Metric namespace and the learner's name in warnings (``sft``, ``dpo``, ...).
+    """
+
+    def __init__(self, policy: ChatPolicy, config: Any, *, seed: int, name: str):
+        if not policy.has_adapter:
+            policy.add_lora(lora_settings(config), seed=seed)
+        self.policy, self.name = policy, name
+        self.grad_clip = config.grad_clip
+        self.params = policy.trainable_parameters()
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.n_updates = self.n_skipped = 0
+
+    def step(self, loss: torch.Tensor) -> dict[str, float]:
+        """Backward, clip, AdamW step; a non-finite loss or gradient skips the step (counted, warned)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return self._skip(f"non-finite loss ({loss.item()})")
+        loss.backward()
+        clip = self.grad_clip if self.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip).item()
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._skip("non-finite gradient")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.n_updates += 1
+        return {f"{self.name}/loss": loss.item(), f"{self.name}/grad_norm": grad_norm,
+                f"{self.name}/skipped_updates": float(self.n_skipped)}
+
+    def _skip(self, why: str) -> dict[str, float]:
+        self.n_skipped += 1
+        warnings.warn(f"{self.name} update {self.n_updates} skipped: {why}; {self.n_skipped} skipped so far",
+                      RuntimeWarning, stacklevel=3)
+        return {f"{self.name}/skipped_updates": float(self.n_skipped)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"adapter": self.policy.adapter_state(), "optimizer": self.optimizer.state_dict(),
+                "n_updates": self.n_updates, "n_skipped": self.n_skipped}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_adapter_state(state["adapter"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.n_updates, self.n_skipped = state["n_updates"], state["n_skipped"]
+
+
+class SampledIds:
+    """Answer text -> the token ids the policy sampled for it (EOS included when reached)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, list[int]] = {}
+
+    def remember(self, text: str, ids: list[int]) -> None:
+        self.ids[text] = list(ids)
+
+    def get(self, policy: ChatPolicy, text: str) -> list[int]:
+        """The sampled ids, or the text's encoding when it was not sampled here (e.g. a logged answer)."""
+        ids = self.ids.get(text)
+        return list(ids) if ids else policy.encode_completion(text)
+
+    def keep_only(self, texts: Iterable[str]) -> None:
+        """Forgets every answer not in ``texts`` (those that can no longer be trained on)."""
+        live = set(texts)
+        self.ids = {k: v for k, v in self.ids.items() if k in live}

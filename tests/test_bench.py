@@ -1,0 +1,222 @@
+"""The benchmark: aggregation math on synthetic run folders, the grid end to end on a small real model (every
+learner, interrupted and resumed), the README's example learner by dotted path, and argument errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agents import LEARNERS
+from sdpo_env.bench import main
+from sdpo_env.bench_metrics import PhaseInfo, area_under_curve, mean_ci, run_metrics
+from tests.models import build_random_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_random_model(tmp_path_factory.mktemp("random_model"))
+
+
+@pytest.fixture(scope="module")
+def scenario_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("scenario") / "tiny_flip.yaml"
+    path.write_text(yaml.safe_dump({"name": "tiny_flip", "phases": [
+        {"start": 0, "end": 4, "persona": "concise_casual_beginner"},
+        {"start": 4, "end": 8, "persona": "detailed_professional_expert"}]}))
+    return path
+
+
+def grid_args(model_dir, scenario_file, out, agents, seeds=1):
+    batch = ["agent.batch_size=2"] if any(a in ("sdpo", "sft_hindsight", "dpo_hindsight", "reinforce_oracle")
+                                          for a in agents) else []
+    return [*batch, f"scenario={scenario_file}", f"agents=[{','.join(agents)}]", f"seeds={seeds}", f"out={out}",
+            f"policy.model={model_dir}", "policy.max_new_tokens=12", "eval.every=4", "eval.n_prompts=4",
+            "eval.bootstrap=50", "eval.oracle=false", "checkpoint_every=3"]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --- aggregation math ---------------------------------------------------------------------------------------------
+
+FLIP = [PhaseInfo(0, 0, 8, "a", ("concise",), ("concise",)), PhaseInfo(1, 8, 16, "b", ("detailed",), ("detailed",))]
+
+
+def rows(points):
+    return [{"interaction": x, "phase": p, "win_rate": w, "win_rate_excl_ties": min(1.0, w + 0.05)}
+            for p, x, w in points]
+
+
+SEED0 = rows([(0, 0, 0.5), (0, 4, 0.7), (0, 8, 0.9), (1, 8, 0.1), (1, 12, 0.85), (1, 16, 0.6)])
+SEED1 = rows([(0, 0, 0.5), (0, 4, 0.8), (0, 8, 0.7), (1, 8, 0.2), (1, 12, 0.3), (1, 16, 0.4)])
+
+
+def test_run_metrics_by_hand() -> None:
+    m = run_metrics(SEED0, FLIP, threshold=0.8, summary={"timings": {"interaction_s_mean": 0.25, "total_s": 9.0}})
+    # Trapezoids per phase: (4 * 1.2 / 2 + 4 * 1.6 / 2 + 4 * 0.95 / 2 + 4 * 1.45 / 2) / 16 = 10.4 / 16.
+    assert m["auc"] == pytest.approx(10.4 / 16)
+    assert m["end/p0/win_rate"] == 0.9 and m["end/p1/win_rate"] == 0.6 and m["final/win_rate"] == 0.6
+    assert m["end/p0/win_rate_excl_ties"] == pytest.approx(0.95)
+    assert m["reach/p0"] == 8 and m["reach/p1"] == 4  # 0.85 at 12, four interactions after the flip at 8
+    assert m["retention"] is None  # a flip keeps no earlier preference
+    assert m["interaction_s"] == 0.25 and m["total_s"] == 9.0
+    never = run_metrics(SEED1, FLIP, threshold=0.8)
+    assert never["reach/p0"] == 4 and never["reach/p1"] is None and never["interaction_s"] is None
+
+
+def test_retention_for_added_preferences() -> None:
+    phases = [PhaseInfo(0, 0, 4, "no_emojis", ("no_emojis",), ("no_emojis",)),
+              PhaseInfo(1, 4, 8, "+praise", ("no_emojis", "praise"), ("praise",))]
+    data = [{"interaction": 4, "phase": 0, "win_rate": 0.6, "sat/no_emojis": 0.9},
+            {"interaction": 8, "phase": 1, "win_rate": 0.7, "sat/no_emojis": 0.6, "sat/praise": 0.8}]
+    assert run_metrics(data, phases, threshold=0.8)["retention"] == pytest.approx(0.6 - 0.9)
+
+
+def test_mean_ci_is_student_t_and_auc_skips_missing_values() -> None:
+    mean, half = mean_ci([0.2, 0.4, 0.6])
+    assert mean == pytest.approx(0.4) and half == pytest.approx(4.303 * 0.2 / 3 ** 0.5)
+    assert mean_ci([0.3]) == (0.3, None)
+    assert area_under_curve([{"interaction": 0, "phase": 0, "win_rate": None}]) is None
+
+
+def test_bench_aggregates_finished_run_folders_without_loading_a_model(tmp_path) -> None:
+    out = tmp_path / "bench"
+    scenario = tmp_path / "flip16.yaml"
+    scenario.write_text(yaml.safe_dump({"name": "flip16", "phases": [
+        {"start": 0, "end": 8, "persona": "concise_casual_beginner"},
+        {"start": 8, "end": 16, "persona": "detailed_professional_expert"}]}))
+    for seed, data in enumerate((SEED0, SEED1)):
+        folder = out / "none" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+        (folder / "summary.json").write_text(json.dumps({"timings": {"interaction_s_mean": 0.1 * (seed + 1),
+                                                                     "total_s": 10.0}}))
+    assert main([f"scenario={scenario}", "agents=[none,icl_oracle]", "seeds=2", f"out={out}",
+                 "policy.model=/nonexistent", "run=false"]) == 0  # aggregate only: nothing loads
+    by_learner = {r["learner"]: r for r in read_csv(out / "results.csv")}
+    none = by_learner["none"]
+    assert none["seeds_done"] == "2" and by_learner["icl_oracle"]["seeds_done"] == "0"
+    assert float(none["end/p0/win_rate_mean"]) == pytest.approx(0.8)
+    half_width = 12.706 * statistics.stdev([0.9, 0.7]) / 2 ** 0.5  # Student t, 1 degree of freedom
+    assert float(none["end/p0/win_rate_ci95"]) == pytest.approx(half_width, rel=1e-5)
+    assert float(none["end/p1/win_rate_mean"]) == pytest.approx(0.5)
+    assert float(none["reach/p0_mean"]) == pytest.approx(6) and none["reach/p1_n"] == "1"
+    assert float(none["interaction_s_mean"]) == pytest.approx(0.15)
+    table = (out / "results.md").read_text()
+    assert "| none | 2/2 | 0.80 ± 1.27 |" in table and "| 4 (1/2 seeds) |" in table
+    assert "| icl_oracle | 0/2 | - |" in table
+    assert len(read_csv(out / "runs.csv")) == 2 and (out / "curves.png").stat().st_size > 10_000
+
+
+# --- the grid end to end -------------------------------------------------------------------------------------------
+
+
+def interrupt_when(path: Path, lines: int) -> threading.Thread:
+    """Sends this process a Ctrl-C once ``path`` has ``lines`` lines (the runner checkpoints and stops)."""
+
+    def watch() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if path.is_file() and len(path.read_text().splitlines()) >= lines:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("name", sorted(LEARNERS))
+def test_interrupted_bench_resumes_to_the_same_files(model_dir, scenario_file, tmp_path, name, capsys) -> None:
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert main(grid_args(model_dir, scenario_file, straight, [name])) == 0
+    watcher = interrupt_when(stopped / name / "seed0" / "interactions.jsonl", 2)
+    assert main(grid_args(model_dir, scenario_file, stopped, [name])) == 130
+    watcher.join()
+    assert "run the same command again to continue" in capsys.readouterr().out
+    done = len((stopped / name / "seed0" / "interactions.jsonl").read_text().splitlines())
+    assert 2 <= done < 8
+    assert main(grid_args(model_dir, scenario_file, stopped, [name])) == 0
+    assert "(resumed)" in capsys.readouterr().out
+    for file in ("interactions.jsonl", "metrics.jsonl"):
+        assert (stopped / name / "seed0" / file).read_text() == (straight / name / "seed0" / file).read_text()
+    metrics = [json.loads(line) for line in (straight / name / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["interaction"], r["phase"]) for r in metrics] == [(0, 0), (4, 0), (4, 1), (8, 1)]
+
+
+def readme_learner() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Benchmark learners"):]
+    match = re.search(r"save this as `my_learners.py`.*?```python\n(.*?)```", section, re.S)
+    assert match, "the README's example learner is missing"
+    return match.group(1)
+
+
+def test_readme_example_learner_runs_in_a_bench(model_dir, scenario_file, tmp_path, monkeypatch, capsys) -> None:
+    code = readme_learner()
+    assert 25 <= len(code.splitlines()) <= 45
+    (tmp_path / "my_learners.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_learners", raising=False)
+    out = tmp_path / "bench"
+    args = grid_args(model_dir, scenario_file, out, ["my_learners:LastFollowUp", "none"], seeds=2)
+    assert main([*args, "agent.min_words=2"]) == 0
+    runs = read_csv(out / "runs.csv")
+    assert [(r["learner"], r["seed"]) for r in runs] == [("my_learners:LastFollowUp", "0"),
+                                                          ("my_learners:LastFollowUp", "1"), ("none", "0"),
+                                                          ("none", "1")]
+    config = yaml.safe_load((out / "my_learners-LastFollowUp" / "seed0" / "config.yaml").read_text())
+    assert config["agent"] == {"name": "my_learners:LastFollowUp", "min_words": 2}
+    assert yaml.safe_load((out / "none" / "seed1" / "config.yaml").read_text())["agent"] == {"name": "none"}
+    interactions = (out / "my_learners-LastFollowUp" / "seed0" / "interactions.jsonl").read_text().splitlines()
+    assert "last_follow_up/words" in json.loads(interactions[-1])
+    capsys.readouterr()
+    assert main([*args, "agent.min_words=2"]) == 0
+    assert capsys.readouterr().out.count("finished, skipped") == 4
+
+
+# --- errors --------------------------------------------------------------------------------------------------------
+
+
+def test_bad_arguments_are_reported_together_before_any_model_loads(scenario_file, tmp_path, capsys) -> None:
+    out = tmp_path / "bench"
+    assert main([f"scenario={scenario_file}", "agents=[sdpoo,none,none]", "seeds=0", "seed=3", f"out={out}",
+                 "threshold=1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "command line: threshold: got 1.5; must be <= 1.0" in err
+    assert "command line: seeds: got 0; give a positive count or a list of seeds >= 0" in err
+    assert "command line: agents: none listed more than once" in err
+    assert "command line: seed: set by the bench for each run; use agents=[...] and seeds=... instead" in err
+    assert "command line: agents[0]: unknown learner 'sdpoo'. Did you mean 'sdpo'?" in err
+    assert main([f"scenario={scenario_file}", "agents=[sdpo,none]", "agent.lrr=1", f"out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert "command line: agent.lrr: no listed learner has this option. Did you mean 'lr' or 'lora_r'?" in err
+    assert main([f"scenario={scenario_file}", "agents=[sdpo]", "eval.evrey=2", f"out={out}"]) == 2
+    assert "command line: eval.evrey: unknown key. Did you mean 'every'?" in capsys.readouterr().err
+    assert main([f"scenario={scenario_file}", "agents=[nowhere.mod:Learner]", f"out={out}"]) == 2
+    assert "cannot import learner 'nowhere.mod:Learner': module 'nowhere.mod' not found" in capsys.readouterr().err
+    assert not out.exists(), "a bench that failed validation must not create folders"
+
+
+def test_a_folder_with_other_settings_is_not_mixed_in(model_dir, scenario_file, tmp_path, capsys) -> None:
+    out = tmp_path / "bench"
+    assert main([*grid_args(model_dir, scenario_file, out, ["none"]), "n_interactions=2"]) == 0
+    assert main([*grid_args(model_dir, scenario_file, out, ["none"]), "n_interactions=3"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'none' / 'seed0'}: config.yaml: holds a run with other settings (n_interactions)" in err
