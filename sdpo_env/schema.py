@@ -93,7 +93,7 @@ def _convert(tp: Any, value: Any, key: str, source: Provenance, problems: list[P
             converted = _convert(candidate, value, key, source, trial)
             if not trial:
                 return converted
-            if len(options) == 2:  # X | None: report the inner problem, it is the informative one
+            if len(options) == 2 and type(None) in options:  # X | None: the inner problem is the informative one
                 problems.extend(trial)
                 return dataclasses.MISSING
         problems.append(Problem(source(key), key, f"expected {_type_name(tp)}, got {_describe(value)}"))

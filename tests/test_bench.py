@@ -220,3 +220,19 @@ def test_a_folder_with_other_settings_is_not_mixed_in(model_dir, scenario_file, 
     assert main([*grid_args(model_dir, scenario_file, out, ["none"]), "n_interactions=3"]) == 2
     err = capsys.readouterr().err
     assert f"{out / 'none' / 'seed0'}: config.yaml: holds a run with other settings (n_interactions)" in err
+
+
+def test_seeds_may_be_a_list(tmp_path) -> None:
+    out = tmp_path / "bench"
+    scenario = tmp_path / "flip16.yaml"
+    scenario.write_text(yaml.safe_dump({"name": "flip16", "phases": [
+        {"start": 0, "end": 8, "persona": "concise_casual_beginner"},
+        {"start": 8, "end": 16, "persona": "detailed_professional_expert"}]}))
+    folder = out / "none" / "seed1"
+    folder.mkdir(parents=True)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SEED1))
+    (folder / "summary.json").write_text(json.dumps({"timings": {"interaction_s_mean": 0.2, "total_s": 10.0}}))
+    assert main([f"scenario={scenario}", "agents=[none]", "seeds=[1]", f"out={out}", "run=false"]) == 0
+    (row,) = read_csv(out / "results.csv")
+    assert row["seeds_done"] == "1"
+    assert [r["seed"] for r in read_csv(out / "runs.csv")] == ["1"]
