@@ -36,7 +36,7 @@ from rich.table import Table
 from agents.base import learner_config
 from sdpo_env import run as runner
 from sdpo_env.bench_metrics import PhaseInfo, Stat, aggregate_runs, mean_curve, phase_infos, run_metrics
-from sdpo_env.config import COMMAND_LINE, config_to_dict, load_run_config, parse_overrides
+from sdpo_env.config import COMMAND_LINE, config_to_dict, load_run_config, parse_overrides, resolve_config
 from sdpo_env.errors import ConfigError, Problem, SdpoEnvError, did_you_mean
 from sdpo_env.runfolder import RunFolder
 from sdpo_env.schema import build, option
@@ -153,6 +153,11 @@ def plan(args: Sequence[str]) -> tuple[BenchConfig, list[PlannedRun], Any]:
             stored_config = folder / "config.yaml"
             if stored_config.is_file():  # not RunFolder(folder): planning must not create folders
                 stored = yaml.safe_load(stored_config.read_text(encoding="utf-8"))
+                try:  # resolved as today's code reads it: keys an older version did not write take their defaults
+                    stored = config_to_dict(resolve_config([(str(stored_config), stored)]))
+                except ConfigError as error:
+                    problems.extend(error.problems)
+                    continue
                 differing = _differences(stored, expected)
                 if differing:
                     problems.append(Problem(str(folder), "config.yaml", f"holds a run with other settings ("

@@ -220,6 +220,13 @@ def test_a_folder_with_other_settings_is_not_mixed_in(model_dir, scenario_file, 
     assert main([*grid_args(model_dir, scenario_file, out, ["none"]), "n_interactions=3"]) == 2
     err = capsys.readouterr().err
     assert f"{out / 'none' / 'seed0'}: config.yaml: holds a run with other settings (n_interactions)" in err
+    # A folder written by an older version (without today's keys) reads as their defaults: still the same run.
+    stored = out / "none" / "seed0" / "config.yaml"
+    data = yaml.safe_load(stored.read_text())
+    del data["simulator"]["max_tokens"], data["judge"]["temperature"]
+    stored.write_text(yaml.safe_dump(data))
+    assert main([*grid_args(model_dir, scenario_file, out, ["none"]), "n_interactions=2"]) == 0
+    assert "finished, skipped" in capsys.readouterr().out
 
 
 def test_seeds_may_be_a_list(tmp_path) -> None:
