@@ -306,42 +306,58 @@ def _csv(value: float | None) -> str:
 
 def plot_curves(curves: dict[str, list[list[dict[str, Any]]]], phases: Sequence[PhaseInfo], threshold: float,
                 path: Path, title: str) -> None:
-    """Mean win rate over seeds per learner with its 95% CI band; phase changes marked."""
+    """All learners' mean win rates in the first panel; then one panel per learner with its mean, its 95% CI band
+    over seeds and each seed's curve (bands of several learners in one panel hide each other). Phase changes marked.
+    """
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(10, 5.5))
-    for i, (agent, runs) in enumerate(curves.items()):
-        if not runs:
-            continue
+    learners = [(i, agent, runs) for i, (agent, runs) in enumerate(curves.items()) if runs]
+    ncols = min(4, len(learners) + 1)
+    nrows = math.ceil((len(learners) + 1) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows + 0.6), sharex=True, sharey=True,
+                             squeeze=False)
+    overview = axes[0][0]
+    for i, agent, runs in learners:
+        color, panel = f"C{i % 10}", axes.flat[learners.index((i, agent, runs)) + 1]
         points = mean_curve(runs)
-        color = f"C{i % 10}"
         for j, phase in enumerate(sorted({p for p, *_ in points})):
             seg = [(x, m, c) for p, x, m, c in points if p == phase]
             xs, means = [x for x, _, _ in seg], [m for _, m, _ in seg]
-            ax.plot(xs, means, "o-", color=color, markersize=2.5, linewidth=1.4,
-                    label=f"{agent} ({len(runs)} seed{'s' if len(runs) > 1 else ''})" if j == 0 else None)
+            overview.plot(xs, means, "-", color=color, linewidth=1.3, label=agent if j == 0 else None)
+            panel.plot(xs, means, "o-", color=color, markersize=2.5, linewidth=1.6)
             halves = [c for _, _, c in seg if c is not None]
             if len(halves) == len(seg):
-                ax.fill_between(xs, [max(0.0, m - c) for m, c in zip(means, halves)],
-                                [min(1.0, m + c) for m, c in zip(means, halves)], color=color, alpha=0.08)
-    for p in phases[1:]:
-        ax.axvline(p.start, color="grey", linestyle=":", linewidth=1)
-    for p in phases:
-        ax.annotate(f"p{p.index} {p.label}", xy=(p.start, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
-                    textcoords="offset points", fontsize=7, color="dimgrey")
-    ax.axhline(0.5, color="black", linewidth=0.8)
-    ax.axhline(threshold, color="grey", linewidth=0.6, linestyle="--")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("interactions")
-    ax.set_ylabel("win rate vs frozen base (mean ± 95% CI over seeds)")
-    ax.set_title(textwrap.fill(title, 120), fontsize=9)
-    ax.legend(fontsize=7, loc="lower left", ncol=2)
-    ax.grid(alpha=0.3)
+                panel.fill_between(xs, [max(0.0, m - c) for m, c in zip(means, halves)],
+                                   [min(1.0, m + c) for m, c in zip(means, halves)], color=color, alpha=0.15)
+            for rows in runs:  # each seed, faint
+                own = [(r["interaction"], r["win_rate"]) for r in rows if r["phase"] == phase
+                       and isinstance(r.get("win_rate"), (int, float))]
+                panel.plot([x for x, _ in own], [w for _, w in own], "-", color=color, linewidth=0.6, alpha=0.35)
+        panel.set_title(f"{agent} ({len(runs)} seed{'s' if len(runs) > 1 else ''}): mean, 95% CI, seeds",
+                        fontsize=8)
+    overview.set_title("all learners: mean over seeds", fontsize=8)
+    overview.legend(fontsize=6, loc="lower left", ncol=2)
+    for ax in axes.flat[len(learners) + 1:]:
+        ax.set_visible(False)
+    for ax in axes.flat[: len(learners) + 1]:
+        for p in phases[1:]:
+            ax.axvline(p.start, color="grey", linestyle=":", linewidth=1)
+        ax.axhline(0.5, color="black", linewidth=0.7)
+        ax.axhline(threshold, color="grey", linewidth=0.6, linestyle="--")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("interactions")
+    for row in axes:
+        row[0].set_ylabel("win rate vs frozen base")
+    fig.suptitle(textwrap.fill(title, 160), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
