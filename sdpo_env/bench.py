@@ -381,6 +381,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SdpoEnvError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside a run's loop (e.g. while a model loads); inside it the runner stops cleanly
+        print("bench interrupted; run the same command again to continue (finished runs are skipped, interrupted "
+              "ones resume from their last checkpoint)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -169,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SdpoEnvError as exc:
         print(f"error: {exc}", file=sys.stderr)  # plain print: rich would re-wrap the lines users copy
         return 2
+    except KeyboardInterrupt:  # before the loop (loading) or after it (plots); inside it StopRequest checkpoints
+        print("interrupted outside the interaction loop (no checkpoint written now); continue with "
+              "resume=<run folder> if it already holds checkpoint.pt, otherwise start again", file=sys.stderr)
+        return 130
 
 
 def run(args: Sequence[str], console: Console) -> int:

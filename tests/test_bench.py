@@ -243,3 +243,15 @@ def test_seeds_may_be_a_list(tmp_path) -> None:
     (row,) = read_csv(out / "results.csv")
     assert row["seeds_done"] == "1"
     assert [r["seed"] for r in read_csv(out / "runs.csv")] == ["1"]
+
+
+def test_ctrl_c_while_a_model_loads_stops_without_a_traceback(model_dir, scenario_file, tmp_path, monkeypatch,
+                                                              capsys) -> None:
+    from sdpo_env.policy import ChatPolicy
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # what Ctrl-C raises in the main thread while weights load
+
+    monkeypatch.setattr(ChatPolicy, "load", interrupted)
+    assert main(grid_args(model_dir, scenario_file, tmp_path / "bench", ["none"])) == 130
+    assert "bench interrupted; run the same command again to continue" in capsys.readouterr().err
