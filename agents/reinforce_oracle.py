@@ -65,11 +65,9 @@ class ReinforceOracle:
         self.n_acts = self.since_update = 0
 
     def act(self, conversations: Sequence[Messages]) -> list[str]:
-        samples = self.policy.generate(conversations, seed=sampling_seed(self.seed, self.n_acts))
+        texts = self.sampled.sample(self.policy, conversations, seed=sampling_seed(self.seed, self.n_acts))
         self.n_acts += 1
-        for s in samples:
-            self.sampled.remember(s.text, s.ids)
-        return [s.text for s in samples]
+        return texts
 
     def answer(self, conversations: Sequence[Messages], *, seed: int) -> list[str]:
         return [s.text for s in self.policy.generate(conversations, seed=seed)]

@@ -13,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 
+from agents.base import Messages
 from agents.sdpo import SDPOConfig, lora_settings
 from sdpo_env.policy import ChatPolicy
 from sdpo_env.schema import option
@@ -97,6 +98,13 @@ class SampledIds:
 
     def remember(self, text: str, ids: list[int]) -> None:
         self.ids[text] = list(ids)
+
+    def sample(self, policy: ChatPolicy, conversations: Sequence[Messages], *, seed: int) -> list[str]:
+        """The policy's answers to ``conversations``, each remembered with its sampled ids."""
+        samples = policy.generate(conversations, seed=seed)
+        for s in samples:
+            self.remember(s.text, s.ids)
+        return [s.text for s in samples]
 
     def get(self, policy: ChatPolicy, text: str) -> list[int]:
         """The sampled ids, or the text's encoding when it was not sampled here (e.g. a logged answer)."""

@@ -7,14 +7,13 @@ The Messages API returns no log-probs, so judgements carry no ``prob_a``.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 import anthropic
 
 from sdpo_env.errors import ProviderRequestError
-from sdpo_env.llm.base import ChatReply, ChatRequest, Failure, redact
+from sdpo_env.llm.base import ChatReply, ChatRequest, Failure, gather_limited, redact
 from sdpo_env.llm.openai_client import status_error
 
 
@@ -48,13 +47,7 @@ class AnthropicClient:
         return self._client
 
     async def complete(self, requests: Sequence[ChatRequest]) -> list[ChatReply | Failure]:
-        limit = asyncio.Semaphore(self.concurrency)
-
-        async def one(request: ChatRequest) -> ChatReply | Failure:
-            async with limit:
-                return await self._complete(request)
-
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+        return await gather_limited(requests, self._complete, concurrency=self.concurrency)
 
     async def _complete(self, request: ChatRequest) -> ChatReply | Failure:
         try:

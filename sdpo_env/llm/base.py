@@ -8,8 +8,9 @@ fix (a bad request, a wrong key) are raised, as :class:`~sdpo_env.errors.Provide
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -142,3 +143,16 @@ def normalise_label_probs(logprobs: dict[str, float]) -> dict[str, float] | None
     if total <= 0:
         return None
     return {k: v / total for k, v in probs.items()}
+
+
+async def gather_limited(requests: Sequence[ChatRequest],
+                         complete_one: Callable[[ChatRequest], Awaitable[ChatReply | Failure]], *, concurrency: int
+                         ) -> list[ChatReply | Failure]:
+    """``complete_one`` on every request, in order, with at most ``concurrency`` in flight."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(request: ChatRequest) -> ChatReply | Failure:
+        async with limit:
+            return await complete_one(request)
+
+    return list(await asyncio.gather(*(one(r) for r in requests)))

@@ -7,14 +7,13 @@ that retrying cannot fix raises :class:`ProviderRequestError`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 import openai
 
 from sdpo_env.errors import ProviderRequestError
-from sdpo_env.llm.base import ChatReply, ChatRequest, Failure, normalise_label_probs, redact
+from sdpo_env.llm.base import ChatReply, ChatRequest, Failure, gather_limited, normalise_label_probs, redact
 
 RETRYABLE_4XX = (408, 409, 429)
 TOP_LOGPROBS = 5
@@ -64,13 +63,7 @@ class OpenAIClient:
         return self._client
 
     async def complete(self, requests: Sequence[ChatRequest]) -> list[ChatReply | Failure]:
-        limit = asyncio.Semaphore(self.concurrency)
-
-        async def one(request: ChatRequest) -> ChatReply | Failure:
-            async with limit:
-                return await self._complete(request)
-
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+        return await gather_limited(requests, self._complete, concurrency=self.concurrency)
 
     async def _complete(self, request: ChatRequest) -> ChatReply | Failure:
         kwargs: dict[str, Any] = {"temperature": request.temperature, "seed": request.seed}
