@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import sys
 import textwrap
 import time
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from rich.table import Table
 from agents.base import learner_config
 from sdpo_env import run as runner
 from sdpo_env.bench_metrics import PhaseInfo, Stat, aggregate_runs, mean_curve, phase_infos, run_metrics
+from sdpo_env.cli import command_main
 from sdpo_env.config import COMMAND_LINE, config_to_dict, load_run_config, parse_overrides, resolve_config
 from sdpo_env.errors import ConfigError, Problem, SdpoEnvError, did_you_mean
 from sdpo_env.runfolder import RunFolder
@@ -363,28 +363,23 @@ def plot_curves(curves: dict[str, list[list[dict[str, Any]]]], phases: Sequence[
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs (or continues) the grid and writes the aggregate; returns the exit code."""
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        console.print(__doc__)
-        return 0
-    try:
-        bench, runs, scenario = plan(args)
-        out = runs[0].folder.parent.parent
-        out.mkdir(parents=True, exist_ok=True)
-        code = execute(runs, console) if bench.run else 0
-        if any(RunFolder(r.folder).summary.is_file() for r in runs):
-            report(bench, scenario, runs, out, console)
-        else:
-            console.print(f"no finished runs in {out} yet: nothing to aggregate")
-        return code
-    except SdpoEnvError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # outside a run's loop (e.g. while a model loads); inside it the runner stops cleanly
-        print("bench interrupted; run the same command again to continue (finished runs are skipped, interrupted "
-              "ones resume from their last checkpoint)", file=sys.stderr)
-        return 130
+    # Ctrl-C outside a run's loop (e.g. while a model loads) ends here; inside it the runner stops cleanly.
+    return command_main(__doc__, argv, bench_command, width=160, interrupted="bench interrupted; run the same "
+                        "command again to continue (finished runs are skipped, interrupted ones resume from their "
+                        "last checkpoint)")
+
+
+def bench_command(args: list[str], console: Console) -> int:
+    """The grid, then the aggregate of whatever has finished."""
+    bench, runs, scenario = plan(args)
+    out = runs[0].folder.parent.parent
+    out.mkdir(parents=True, exist_ok=True)
+    code = execute(runs, console) if bench.run else 0
+    if any(RunFolder(r.folder).summary.is_file() for r in runs):
+        report(bench, scenario, runs, out, console)
+    else:
+        console.print(f"no finished runs in {out} yet: nothing to aggregate")
+    return code
 
 
 if __name__ == "__main__":

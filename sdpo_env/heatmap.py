@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import html
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -33,8 +32,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from sdpo_env.cli import command_main
 from sdpo_env.config import COMMAND_LINE, parse_overrides
-from sdpo_env.errors import ConfigError, Problem, SdpoEnvError
+from sdpo_env.errors import ConfigError, Problem
 from sdpo_env.hindsight import DEFAULT_TEMPLATE, OFFLINE_TEMPLATE, hindsight_messages
 from sdpo_env.logs import FORMATS, read_logs
 from sdpo_env.offline import SHIPPED_LOGS
@@ -271,21 +271,15 @@ def complaint_phrases() -> set[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    console = Console(width=None if sys.stdout.isatty() else 140)
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        console.print(__doc__)
-        return 0
-    try:
+    def body(args: list[str], console: Console) -> int:
         problems: list[Problem] = []
         config = build(InspectConfig, parse_overrides(args), source=lambda _k: COMMAND_LINE, problems=problems)
         if problems:
             raise ConfigError(problems)
         inspect(config, console)
         return 0
-    except SdpoEnvError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+    return command_main(__doc__, argv, body, interrupted="interrupted; nothing was written")
 
 
 def inspect(config: InspectConfig, console: Console) -> dict[str, Any]:

@@ -20,7 +20,6 @@ step), ``metrics.jsonl`` (held-out win rate before and after, with ``eval.person
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,8 +31,9 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from sdpo_env.cli import command_main
 from sdpo_env.config import COMMAND_LINE, PolicyConfig, merge, parse_overrides
-from sdpo_env.errors import ConfigError, Problem, SdpoEnvError
+from sdpo_env.errors import ConfigError, Problem
 from sdpo_env.files import DATA_DIR
 from sdpo_env.hindsight import DEFAULT_TEMPLATE, OFFLINE_TEMPLATE, hindsight_messages
 from sdpo_env.logs import FORMATS, ON_BAD_LINE, Interaction, LogStats, read_logs, scan
@@ -328,18 +328,15 @@ def plan(stats: LogStats, config: OfflineConfig) -> tuple[int, int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Trains (or resumes) from command-line ``key=value`` arguments; returns the exit code."""
-    console = Console(width=None if sys.stdout.isatty() else 140)
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        console.print(__doc__)
-        return 0
-    try:
+    def train(args: list[str], console: Console) -> int:
         from sdpo_env.offline_run import run  # the loop; kept apart from the config and the math above
 
         return run(*prepare(args), console)
-    except SdpoEnvError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+    # Ctrl-C inside the training loop checkpoints (StopRequest); elsewhere (loading, scanning the file) it ends here.
+    return command_main(__doc__, argv, train, interrupted="interrupted outside the training loop (no checkpoint "
+                        "written now); continue with resume=<out folder> if it already holds a checkpoint, "
+                        "otherwise start again")
 
 
 def policy_for(config: OfflineConfig) -> ChatPolicy:

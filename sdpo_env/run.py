@@ -14,7 +14,6 @@ The run folder gets ``config.yaml``, ``interactions.jsonl``, ``metrics.jsonl``, 
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from rich.table import Table
 from agents import make_learner, set_persona
 from agents.base import Transition, learner_config
 from agents.icl_oracle import InContextOracle
+from sdpo_env.cli import command_main
 from sdpo_env.config import (
     COMMAND_LINE,
     RunConfig,
@@ -159,20 +159,10 @@ def evaluation_points(n: int, every: int, scenario: Scenario) -> list[int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs (or resumes) a scenario from command-line ``key=value`` arguments; returns the exit code."""
-    console = Console(width=None if sys.stdout.isatty() else 140)  # pipes and logs get the full table
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        console.print(__doc__)
-        return 0
-    try:
-        return run(args, console)
-    except SdpoEnvError as exc:
-        print(f"error: {exc}", file=sys.stderr)  # plain print: rich would re-wrap the lines users copy
-        return 2
-    except KeyboardInterrupt:  # before the loop (loading) or after it (plots); inside it StopRequest checkpoints
-        print("interrupted outside the interaction loop (no checkpoint written now); continue with "
-              "resume=<run folder> if it already holds checkpoint.pt, otherwise start again", file=sys.stderr)
-        return 130
+    # Ctrl-C before the loop (loading) or after it (plots) ends here; inside it StopRequest checkpoints.
+    return command_main(__doc__, argv, run, interrupted="interrupted outside the interaction loop (no checkpoint "
+                        "written now); continue with resume=<run folder> if it already holds checkpoint.pt, "
+                        "otherwise start again")
 
 
 def run(args: Sequence[str], console: Console) -> int:

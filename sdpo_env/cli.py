@@ -1,0 +1,41 @@
+"""What every ``python -m sdpo_env.<command>`` shares: ``--help``, error exit codes and Ctrl-C outside a loop.
+
+Exit codes: 0 done, 2 bad input (our ``SdpoEnvError``, printed as one plain ``error:`` message, no traceback),
+130 interrupted. Long loops checkpoint on Ctrl-C themselves (``StopRequest``); this catches the interrupt anywhere
+else, such as while a model loads, and prints ``interrupted`` instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+from rich.console import Console
+
+from sdpo_env.errors import SdpoEnvError
+
+
+def command_main(doc: str | None, argv: Sequence[str] | None, body: Callable[[list[str], Console], int], *,
+                 interrupted: str, width: int = 140) -> int:
+    """Runs ``body(args, console)`` as a command; returns its exit code.
+
+    Args:
+        doc: The command's help text (its module docstring), printed for ``-h`` / ``--help``.
+        argv: The arguments; None reads ``sys.argv``.
+        body: The command itself; returns its exit code.
+        interrupted: What to tell the user when Ctrl-C stops the command outside a checkpointing loop.
+        width: Console width when the output is not a terminal (pipes and logs get full tables).
+    """
+    console = Console(width=None if sys.stdout.isatty() else width)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        console.print(doc or "")
+        return 0
+    try:
+        return body(args, console)
+    except SdpoEnvError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # plain print: rich would re-wrap the lines users copy
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130

@@ -1,0 +1,62 @@
+"""The shared command wrapper: help, error exit codes and Ctrl-C outside a checkpointing loop, for every command."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdpo_env import bench, heatmap, offline, run
+from sdpo_env.cli import command_main
+from sdpo_env.errors import SdpoEnvError
+
+COMMANDS = {"run": run, "bench": bench, "offline": offline, "heatmap": heatmap}
+
+
+def test_bad_input_exits_2_with_one_plain_message(capsys) -> None:
+    def body(args, console):
+        raise SdpoEnvError("scenario 'flp' not found; did you mean 'flip'?")
+
+    assert command_main("doc", ["scenario=flp"], body, interrupted="stopped") == 2
+    err = capsys.readouterr().err
+    assert err == "error: scenario 'flp' not found; did you mean 'flip'?\n"
+
+
+def test_ctrl_c_outside_a_loop_exits_130_with_the_message(capsys) -> None:
+    def body(args, console):
+        raise KeyboardInterrupt
+
+    assert command_main("doc", [], body, interrupted="stopped; nothing written") == 130
+    assert capsys.readouterr().err == "stopped; nothing written\n"
+
+
+def test_other_errors_are_not_swallowed() -> None:
+    def body(args, console):
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        command_main("doc", [], body, interrupted="stopped")
+
+
+def test_the_body_gets_the_arguments_and_its_code_is_returned() -> None:
+    seen = []
+
+    def body(args, console):
+        seen.append(args)
+        return 3
+
+    assert command_main("doc", ["a=1", "b=2"], body, interrupted="stopped") == 3
+    assert seen == [["a=1", "b=2"]]
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_prints_its_help(name, capsys) -> None:
+    module = COMMANDS[name]
+    assert module.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert f"python -m sdpo_env.{name}" in out
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_reports_an_unknown_key_with_exit_2(name, capsys) -> None:
+    assert COMMANDS[name].main(["no_such_key=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "no_such_key" in err
