@@ -142,7 +142,8 @@ def sample_complaint(rng: np.random.Generator, max_directions: int = 2) -> tuple
     return " ".join(phrases), chosen
 
 
-def _answer(rng: np.random.Generator, question: Question, fixed: Style | None = None) -> str:
+def render_answer(rng: np.random.Generator, question: Question, fixed: Style | None = None) -> str:
+    """An answer to ``question`` in a style drawn with the ``fixed`` axes held (redrawn until one renders)."""
     while True:
         text = render(sample_style(rng, fixed), question.text, question.category, rng)
         if text is not None:
@@ -170,7 +171,8 @@ def example(rng: np.random.Generator, kind: str) -> Messages:
         messages = [{"role": "system", "content": persona.profile}, *messages]
     elif kind == "multi_turn":
         earlier = _pick(rng, qs)
-        history = [{"role": "user", "content": earlier.text}, {"role": "assistant", "content": _answer(rng, earlier)}]
+        history = [{"role": "user", "content": earlier.text},
+                   {"role": "assistant", "content": render_answer(rng, earlier)}]
         if rng.random() < 0.5:  # the user complains about the earlier answer: answer it again, revised
             follow_up, fixed = sample_complaint(rng, max_directions=1)
             question = earlier
@@ -181,7 +183,7 @@ def example(rng: np.random.Generator, kind: str) -> Messages:
             messages = hindsight_messages(messages, _pick(rng, neutral_follow_ups()))
     elif kind != "plain":
         raise ValueError(f"unknown example kind {kind!r}; expected one of {sorted(MIX)}")
-    return [*messages, {"role": "assistant", "content": _answer(rng, question, fixed)}]
+    return [*messages, {"role": "assistant", "content": render_answer(rng, question, fixed)}]
 
 
 def corpus(n: int, seed: int, *, start: int = 0) -> list[Messages]:

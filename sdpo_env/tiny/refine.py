@@ -1,0 +1,119 @@
+"""Refines a built tiny model on the complaint directions it follows least often.
+
+    python -m sdpo_env.tiny.refine --out DIR                 # refines the shipped checkpoint into DIR
+    python -m sdpo_env.tiny.refine --from DIR --out DIR --steps 300
+
+Continued training from a checkpoint on fresh corpus examples (indices the build never used), of which
+``focus_share`` are complaints in one of the ``FOCUS`` directions, at a small learning rate. It runs on a CPU in
+minutes, where a full build takes hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+from sdpo_env.hindsight import hindsight_messages
+from sdpo_env.tiny import TINY_DIR
+from sdpo_env.tiny.build import MAX_NEW_TOKENS
+from sdpo_env.tiny.corpus import MIX, Direction, Messages, complaint_pool, example, questions, render_answer
+from sdpo_env.tiny.train import TrainConfig, boundary_token_ids, encode, train
+
+# The complaint directions the shipped build followed least often (probe, 32 samples each): questions back 0.59,
+# no emojis 0.69, detailed 0.78, concise 0.84.
+FOCUS: tuple[Direction, ...] = (("question", (False,)), ("emoji", (False,)), ("length", ("detailed",)),
+                                ("length", ("concise",)))
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Settings of the refinement stage."""
+
+    n_examples: int = 19_200
+    focus_share: float = 0.3
+    seed: int = 1
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=64, lr=3e-4, warmup=20))
+
+
+def focused_example(rng: np.random.Generator, direction: Direction) -> Messages:
+    """A complaint about one ``direction`` in the hindsight block; the answer satisfies it, other axes at base."""
+    question = questions()[int(rng.integers(len(questions())))]
+    phrases = complaint_pool()[direction]
+    messages = hindsight_messages([{"role": "user", "content": question.text}],
+                                  phrases[int(rng.integers(len(phrases)))])
+    axis, values = direction
+    return [*messages, {"role": "assistant", "content": render_answer(rng, question, {axis: values})}]
+
+
+def refine_examples(n: int, seed: int, focus_share: float) -> list[Messages]:
+    """``n`` examples: the build's mix, with ``focus_share`` of them complaints in a ``FOCUS`` direction."""
+    kinds, weights = list(MIX), np.array(list(MIX.values()))
+    out = []
+    for index in range(n):
+        rng = np.random.default_rng([seed, 7, index])  # a stream the build (keyed by [seed, index]) never draws
+        if rng.random() < focus_share:
+            out.append(focused_example(rng, FOCUS[int(rng.integers(len(FOCUS)))]))
+        else:
+            out.append(example(rng, kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]))
+    return out
+
+
+def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu") -> dict:
+    """Refines the model in ``source`` and saves it into ``out``; returns what happened (also in build_info.json)."""
+    started = time.time()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    chats = refine_examples(cfg.n_examples, cfg.seed, cfg.focus_share)
+    data = [e for e in encode(tokenizer, chats) if len(e[0]) - e[1] <= MAX_NEW_TOKENS]
+    print(f"refine: {len(data)} examples ({cfg.focus_share:.0%} focused) in {time.time() - started:.0f} s",
+          flush=True)
+    t0 = time.time()
+    boundaries = frozenset(boundary_token_ids(tokenizer))
+    loss = train(model, data, tokenizer.pad_token_id, cfg.train,  # type: ignore[arg-type]  # a LlamaForCausalLM
+                 seed=cfg.seed, device=torch.device(device), log=lambda line: print(line, flush=True),
+                 boundaries=boundaries, eos_id=tokenizer.eos_token_id)
+    model.to("cpu")  # type: ignore[arg-type]  # transformers types .to() as a model decorator
+    out.mkdir(parents=True, exist_ok=True)
+    generation_config = model.generation_config
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    generation_config.save_pretrained(out)
+    info_path = source / "build_info.json"
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
+    info["refine"] = {**asdict(cfg), "focus": [f"{axis}={list(values)}" for axis, values in FOCUS],
+                      "final_loss": round(loss, 4), "device": device, "threads": torch.get_num_threads(),
+                      "train_s": round(time.time() - t0, 1), "total_s": round(time.time() - started, 1)}
+    (out / "build_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    print(f"done: final loss {loss:.4f}, {info['refine']['total_s']:.0f} s; saved to {out}", flush=True)
+    return info
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--from", dest="source", type=Path, default=TINY_DIR, help="model folder to refine")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (may be the source folder)")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--focus-share", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    cfg = RefineConfig()
+    steps = args.steps or cfg.train.steps
+    cfg = replace(cfg, n_examples=steps * cfg.train.batch_size,
+                  focus_share=cfg.focus_share if args.focus_share is None else args.focus_share,
+                  seed=cfg.seed if args.seed is None else args.seed,
+                  train=replace(cfg.train, steps=steps, lr=args.lr or cfg.train.lr))
+    return refine(args.source, args.out, cfg, device=args.device)
+
+
+if __name__ == "__main__":
+    main()

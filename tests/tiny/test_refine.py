@@ -1,0 +1,45 @@
+"""The refinement stage: focused complaint examples, and a short refine of a miniature build that loads again."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM
+
+from sdpo_env.hindsight import PAPER_SENTENCE
+from sdpo_env.tiny.build import main as build_main
+from sdpo_env.tiny.refine import FOCUS, RefineConfig, focused_example, refine, refine_examples
+from sdpo_env.tiny.style import measure
+from sdpo_env.tiny.train import TrainConfig
+
+
+def test_focused_examples_satisfy_their_direction() -> None:
+    rng = np.random.default_rng(0)
+    for axis, values in FOCUS:
+        for _ in range(5):
+            chat = focused_example(rng, (axis, values))
+            assert PAPER_SENTENCE in chat[-2]["content"]
+            assert measure(chat[-1]["content"])[axis] in values, (axis, values, chat[-1]["content"])
+
+
+def test_refine_examples_are_deterministic_and_focused_in_share() -> None:
+    a = refine_examples(200, seed=1, focus_share=0.5)
+    assert a == refine_examples(200, seed=1, focus_share=0.5)
+    hindsight = sum(PAPER_SENTENCE in chat[-2]["content"] for chat in a)
+    assert hindsight >= 100  # the focused half, plus the mix's own complaint and unrelated examples
+
+
+def test_refine_a_mini_build(tmp_path) -> None:
+    source, out = tmp_path / "mini", tmp_path / "refined"
+    build_main(["--mini", "--out", str(source), "--workers", "1"])
+    cfg = RefineConfig(n_examples=64, train=TrainConfig(steps=4, batch_size=16, lr=1e-3, warmup=1))
+    info = refine(source, out, cfg)
+    assert info["refine"]["final_loss"] > 0 and info["seed"] == 0  # the build's record is kept
+    assert json.loads((out / "build_info.json").read_text())["refine"]["train"]["steps"] == 4
+    before = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    after = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    changed = [not torch.equal(p, q) for p, q in zip(before.parameters(), after.parameters())]
+    assert any(changed)
+    assert after.generation_config.eos_token_id == before.generation_config.eos_token_id
