@@ -279,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         inspect(config, console)
         return 0
 
-    return command_main(__doc__, argv, body, interrupted="interrupted; nothing was written")
+    return command_main(__doc__, argv, body,
+                        interrupted="interrupted; the output files may be missing or incomplete: run it again")
 
 
 def inspect(config: InspectConfig, console: Console) -> dict[str, Any]:
