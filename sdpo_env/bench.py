@@ -7,9 +7,11 @@ Examples::
     python -m sdpo_env.bench scenario=single agents=[sdpo,mypkg.learners:MyLearner] seeds=2 out=bench/mine
     python -m sdpo_env.bench scenario=flip agents=[sdpo,none] seeds=1 n_interactions=100 eval.n_prompts=32
     python -m sdpo_env.bench scenario=flip agents=[sdpo,none] seeds=3 run=false   # aggregate what has finished
+    python -m sdpo_env.bench scenario=flip agents=[sdpo,none] seeds=3 jobs=3       # 3 runs at a time
 
 Every (learner, seed) is an ordinary run folder, ``<out>/<learner>/seed<k>``, made by the runner in this process,
-seed by seed: same scenario, prompts, judge, seed and budget for every learner. Run it again to continue: finished
+seed by seed (with ``jobs=N``: N runs at a time, each in its own process with CPU cores // N threads). Same
+scenario, prompts, judge, seed and budget for every learner. Run it again to continue: finished
 runs are skipped, interrupted ones resume from their checkpoint. Any other ``key=value`` is a run setting applied to
 every run; an ``agent.<option>=value`` goes to the learners that have that option. Then the runs are aggregated per
 learner (mean and 95% CI over seeds; see ``sdpo_env/bench_metrics.py``) into a table in the terminal,
@@ -20,7 +22,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Sequence
@@ -30,6 +36,7 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from agents.base import learner_config
@@ -41,7 +48,7 @@ from sdpo_env.errors import ConfigError, Problem, SdpoEnvError, did_you_mean
 from sdpo_env.runfolder import RunFolder
 from sdpo_env.schema import build, option
 
-BENCH_KEYS = ("scenario", "agents", "seeds", "out", "threshold", "run")
+BENCH_KEYS = ("scenario", "agents", "seeds", "out", "threshold", "run", "jobs", "threads")
 SET_BY_BENCH = ("seed", "out_dir", "resume", "agent", "agent.name")
 
 
@@ -57,6 +64,9 @@ class BenchConfig:
     threshold: float = option(0.8, "win rate that counts as reached (interactions to reach it, recovery)",
                               min=0.0, max=1.0)
     run: bool = option(True, "false = only aggregate the runs finished so far (e.g. while the grid runs elsewhere)")
+    jobs: int = option(1, "runs at a time; above 1 each run is its own process, its output in <out>/<learner>/"
+                       "seed<k>.log", min=1)
+    threads: int | None = option(None, "jobs > 1: torch threads per run (default: CPU cores // jobs)", min=1)
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
@@ -196,6 +206,81 @@ def execute(runs: Sequence[PlannedRun], console: Console) -> int:
             return code
         console.print(f"{r.agent} seed {r.seed}: {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def execute_parallel(runs: Sequence[PlannedRun], console: Console, *, jobs: int, threads: int,
+                     n_interactions: int) -> int:
+    """Runs the grid ``jobs`` at a time, each run a ``python -m sdpo_env.run`` process with ``threads`` threads.
+
+    Finished runs are skipped and interrupted ones resumed, as in ``execute``. Each run's output goes to
+    ``<out>/<learner>/seed<k>.log``. A failed run stops new launches (the running ones finish) and its exit code is
+    returned. Ctrl-C asks every running run to checkpoint and stop (each exits 130), then returns 130.
+    """
+    pending = [r for r in runs if not RunFolder(r.folder).summary.is_file()]
+    for r in runs:
+        if r not in pending:
+            console.print(f"[dim]{r.agent} seed {r.seed}: finished, skipped[/]")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # plug-in learners import as they do here
+    running: dict[subprocess.Popen, tuple[PlannedRun, Any, TaskID]] = {}
+    failed: tuple[PlannedRun, int] | None = None
+    console.print(f"{len(pending)} runs to do, {jobs} at a time, {threads} threads each")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as progress:
+        overall = progress.add_task("runs finished", total=len(pending))
+        try:
+            while pending or running:
+                while pending and len(running) < jobs and failed is None:
+                    r = pending.pop(0)
+                    resume = RunFolder(r.folder).checkpoint.is_file()
+                    r.folder.parent.mkdir(parents=True, exist_ok=True)
+                    log = (r.folder.parent / f"{r.folder.name}.log").open("a", encoding="utf-8")
+                    args = [f"resume={r.folder}"] if resume else r.args
+                    process = subprocess.Popen([sys.executable, "-m", "sdpo_env.run", *args], stdout=log,
+                                               stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                    label = f"{r.agent} seed {r.seed}" + (" (resumed)" if resume else "")
+                    running[process] = (r, log, progress.add_task(label, total=n_interactions))
+                if failed is not None and not running:
+                    break
+                time.sleep(0.5)
+                for process in list(running):
+                    r, log, task = running[process]
+                    progress.update(task, completed=_lines(RunFolder(r.folder).interactions))
+                    code = process.poll()
+                    if code is None:
+                        continue
+                    log.close()
+                    progress.remove_task(task)
+                    del running[process]
+                    progress.advance(overall)
+                    if code != 0 and failed is None:
+                        failed = (r, code)
+        except KeyboardInterrupt:
+            for process in running:
+                process.send_signal(signal.SIGINT)  # each run checkpoints at its next consistent point
+            for process, (_, log, _task) in running.items():
+                process.wait()
+                log.close()
+            console.print("[yellow]bench interrupted: the running runs checkpointed; run the same command again to "
+                          "continue.[/]")
+            return 130
+    if failed is not None:
+        r, code = failed
+        log_path = r.folder.parent / f"{r.folder.name}.log"
+        tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
+        console.print(f"[red]{r.agent} seed {r.seed} exited with {code}[/]; its output is in {log_path}:")
+        for line in tail:
+            console.print(f"  {line}", markup=False, highlight=False)
+        return code
+    return 0
+
+
+def _lines(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
 
 
 def collect(runs: Sequence[PlannedRun], phases: Sequence[PhaseInfo], threshold: float
@@ -374,7 +459,16 @@ def bench_command(args: list[str], console: Console) -> int:
     bench, runs, scenario = plan(args)
     out = runs[0].folder.parent.parent
     out.mkdir(parents=True, exist_ok=True)
-    code = execute(runs, console) if bench.run else 0
+    if not bench.run:
+        code = 0
+    elif bench.jobs == 1:
+        code = execute(runs, console)
+    else:
+        n = scenario.n_interactions if runs[0].expected.get("n_interactions") is None else int(
+            runs[0].expected["n_interactions"])
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = bench.threads or max(1, cores // bench.jobs)
+        code = execute_parallel(runs, console, jobs=bench.jobs, threads=threads, n_interactions=n)
     if any(RunFolder(r.folder).summary.is_file() for r in runs):
         report(bench, scenario, runs, out, console)
     else:

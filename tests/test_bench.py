@@ -255,3 +255,81 @@ def test_ctrl_c_while_a_model_loads_stops_without_a_traceback(model_dir, scenari
     monkeypatch.setattr(ChatPolicy, "load", interrupted)
     assert main(grid_args(model_dir, scenario_file, tmp_path / "bench", ["none"])) == 130
     assert "bench interrupted; run the same command again to continue" in capsys.readouterr().err
+
+
+def test_jobs_run_the_grid_in_parallel_processes(model_dir, scenario_file, tmp_path) -> None:
+    out = tmp_path / "bench"
+    args = grid_args(model_dir, scenario_file, out, ["sdpo", "none"], seeds=2)
+    assert main([*args, "jobs=2", "threads=1"]) == 0
+    for agent in ("sdpo", "none"):
+        for seed in (0, 1):
+            folder = out / agent / f"seed{seed}"
+            assert (folder / "summary.json").is_file()
+            assert len((folder / "interactions.jsonl").read_text().splitlines()) == 8
+            assert "interaction" in (out / agent / f"seed{seed}.log").read_text()  # the run's own output
+    assert {r["seeds_done"] for r in read_csv(out / "results.csv")} == {"2"}
+    # Run again: everything is finished, nothing is launched.
+    assert main([*args, "jobs=2", "threads=1"]) == 0
+
+
+def test_jobs_match_the_serial_grid(model_dir, scenario_file, tmp_path) -> None:
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same arithmetic as the one-thread worker processes
+    try:
+        assert main(grid_args(model_dir, scenario_file, serial, ["sdpo"])) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert main([*grid_args(model_dir, scenario_file, parallel, ["sdpo"]), "jobs=2", "threads=1"]) == 0
+    for name in ("interactions.jsonl", "metrics.jsonl"):
+        a = [json.loads(line) for line in (serial / "sdpo" / "seed0" / name).read_text().splitlines()]
+        b = [json.loads(line) for line in (parallel / "sdpo" / "seed0" / name).read_text().splitlines()]
+        drop = ("time", "s", "timings")  # wall-clock fields differ between runs
+        strip = [{k: v for k, v in row.items() if not any(k.startswith(d) or k.endswith(d) for d in drop)}
+                 for row in a]
+        strip_b = [{k: v for k, v in row.items() if not any(k.startswith(d) or k.endswith(d) for d in drop)}
+                   for row in b]
+        assert strip == strip_b, name
+
+
+def test_a_failing_run_stops_the_grid_and_shows_its_output(model_dir, scenario_file, tmp_path, capsys) -> None:
+    out = tmp_path / "bench"
+    args = grid_args(model_dir, scenario_file, out, ["none"], seeds=3)
+    (out / "none" / "seed1").mkdir(parents=True)
+    (out / "none" / "seed1" / "checkpoint.pt").write_bytes(b"not a checkpoint")  # resuming it fails
+    code = main([*args, "jobs=1", "threads=1"])
+    assert code != 0
+    code = main([*args, "jobs=2", "threads=1"])
+    assert code != 0
+    text = capsys.readouterr().out
+    assert "none seed 1 exited with" in text and "seed1.log" in text
+
+
+def test_ctrl_c_with_jobs_checkpoints_every_running_run(model_dir, scenario_file, tmp_path) -> None:
+    out = tmp_path / "bench"
+    args = [*grid_args(model_dir, scenario_file, out, ["none", "sdpo"]), "n_interactions=400", "eval.every=400",
+            "jobs=2", "threads=1"]
+    code = {}
+
+    def started(agent: str) -> bool:
+        log = out / agent / "seed0" / "interactions.jsonl"
+        return log.is_file() and len(log.read_text().splitlines()) >= 2
+
+    def interrupt_when_started() -> None:
+        for _ in range(1200):
+            if started("none") and started("sdpo"):
+                break
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=interrupt_when_started)
+    thread.start()
+    code["bench"] = main(args)
+    thread.join()
+    assert code["bench"] == 130
+    for agent in ("none", "sdpo"):
+        folder = out / agent / "seed0"
+        assert (folder / "checkpoint.pt").is_file() and not (folder / "summary.json").is_file()
+        assert "checkpoint written" in (out / agent / "seed0.log").read_text()  # stopped by the forwarded Ctrl-C
