@@ -38,8 +38,27 @@ class RefineConfig:
 
     n_examples: int = 19_200
     focus_share: float = 0.3
+    focus: tuple[Direction, ...] = FOCUS
     seed: int = 1
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=64, lr=3e-4, warmup=20))
+
+
+def direction_name(direction: Direction) -> str:
+    """``axis=value[|value]`` with booleans in lower case, as ``--focus`` takes it."""
+    axis, values = direction
+    return f"{axis}=" + "|".join(str(v).lower() for v in values)
+
+
+def parse_direction(text: str) -> Direction:
+    """A ``--focus`` item (``length=detailed``, ``emoji=false``, ``opener=none|preamble``) as a complaint direction.
+
+    Raises:
+        ValueError: no complaint direction has that name; the message lists the ones there are.
+    """
+    known = {direction_name(d): d for d in complaint_pool()}
+    if text.strip().lower() not in known:
+        raise ValueError(f"unknown complaint direction {text!r}; one of: {', '.join(sorted(known))}")
+    return known[text.strip().lower()]
 
 
 def focused_example(rng: np.random.Generator, direction: Direction) -> Messages:
@@ -52,14 +71,14 @@ def focused_example(rng: np.random.Generator, direction: Direction) -> Messages:
     return [*messages, {"role": "assistant", "content": render_answer(rng, question, {axis: values})}]
 
 
-def refine_examples(n: int, seed: int, focus_share: float) -> list[Messages]:
-    """``n`` examples: the build's mix, with ``focus_share`` of them complaints in a ``FOCUS`` direction."""
+def refine_examples(n: int, seed: int, focus_share: float, focus: tuple[Direction, ...] = FOCUS) -> list[Messages]:
+    """``n`` examples: the build's mix, with ``focus_share`` of them complaints in one of the ``focus`` directions."""
     kinds, weights = list(MIX), np.array(list(MIX.values()))
     out = []
     for index in range(n):
         rng = np.random.default_rng([seed, 7, index])  # a stream the build (keyed by [seed, index]) never draws
         if rng.random() < focus_share:
-            out.append(focused_example(rng, FOCUS[int(rng.integers(len(FOCUS)))]))
+            out.append(focused_example(rng, focus[int(rng.integers(len(focus)))]))
         else:
             out.append(example(rng, kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]))
     return out
@@ -70,7 +89,7 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu") -
     started = time.time()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    chats = refine_examples(cfg.n_examples, cfg.seed, cfg.focus_share)
+    chats = refine_examples(cfg.n_examples, cfg.seed, cfg.focus_share, cfg.focus)
     data = [e for e in encode(tokenizer, chats) if len(e[0]) - e[1] <= MAX_NEW_TOKENS]
     print(f"refine: {len(data)} examples ({cfg.focus_share:.0%} focused) in {time.time() - started:.0f} s",
           flush=True)
@@ -87,7 +106,7 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu") -
     generation_config.save_pretrained(out)
     info_path = source / "build_info.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
-    info["refine"] = {**asdict(cfg), "focus": [f"{axis}={list(values)}" for axis, values in FOCUS],
+    info["refine"] = {**asdict(cfg), "focus": [direction_name(d) for d in cfg.focus],
                       "final_loss": round(loss, 4), "device": device, "threads": torch.get_num_threads(),
                       "train_s": round(time.time() - t0, 1), "total_s": round(time.time() - started, 1)}
     (out / "build_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -103,11 +122,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--focus-share", type=float, default=None)
+    parser.add_argument("--focus", default=None,
+                        help="comma-separated complaint directions to focus on (default: " +
+                        ",".join(direction_name(d) for d in FOCUS) + ")")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     cfg = RefineConfig()
     steps = args.steps or cfg.train.steps
+    if args.focus:
+        try:
+            cfg = replace(cfg, focus=tuple(parse_direction(t) for t in args.focus.split(",")))
+        except ValueError as exc:
+            parser.error(str(exc))
     cfg = replace(cfg, n_examples=steps * cfg.train.batch_size,
                   focus_share=cfg.focus_share if args.focus_share is None else args.focus_share,
                   seed=cfg.seed if args.seed is None else args.seed,

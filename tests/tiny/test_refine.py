@@ -5,12 +5,21 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from sdpo_env.hindsight import PAPER_SENTENCE
 from sdpo_env.tiny.build import main as build_main
-from sdpo_env.tiny.refine import FOCUS, RefineConfig, focused_example, refine, refine_examples
+from sdpo_env.tiny.refine import (
+    FOCUS,
+    RefineConfig,
+    direction_name,
+    focused_example,
+    parse_direction,
+    refine,
+    refine_examples,
+)
 from sdpo_env.tiny.style import measure
 from sdpo_env.tiny.train import TrainConfig
 
@@ -43,3 +52,13 @@ def test_refine_a_mini_build(tmp_path) -> None:
     changed = [not torch.equal(p, q) for p, q in zip(before.parameters(), after.parameters())]
     assert any(changed)
     assert after.generation_config.eos_token_id == before.generation_config.eos_token_id
+
+
+def test_focus_directions_by_name() -> None:
+    for direction in FOCUS:
+        assert parse_direction(direction_name(direction)) == direction
+    assert parse_direction("Length=Detailed") == ("length", ("detailed",))
+    with pytest.raises(ValueError, match="length=detailed"):
+        parse_direction("length=detail")
+    only = refine_examples(40, seed=0, focus_share=1.0, focus=(("emoji", (False,)),))
+    assert all(measure(chat[-1]["content"])["emoji"] is False for chat in only)
