@@ -1,9 +1,9 @@
 """Refines a built tiny model on the complaint directions it follows least often.
 
     python -m sdpo_env.tiny.refine --out DIR                 # refines the shipped checkpoint into DIR
-    python -m sdpo_env.tiny.refine --from DIR --out DIR --steps 300
+    python -m sdpo_env.tiny.refine --from DIR --out DIR --steps 500 --focus length=detailed,emoji=false
 
-Continued training from a checkpoint on fresh corpus examples (indices the build never used), of which
+Continued training from a checkpoint on fresh corpus examples (random streams the build never drew), of which
 ``focus_share`` are complaints in one of the ``FOCUS`` directions, at a small learning rate. It runs on a CPU in
 minutes, where a full build takes hours.
 """
@@ -100,10 +100,8 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu") -
                  boundaries=boundaries, eos_id=tokenizer.eos_token_id)
     model.to("cpu")  # type: ignore[arg-type]  # transformers types .to() as a model decorator
     out.mkdir(parents=True, exist_ok=True)
-    generation_config = model.generation_config
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, safe_serialization=True)  # with its generation_config.json
     tokenizer.save_pretrained(out)
-    generation_config.save_pretrained(out)
     info_path = source / "build_info.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
     info["refine"] = {**asdict(cfg), "focus": [direction_name(d) for d in cfg.focus],
