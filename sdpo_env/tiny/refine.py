@@ -104,11 +104,12 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu") -
     tokenizer.save_pretrained(out)
     info_path = source / "build_info.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
-    info["refine"] = {**asdict(cfg), "focus": [direction_name(d) for d in cfg.focus],
-                      "final_loss": round(loss, 4), "device": device, "threads": torch.get_num_threads(),
-                      "train_s": round(time.time() - t0, 1), "total_s": round(time.time() - started, 1)}
+    stage = {**asdict(cfg), "focus": [direction_name(d) for d in cfg.focus], "source": str(source),
+             "final_loss": round(loss, 4), "device": device, "threads": torch.get_num_threads(),
+             "train_s": round(time.time() - t0, 1), "total_s": round(time.time() - started, 1)}
+    info["refines"] = [*info.get("refines", []), stage]  # every stage since the build, oldest first
     (out / "build_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    print(f"done: final loss {loss:.4f}, {info['refine']['total_s']:.0f} s; saved to {out}", flush=True)
+    print(f"done: final loss {loss:.4f}, {stage['total_s']:.0f} s; saved to {out}", flush=True)
     return info
 
 

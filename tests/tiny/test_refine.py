@@ -45,8 +45,10 @@ def test_refine_a_mini_build(tmp_path) -> None:
     build_main(["--mini", "--out", str(source), "--workers", "1"])
     cfg = RefineConfig(n_examples=64, train=TrainConfig(steps=4, batch_size=16, lr=1e-3, warmup=1))
     info = refine(source, out, cfg)
-    assert info["refine"]["final_loss"] > 0 and info["seed"] == 0  # the build's record is kept
-    assert json.loads((out / "build_info.json").read_text())["refine"]["train"]["steps"] == 4
+    assert info["refines"][0]["final_loss"] > 0 and info["seed"] == 0  # the build's record is kept
+    again = refine(out, tmp_path / "twice", RefineConfig(n_examples=32, train=TrainConfig(steps=2, batch_size=16)))
+    assert [stage["train"]["steps"] for stage in again["refines"]] == [4, 2]  # both stages on record
+    assert json.loads((tmp_path / "twice" / "build_info.json").read_text())["refines"][1]["source"] == str(out)
     before = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     after = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     changed = [not torch.equal(p, q) for p, q in zip(before.parameters(), after.parameters())]
