@@ -258,12 +258,24 @@ def execute_parallel(runs: Sequence[PlannedRun], console: Console, *, jobs: int,
         except KeyboardInterrupt:
             for process in running:
                 process.send_signal(signal.SIGINT)  # each run checkpoints at its next consistent point
-            for process, (_, log, _task) in running.items():
-                process.wait()
-                log.close()
-            console.print("[yellow]bench interrupted: the running runs checkpointed; run the same command again to "
-                          "continue.[/]")
+            try:
+                for process in running:
+                    process.wait()
+            except KeyboardInterrupt:  # a second Ctrl-C: the runs stop at once, as a run alone does
+                for process in running:
+                    if process.poll() is None:
+                        process.send_signal(signal.SIGINT)
+                for process in running:
+                    process.wait()
+            console.print("[yellow]bench interrupted: the running runs stopped (see their logs); run the same "
+                          "command again to continue.[/]")
             return 130
+        finally:
+            for process, (_, log, _task) in running.items():
+                if process.poll() is None:  # only after an unexpected error: no run outlives the bench
+                    process.kill()
+                    process.wait()
+                log.close()
     if failed is not None:
         r, code = failed
         log_path = r.folder.parent / f"{r.folder.name}.log"
