@@ -222,7 +222,7 @@ def execute_parallel(runs: Sequence[PlannedRun], console: Console, *, jobs: int,
             console.print(f"[dim]{r.agent} seed {r.seed}: finished, skipped[/]")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # plug-in learners import as they do here
-    running: dict[subprocess.Popen, tuple[PlannedRun, Any, TaskID]] = {}
+    running: dict[subprocess.Popen, tuple[PlannedRun, Any, TaskID, Path]] = {}  # run, log, progress, its jsonl
     failed: tuple[PlannedRun, int] | None = None
     console.print(f"{len(pending)} runs to do, {jobs} at a time, {threads} threads each")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -239,13 +239,14 @@ def execute_parallel(runs: Sequence[PlannedRun], console: Console, *, jobs: int,
                     process = subprocess.Popen([sys.executable, "-m", "sdpo_env.run", *args], stdout=log,
                                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
                     label = f"{r.agent} seed {r.seed}" + (" (resumed)" if resume else "")
-                    running[process] = (r, log, progress.add_task(label, total=n_interactions))
+                    running[process] = (r, log, progress.add_task(label, total=n_interactions),
+                                        RunFolder(r.folder).interactions)
                 if failed is not None and not running:
                     break
                 time.sleep(0.5)
                 for process in list(running):
-                    r, log, task = running[process]
-                    progress.update(task, completed=_lines(RunFolder(r.folder).interactions))
+                    r, log, task, interactions = running[process]
+                    progress.update(task, completed=_lines(interactions))
                     code = process.poll()
                     if code is None:
                         continue
@@ -271,7 +272,7 @@ def execute_parallel(runs: Sequence[PlannedRun], console: Console, *, jobs: int,
                           "command again to continue.[/]")
             return 130
         finally:
-            for process, (_, log, _task) in running.items():
+            for process, (_, log, _task, _path) in running.items():
                 if process.poll() is None:  # only after an unexpected error: no run outlives the bench
                     process.kill()
                     process.wait()
