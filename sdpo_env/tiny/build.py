@@ -1,11 +1,12 @@
 """Builds the tiny model from scratch: corpus, tokenizer, weights.
 
-    python -m sdpo_env.tiny.build                 # the shipped checkpoint, into sdpo_env/tiny/checkpoint
+    python -m sdpo_env.tiny.build                 # the shipped build stage, into sdpo_env/tiny/checkpoint
     python -m sdpo_env.tiny.build --out /tmp/tiny --seed 1
     python -m sdpo_env.tiny.build --mini --out /tmp/mini   # a miniature version in seconds (tests)
 
 Deterministic from its seed on a given device (the corpus is identical everywhere; float arithmetic differs
-slightly between CPU and GPU).
+slightly between CPU and GPU). The shipped checkpoint is this build refined twice by ``sdpo_env.tiny.refine``
+(its ``build_info.json`` records every stage).
 """
 
 from __future__ import annotations

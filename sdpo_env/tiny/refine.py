@@ -26,8 +26,9 @@ from sdpo_env.tiny.build import MAX_NEW_TOKENS
 from sdpo_env.tiny.corpus import MIX, Direction, Messages, complaint_pool, example, questions, render_answer
 from sdpo_env.tiny.train import TrainConfig, boundary_token_ids, encode, train
 
-# The complaint directions the shipped build followed least often (probe, 32 samples each): questions back 0.59,
-# no emojis 0.69, detailed 0.78, concise 0.84.
+# The complaint directions the build (before any refinement) followed least often (probe, 32 samples each):
+# questions back 0.59, no emojis 0.69, detailed 0.78, concise 0.84. The shipped checkpoint is that build refined
+# twice: with these defaults, then 500 steps at focus share 0.5 on detailed, no questions back and no emojis (seed 2).
 FOCUS: tuple[Direction, ...] = (("question", (False,)), ("emoji", (False,)), ("length", ("detailed",)),
                                 ("length", ("concise",)))
 

@@ -12,10 +12,11 @@ from sdpo_env.tiny.probe import probe
 
 pytestmark = pytest.mark.slow
 
-# Preferences whose hindsight complaints the shipped checkpoint follows: >= 0.91 at 32 samples each, both on the GPU
-# probe and on this test's CPU run (expert: 1.00 on the GPU but 0.78 on the CPU, so it is left out).
-WORKING_COMPLAINTS = ("answer_first", "plain_text", "casual", "professional", "prose", "no_opening_praise", "emojis",
-                      "no_exclamation_marks", "no_first_person", "single_answer")
+# Preferences whose hindsight complaints the shipped checkpoint follows: >= 0.93 at 32 samples each on this test's
+# CPU run (prose 0.78, bullet points 0.78, no closing filler 0.84, detailed and no questions back 0.88, no first
+# person 0.91 are left out).
+WORKING_COMPLAINTS = ("answer_first", "plain_text", "concise", "casual", "beginner", "expert", "professional",
+                      "no_opening_praise", "emojis", "no_emojis", "no_exclamation_marks", "single_answer")
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def test_fluency(figures: dict) -> None:
 
 
 def test_unrelated_follow_ups_keep_the_base_style(figures: dict) -> None:
-    # 0.05 at 512 samples; 160 samples add about +-0.05 of noise per preference.
+    # 0.07 at the probe's default sizes (0.13 here); 160 samples add about +-0.05 of noise per preference.
     assert figures["unrelated_max_shift"] <= 0.16, figures["unrelated_shift"]
 
 
@@ -51,9 +52,9 @@ def test_in_context_oracle(figures: dict) -> None:
     assert figures["oracle_mean"] >= 0.80, figures["oracle"]  # 0.95 at 16 samples per persona
 
 
-@pytest.mark.xfail(reason="issue 3 acceptance not yet met: 'no questions back' (0.59), 'no emojis' (0.69), "
-                          "'detailed' (0.78) and 'concise' (0.84) complaints are followed below 0.90; the |A| ratio "
-                          "relevant/unrelated is 2.3 (target 5)", strict=False)
+@pytest.mark.xfail(reason="issue 3 acceptance not yet met: 'bullet points' (0.75) and 'detailed' (0.81) complaints "
+                          "are followed below 0.90 (full probe); the |A| ratio relevant/unrelated is 2.4 (target 5)",
+                   strict=False)
 def test_full_acceptance(figures: dict) -> None:
     assert figures["hindsight_min"] >= 0.90
     assert figures["signal"]["ratio"] >= 5.0 and figures["signal"]["relevant_negative"] >= 0.90
