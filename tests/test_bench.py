@@ -309,9 +309,10 @@ def test_a_failing_run_stops_the_grid_and_shows_its_output(model_dir, scenario_f
 
 def test_ctrl_c_with_jobs_checkpoints_every_running_run(model_dir, scenario_file, tmp_path) -> None:
     out = tmp_path / "bench"
-    # Long enough that neither run can finish before the interrupt on a loaded machine (400 did: none ran in 15 s).
-    args = [*grid_args(model_dir, scenario_file, out, ["none", "sdpo"]), "n_interactions=20000",
-            "eval.every=20000", "jobs=2", "threads=1"]
+    # Long enough that neither run finishes before the interrupt on a loaded machine (at 400, none ran in 15 s and
+    # did), short enough that a broken interrupt fails the test in minutes (none: ~0.04 s per interaction).
+    args = [*grid_args(model_dir, scenario_file, out, ["none", "sdpo"]), "n_interactions=3000",
+            "eval.every=3000", "jobs=2", "threads=1"]
     code = {}
 
     def started(agent: str) -> bool:
