@@ -33,7 +33,7 @@ from rich.table import Table
 from agents.base import Transition
 from agents.sdpo import SDPOConfig, SDPOLearner
 from sdpo_env.hindsight import hindsight_messages
-from sdpo_env.policy import ChatPolicy, Sampling
+from sdpo_env.policy import ChatPolicy, Sampling, pick_device
 from sdpo_env.prompts import load_prompts
 from sdpo_env.sdpo import selective_log_softmax
 from sdpo_env.tiny import resolve_model_path
@@ -46,11 +46,16 @@ SHAPES: dict[str, dict[str, Any]] = {
                       num_key_value_heads=2, vocab_size=32_000),
     "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                          num_key_value_heads=2, vocab_size=151_936),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, vocab_size=151_936),
 }
 
 
-def random_model_folder(shape: str, tokenizer_from: str) -> str:
-    """Writes a randomly initialised Qwen2 of ``shape`` with the tiny model's tokenizer; returns the folder."""
+def random_model_folder(shape: str, tokenizer_from: str, *, device: str = "cpu") -> str:
+    """Writes a randomly initialised Qwen2 of ``shape`` with the tiny model's tokenizer; returns the folder.
+
+    The weights are drawn on ``device`` (a GPU draws a 1.5B model in a second, a CPU in a minute).
+    """
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     folder = Path(tempfile.mkdtemp(prefix=f"sdpo-bench-{shape}-"))
@@ -58,7 +63,9 @@ def random_model_folder(shape: str, tokenizer_from: str) -> str:
     config = Qwen2Config(**SHAPES[shape], tie_word_embeddings=True, max_position_embeddings=2048,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
-    Qwen2ForCausalLM(config).save_pretrained(folder)
+    with torch.device(pick_device(device)):
+        model = Qwen2ForCausalLM(config)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
 
@@ -119,9 +126,10 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def bench(model: str, *, batch_size: int, completion_tokens: int, rounds: int, device: str) -> dict[str, float]:
+def bench(model: str, *, batch_size: int, completion_tokens: int, rounds: int, device: str,
+          dtype: str = "auto") -> dict[str, float]:
     """Times the variants on ``model``; returns median seconds per variant and the ratios."""
-    policy = ChatPolicy.load(model, device=device, sampling=Sampling(max_new_tokens=completion_tokens))
+    policy = ChatPolicy.load(model, device=device, dtype=dtype, sampling=Sampling(max_new_tokens=completion_tokens))
     learner = SDPOLearner(policy, SDPOConfig(diagnostics_every=0), seed=0)
     batch = batch_of(policy, batch_size, completion_tokens)
     variants: dict[str, Callable[[], object]] = {
@@ -169,23 +177,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--completion-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", help="auto (bfloat16 on CUDA, else float32), float32, bfloat16")
     args = parser.parse_args(argv)
     console = Console(width=200)
     table = Table(title=f"one SDPO update: batch {args.batch_size} x {args.completion_tokens} completion tokens, "
-                        f"median of {args.rounds} interleaved rounds ({args.device})")
+                        f"median of {args.rounds} interleaved rounds ({args.device}, {args.dtype})")
     columns = ("model", "params (M)", "generation s", "teacher fwd s", "student fwd/bwd + step s", "update s",
                "floor s", "3-forward s", "update / floor", "update / 3-forward")
     for column in columns:
         table.add_column(column, justify="right")
     for name in args.models:
-        folder = random_model_folder(name, resolve_model_path("tiny")) if name in SHAPES else name
+        folder = random_model_folder(name, resolve_model_path("tiny"), device=args.device) if name in SHAPES else name
         r = bench(folder, batch_size=args.batch_size, completion_tokens=args.completion_tokens, rounds=args.rounds,
-                  device=args.device)
+                  device=args.device, dtype=args.dtype)
         table.add_row(name, f"{r['parameters_m']:.1f}", f"{r['generation_s']:.3f}", f"{r['teacher_forward_s']:.4f}",
                       f"{r['student_fwd_bwd_and_step_s']:.4f}", f"{r['sdpo_update_s']:.4f}", f"{r['floor_s']:.4f}",
                       f"{r['three_forward_s']:.4f}", f"{r['ratio_vs_floor']:.3f}", f"{r['ratio_vs_three_forward']:.3f}")
-        if any(k.startswith("peak_mib") for k in r):
-            console.print(name, {k: round(v) for k, v in r.items() if k.startswith("peak_mib")})
+        console.print(name, {k: round(v, 4) for k, v in r.items()})  # every figure now, in case a later model fails
     console.print(table)
     if args.device == "cpu":
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

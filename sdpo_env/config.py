@@ -45,7 +45,8 @@ class PolicyConfig:
     temperature: float = option(1.0, "sampling temperature; 0 = greedy", min=0.0)
     top_p: float = option(1.0, "nucleus sampling mass", gt=0.0, max=1.0)
     max_new_tokens: int = option(192, "longest answer in tokens", min=1)
-    device: str = option("auto", "'auto', 'cpu', 'cuda', 'cuda:1', 'mps'", nonempty=True)
+    device: str = option("auto", "'auto' (CUDA, then MPS, then CPU; always the CPU for 'tiny'), 'cpu', 'cuda', "
+                         "'cuda:1', 'mps'", nonempty=True)
     dtype: str = option("auto", "weights dtype", choices=("auto", "float32", "bfloat16", "float16"))
 
 

@@ -21,7 +21,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from sdpo_env.errors import SdpoEnvError
-from sdpo_env.tiny import resolve_model_path
+from sdpo_env.tiny import TINY_NAME, resolve_model_path
 
 Messages = Sequence[dict[str, str]]
 # peft still calls a transformers method that transformers 5 deprecates; the warning is not the user's to act on.
@@ -63,7 +63,7 @@ class Sample:
 
 
 def pick_device(device: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU."""
+    """``auto`` picks CUDA, then MPS, then CPU (``ChatPolicy.load`` keeps the shipped tiny model on the CPU)."""
     if device != "auto":
         return torch.device(device)
     if torch.cuda.is_available():
@@ -103,7 +103,9 @@ class ChatPolicy:
             SdpoEnvError: the model cannot be loaded (the message names it and why).
         """
         path = resolve_model_path(name)
-        target = pick_device(device)
+        # The shipped tiny model is too small for a GPU to help (each token is a chain of tiny kernel launches): on
+        # an H200 a flip run went about half as fast as on 2 CPU cores, so ``auto`` keeps it on the CPU.
+        target = torch.device("cpu") if device == "auto" and name == TINY_NAME else pick_device(device)
         torch_dtype = DTYPES.get(dtype) or (torch.bfloat16 if target.type == "cuda" else torch.float32)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
@@ -226,12 +228,12 @@ class ChatPolicy:
 
     # --- sampling ---------------------------------------------------------------------------------------------
 
-    def _pad(self, rows: Sequence[Sequence[int]], side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         length = max(len(r) for r in rows)
         ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), length), dtype=torch.long)
         for i, row in enumerate(rows):
-            span = slice(length - len(row), length) if side == "left" else slice(0, len(row))
+            span = slice(length - len(row), length)
             ids[i, span] = torch.tensor(row, dtype=torch.long)
             mask[i, span] = 1
         return ids.to(self.device), mask.to(self.device)
@@ -247,7 +249,7 @@ class ChatPolicy:
             sampling: Overrides the policy's default sampling settings.
         """
         s = sampling or self.sampling
-        ids, mask = self._pad([self.encode(c) for c in conversations], "left")
+        ids, mask = self._left_pad([self.encode(c) for c in conversations])
         kwargs: dict[str, Any] = {"max_new_tokens": s.max_new_tokens, "pad_token_id": self.pad_id,
                                   "eos_token_id": self.eos_ids}
         if s.temperature > 0:
@@ -269,37 +271,37 @@ class ChatPolicy:
     # --- scoring ----------------------------------------------------------------------------------------------
 
     def completion_logits(
-        self, contexts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *, padding_side: str = "right"
+        self, contexts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits at the positions that predict each completion token.
+
+        Each row is laid out as ``[pad.. context][completion ..pad]``: contexts are padded on the left to a common
+        length C and completions on the right to the longest, T. The positions predicting completion tokens are then
+        C - 1 .. C + T - 2 in every row, so the model projects only the last T + 1 positions to the vocabulary (an
+        integer ``logits_to_keep``, which every transformers 5 model takes; per-row index tensors are newer).
 
         Args:
             contexts: Token ids of each context (ending with the assistant prompt).
             completions: Token ids of each completion.
-            padding_side: ``right`` or ``left``; the result does not depend on it.
 
         Returns:
-            ``(logits, targets, mask)``: (B, T, V) logits, (B, T) completion ids, (B, T) 1 on real tokens, where T is
-            the longest completion. Gradients flow unless the caller disables them.
+            ``(logits, targets, mask)``: (B, T, V) logits, (B, T) completion ids, (B, T) 1 on real tokens. Gradients
+            flow unless the caller disables them.
         """
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         if any(len(c) == 0 for c in completions):
             raise SdpoEnvError("cannot score an empty completion")
-        rows = [list(x) + list(y) for x, y in zip(contexts, completions)]
-        ids, attention = self._pad(rows, padding_side)  # (B, L)
-        n_comp = max(len(y) for y in completions)
-        length = ids.shape[1]
-        offsets = [length - len(r) if padding_side == "left" else 0 for r in rows]
-        steps = torch.arange(n_comp)
-        # Position predicting completion token j of row i: offset + len(context) - 1 + j (clamped on padding).
-        keep = torch.stack([(o + len(x) - 1 + steps).clamp(max=length - 1) for o, x in zip(offsets, contexts)])
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (B, L): padding must not shift positions
-        out = self.model(input_ids=ids, attention_mask=attention, position_ids=positions,
-                         logits_to_keep=keep.to(self.device), use_cache=False)
-        targets = torch.full((len(rows), n_comp), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), n_comp))
-        for i, y in enumerate(completions):
+        n_ctx, n_comp = max(len(x) for x in contexts), max(len(y) for y in completions)
+        ids = torch.full((len(contexts), n_ctx + n_comp), self.pad_id, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        targets = torch.full((len(contexts), n_comp), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(contexts), n_comp))
+        for i, (x, y) in enumerate(zip(contexts, completions)):
+            ids[i, n_ctx - len(x) : n_ctx + len(y)] = torch.tensor(list(x) + list(y))
+            attention[i, n_ctx - len(x) : n_ctx + len(y)] = 1
             targets[i, : len(y)] = torch.tensor(list(y))
             mask[i, : len(y)] = 1.0
-        return out.logits, targets.to(self.device), mask.to(self.device)  # (B, T, V), (B, T), (B, T)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (B, L): padding must not shift positions
+        out = self.model(input_ids=ids.to(self.device), attention_mask=attention.to(self.device),
+                         position_ids=positions.to(self.device), logits_to_keep=n_comp + 1, use_cache=False)
+        logits = out.logits[:, :-1]  # (B, T, V): the last kept position predicts past the longest completion
+        return logits, targets.to(self.device), mask.to(self.device)  # (B, T, V), (B, T), (B, T)

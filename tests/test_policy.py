@@ -31,29 +31,30 @@ CONVERSATIONS = [
 ]
 
 
-def _logprobs(policy, contexts, completions, side):
-    logits, targets, mask = policy.completion_logits(contexts, completions, padding_side=side)
+def _logprobs(policy, contexts, completions):
+    logits, targets, mask = policy.completion_logits(contexts, completions)
     return selective_log_softmax(logits, targets) * mask, mask
 
 
-def test_batched_logprobs_equal_one_at_a_time_for_both_padding_sides(policy) -> None:
+def test_batched_logprobs_equal_one_at_a_time_under_padding_on_both_sides(policy) -> None:
+    # Mixed context lengths pad on the left and mixed completion lengths on the right: the first row is padded on
+    # both sides, the second on the left only, the third on the right only.
     contexts = [policy.encode(c) for c in CONVERSATIONS]
     completions = [policy.encode_completion(t) for t in ["Water it.", "Hello there, friend!", "Prices rise."]]
     assert len({len(c) for c in contexts}) == 3 and len({len(c) for c in completions}) == 3  # mixed lengths
     with torch.no_grad():
-        singles = [_logprobs(policy, [x], [y], "right")[0][0, : len(y)] for x, y in zip(contexts, completions)]
-        for side in ("left", "right"):
-            batched, mask = _logprobs(policy, contexts, completions, side)
-            for i, single in enumerate(singles):
-                n = len(completions[i])
-                torch.testing.assert_close(batched[i, :n], single, atol=1e-5, rtol=0)
-                assert mask[i].sum() == n
+        singles = [_logprobs(policy, [x], [y])[0][0, : len(y)] for x, y in zip(contexts, completions)]
+        for order in (slice(None), slice(None, None, -1)):  # row order must not matter either
+            batched, mask = _logprobs(policy, contexts[order], completions[order])
+            for single, y, row, row_mask in zip(singles[order], completions[order], batched, mask):
+                torch.testing.assert_close(row[: len(y)], single, atol=1e-5, rtol=0)
+                assert row_mask.sum() == len(y) and not row[len(y) :].any()
 
 
 def test_logprobs_match_a_plain_full_forward(policy) -> None:
     x, y = policy.encode(CONVERSATIONS[0]), policy.encode_completion("Water it daily.")
     with torch.no_grad():
-        ours, _ = _logprobs(policy, [x], [y], "left")
+        ours, _ = _logprobs(policy, [x], [y])
         full = policy.model(input_ids=torch.tensor([x + y])).logits[0]  # (L, V), every position projected
         reference = torch.log_softmax(full, -1)[len(x) - 1 : len(x) + len(y) - 1].gather(-1, torch.tensor(y)[:, None])
     torch.testing.assert_close(ours[0], reference[:, 0], atol=1e-5, rtol=0)
@@ -75,7 +76,7 @@ def test_base_view_reproduces_the_base_model_after_updates(policy, model_dir) ->
     x, y = policy.encode(CONVERSATIONS[2]), policy.encode_completion("Prices go up.")
     optimizer = torch.optim.AdamW(policy.trainable_parameters(), lr=0.05)
     for _ in range(20):
-        lp, _ = _logprobs(policy, [x], [y], "right")
+        lp, _ = _logprobs(policy, [x], [y])
         (-lp.sum()).backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -129,3 +130,9 @@ def test_sampling_on_merged_weights_is_the_adapted_policy(policy) -> None:
     torch.testing.assert_close(merged, adapted, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(base, expected_base, atol=0, rtol=0)
     assert not torch.allclose(adapted, base, atol=1e-3)
+
+
+def test_auto_keeps_the_tiny_model_on_the_cpu_even_where_cuda_is_there(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # without the rule, loading would move it to CUDA
+    assert ChatPolicy.load("tiny").device.type == "cpu"
+    assert ChatPolicy.load("tiny", device="auto").device.type == "cpu"
