@@ -39,9 +39,14 @@ from sdpo_env.teachers import TEACHERS, EmaTeacher, teacher_view
 class SDPOConfig:
     """Options of the SDPO learner (``agent.<name>=value``)."""
 
-    lr: float = option(1e-3, "AdamW learning rate on the LoRA weights (constant)", gt=0.0)
-    weight_decay: float = option(2.0, "AdamW weight decay on the LoRA weights; pulls the adapter back towards the "
-                                 "base so the policy can re-adapt after a preference flip", min=0.0)
+    lr: float = option(1e-3, "learning rate on the LoRA weights (constant)", gt=0.0)
+    optimizer: str = option("adamw", "adamw: each step about lr per weight, whatever the follow-up; sgd (no "
+                            "momentum): steps in proportion to the gradient, so unrelated follow-ups move the "
+                            "policy far less (python -m sdpo_env.bench_selectivity), but it re-adapts worse after "
+                            "a flip; lr=0.5 weight_decay=4e-3 learns, lr=2 collapses", choices=("adamw", "sgd"))
+    weight_decay: float = option(2.0, "decoupled weight decay: every step shrinks the LoRA weights by lr x "
+                                 "weight_decay, pulling the adapter back towards the base so the policy can "
+                                 "re-adapt after a preference flip", min=0.0)
     grad_clip: float = option(1.0, "clip the gradient norm to this value; 0 disables", min=0.0)
     update_every: int = option(1, "update after every N interactions", min=1)
     batch_size: int = option(1, "interactions per update: the last N (the paper uses 16)", min=1)
@@ -67,9 +72,14 @@ class SDPOConfig:
     hindsight_template: str = option(DEFAULT_TEMPLATE, "appended to the last user turn; must contain {follow_up}")
 
     def check(self) -> list[tuple[str, str]]:
+        problems = []
         if "{follow_up}" not in self.hindsight_template:
-            return [("hindsight_template", "must contain {follow_up}")]
-        return []
+            problems.append(("hindsight_template", "must contain {follow_up}"))
+        if self.lr * self.weight_decay >= 1:
+            problems.append(("weight_decay", f"each step shrinks the LoRA weights by lr x weight_decay = "
+                                             f"{self.lr * self.weight_decay:g}, which must be below 1 (with lr="
+                                             f"{self.lr:g}, give weight_decay < {1 / self.lr:g})"))
+        return problems
 
 
 def lora_settings(config: Any) -> LoraSettings:
@@ -95,7 +105,11 @@ class SDPOLearner:
         if not policy.has_adapter:
             policy.add_lora(lora_settings(config), seed=seed)
         self.params = policy.trainable_parameters()
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer: torch.optim.Optimizer
+        if config.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        else:  # SGD's own weight_decay is an L2 term in the gradient; _step decays the weights as AdamW does
+            self.optimizer = torch.optim.SGD(self.params, lr=config.lr)
         self.ema = EmaTeacher(policy, config.ema_decay) if config.teacher == "ema" else None
         self.buffer: collections.deque[Transition] = collections.deque(maxlen=config.batch_size)
         self.n_acts = self.n_updates = self.n_skipped = self.since_update = 0
@@ -220,6 +234,9 @@ class SDPOLearner:
             return {"sdpo/skipped_updates": float(self.n_skipped)}
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.config.optimizer == "sgd" and self.config.weight_decay > 0:  # decoupled, as AdamW does it
+            with torch.no_grad():
+                torch._foreach_mul_(list[torch.Tensor](self.params), 1 - self.config.lr * self.config.weight_decay)
         if self.ema is not None:
             self.ema.step()
         self.n_updates += 1

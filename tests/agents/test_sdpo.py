@@ -86,7 +86,7 @@ def test_schedule_update_every_and_batch(model_dir) -> None:
 @pytest.mark.parametrize("options", [
     {"loss": "topk", "topk": 5}, {"loss": "full", "alpha": 0.5}, {"center_advantages": True},
     {"ratio_clip": 0.2}, {"kl_coef": 0.1}, {"teacher": "base"}, {"teacher": "ema"},
-    {"aggregation": "sequence_mean", "batch_size": 2},
+    {"aggregation": "sequence_mean", "batch_size": 2}, {"optimizer": "sgd", "lr": 1.0, "weight_decay": 1e-3},
 ])
 def test_every_option_trains(model_dir, options) -> None:
     learner = make(model_dir, **options)
@@ -95,6 +95,19 @@ def test_every_option_trains(model_dir, options) -> None:
     metrics = learner.observe(transitions)
     assert all(v == v for v in metrics.values())  # no NaN
     assert any(not torch.equal(a, b) for a, b in zip(before, learner.params))
+
+
+def test_sgd_steps_by_the_gradient_then_decays_the_weights(model_dir) -> None:
+    lr, decay = 0.5, 0.1
+    learner = make(model_dir, optimizer="sgd", lr=lr, weight_decay=decay, grad_clip=0.0)
+    grads = []
+    learner.optimizer.register_step_pre_hook(lambda *_: grads.append([p.grad.clone() for p in learner.params]))
+    before = [p.detach().clone() for p in learner.params]
+    _, transitions = interact(learner)
+    learner.observe(transitions)
+    assert len(grads) == 1 and any(g.abs().sum() > 0 for g in grads[0])
+    for old, grad, new in zip(before, grads[0], learner.params):
+        torch.testing.assert_close(new.detach(), (old - lr * grad) * (1 - lr * decay), atol=1e-7, rtol=1e-6)
 
 
 def test_ema_teacher_with_zero_decay_is_the_live_policy(model_dir) -> None:
@@ -161,6 +174,9 @@ def test_options_are_validated_together(model_dir) -> None:
     assert "command line: agent.lr: got -1.0; must be > 0.0" in text
     assert "command line: agent.teachr: unknown key. Did you mean 'teacher'?" in text
     assert "command line: agent.loss: got 'kl'; allowed: 'pg', 'topk', 'full'." in text
+    shrink = r"agent.weight_decay: each step shrinks the LoRA weights by lr x weight_decay = 4, which must be below 1"
+    with pytest.raises(ConfigError, match=shrink + r" \(with lr=2, give weight_decay < 0.5\)"):
+        make_learner({"name": "sdpo", "optimizer": "sgd", "lr": 2}, policy, seed=0)
     with pytest.raises(UnknownNameError, match=r"unknown learner 'sdp'\. Did you mean 'sdpo'"):
         make_learner({"name": "sdp"}, policy, seed=0)
     with pytest.raises(SdpoEnvError, match=r"cannot import learner 'nowhere\.mod:Learner': module 'nowhere\.mod'"):

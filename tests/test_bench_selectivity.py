@@ -1,0 +1,47 @@
+"""The one-update selectivity benchmark on the shipped tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agents.base import make_learner
+from sdpo_env.bench_selectivity import follow_up_pairs, held_out_log_probs, mean_kl, measure, one_update_moves
+from sdpo_env.policy import ChatPolicy
+from sdpo_env.prompts import load_prompts
+
+
+def test_mean_kl_matches_torch_kl_div() -> None:
+    gen = torch.Generator().manual_seed(0)
+    p = torch.log_softmax(torch.randn(2, 3, 7, generator=gen), -1)
+    q = torch.log_softmax(torch.randn(2, 3, 7, generator=gen), -1)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    reference = torch.nn.functional.kl_div(q, p, log_target=True, reduction="none").sum(-1)  # KL(p || q), (B, T)
+    assert mean_kl((p, mask), (q, mask)) == pytest.approx(float(reference[mask.bool()].mean()), rel=1e-6)
+    assert mean_kl((p, mask), (p, mask)) == 0.0
+
+
+def test_each_update_starts_from_the_same_state_and_the_learner_ends_where_it_began() -> None:
+    policy = ChatPolicy.load("tiny", device="cpu")
+    learner = make_learner({"name": "sdpo", "diagnostics_every": 0}, policy, seed=0)
+    train = [list(p.messages) for p in load_prompts("train")[:12]]
+    answers = [s.text for s in policy.generate(train, seed=0)]
+    pairs = follow_up_pairs(train, answers, np.random.default_rng(0))[:3]
+    assert pairs and all(r.messages == u.messages and r.response == u.response and r.follow_up != u.follow_up
+                         for r, u in pairs)
+    contexts = [policy.encode(c) for c in train[:4]]
+    completions = [policy.encode_completion(a) or [policy.tokenizer.eos_token_id] for a in answers[:4]]
+    before = held_out_log_probs(policy, contexts, completions)
+    figures = one_update_moves(learner, pairs, contexts, completions)
+    assert figures["kl_relevant"] > 0 and figures["kl_unrelated"] > 0
+    assert mean_kl(before, held_out_log_probs(policy, contexts, completions)) == 0.0
+    assert learner.n_updates == 0
+
+
+def test_measure_reports_both_states_and_the_shipped_models_hindsight_signal() -> None:
+    figures = measure({}, n_pairs=8, n_warm=2, n_probe=4)
+    assert list(figures) == ["fresh optimizer", "after 2 relevant updates"]
+    for f in figures.values():
+        # The tiny model's hindsight shifts log-probs about twice as much for a complaint as for an unrelated message.
+        assert f["abs_adv_relevant"] > 1.3 * f["abs_adv_unrelated"]
