@@ -120,13 +120,13 @@ def measure(options: dict[str, Any], *, model: str = "tiny", n_pairs: int = 28, 
     learner = make_learner({"name": "sdpo", "diagnostics_every": 0, **options}, policy, seed=seed)
     assert isinstance(learner, SDPOLearner)
     # Interactions come from the training pool, as in a run; the KL is measured on held-out prompts.
-    train = [list(p.messages) for p in load_prompts("train")[: 2 * (n_pairs + n_warm)]]  # ~3 in 4 give a pair
+    train = [list(p.messages) for p in load_prompts("train")[: 3 * (n_pairs + n_warm)]]  # 1 in 2 to 3 in 4 pair
     held_out = [list(p.messages) for p in load_prompts("eval")[:n_probe]]
     answers = [s.text for s in policy.generate(train + held_out, seed=seed)]
     pairs = follow_up_pairs(train, answers[: len(train)], np.random.default_rng(seed))
     if len(pairs) < n_pairs + n_warm:
-        raise SdpoEnvError(f"only {len(pairs)} pairs from {len(train)} prompts; ask for fewer than "
-                           f"{n_pairs} + {n_warm}")
+        raise SdpoEnvError(f"only {len(pairs)} pairs from {len(train)} training prompts, and {n_pairs} pairs + "
+                           f"{n_warm} warm-up updates were asked for; ask for fewer")
     contexts = [policy.encode(c) for c in held_out]
     completions = [policy.encode_completion(a) or [policy.tokenizer.eos_token_id] for a in answers[len(train):]]
     measured, warm = pairs[:n_pairs], pairs[n_pairs:n_pairs + n_warm]
@@ -148,8 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     options = OmegaConf.to_container(OmegaConf.from_dotlist(args.options))
     assert isinstance(options, dict)
-    figures = measure({str(k): v for k, v in options.items()}, model=args.model, n_pairs=args.pairs,
-                      n_warm=args.warm, n_probe=args.probe, seed=args.seed)
+    console = Console(width=160)
+    with console.status(f"sampling answers, then {4 * args.pairs} updates (about a minute on a 2-core CPU)"):
+        figures = measure({str(k): v for k, v in options.items()}, model=args.model, n_pairs=args.pairs,
+                          n_warm=args.warm, n_probe=args.probe, seed=args.seed)
     table = Table(title=f"one SDPO update ({args.model}, {args.pairs} pairs, KL on {args.probe} held-out answers"
                         + (f", {' '.join(args.options)}" if args.options else "") + ")")
     for column in ("learner state", "KL to before: rel / unrel", "caused by the follow-up: rel / unrel",
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
                       f"{f['caused_relevant']:.2e} / {f['caused_unrelated']:.2e}", f"{f['caused_ratio_median']:.2f}",
                       f"{f['relevant_moves_more']:.2f}", f"{f['abs_adv_relevant']:.3f} / {f['abs_adv_unrelated']:.3f}",
                       f"{f['grad_norm_relevant']:.3f} / {f['grad_norm_unrelated']:.3f}")
-    Console(width=160).print(table)
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ class ChatPolicy:
         """
         path = resolve_model_path(name)
         # The shipped tiny model is too small for a GPU to help (each token is a chain of tiny kernel launches): on
-        # an H200 a flip run went about half as fast as on 2 CPU cores, so ``auto`` keeps it on the CPU.
+        # an H200 a flip run went about half as fast as on 2 CPU cores (README), so ``auto`` keeps it on the CPU.
         target = torch.device("cpu") if device == "auto" and name == TINY_NAME else pick_device(device)
         torch_dtype = DTYPES.get(dtype) or (torch.bfloat16 if target.type == "cuda" else torch.float32)
         try:
