@@ -232,15 +232,19 @@ class SDPOLearner:
             self.n_skipped += 1
             warnings.warn(f"SDPO update {self.n_updates} skipped: non-finite gradient", RuntimeWarning, stacklevel=3)
             return {"sdpo/skipped_updates": float(self.n_skipped)}
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.config.optimizer == "sgd" and self.config.weight_decay > 0:  # decoupled, as AdamW does it
-            with torch.no_grad():
-                torch._foreach_mul_(list[torch.Tensor](self.params), 1 - self.config.lr * self.config.weight_decay)
+        self.apply_step()
         if self.ema is not None:
             self.ema.step()
         self.n_updates += 1
         return {"sdpo/grad_norm": grad_norm, "sdpo/skipped_updates": float(self.n_skipped)}
+
+    def apply_step(self) -> None:
+        """The optimizer's step on the gradients there are, then SGD's weight decay (decoupled, as AdamW's)."""
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.config.optimizer == "sgd" and self.config.weight_decay > 0:
+            with torch.no_grad():
+                torch._foreach_mul_(list[torch.Tensor](self.params), 1 - self.config.lr * self.config.weight_decay)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

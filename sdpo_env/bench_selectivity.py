@@ -72,11 +72,10 @@ def mean_kl(before: tuple[torch.Tensor, torch.Tensor], after: tuple[torch.Tensor
 
 
 def optimizer_only_step(learner: SDPOLearner) -> None:
-    """The step the optimizer takes with a zero gradient: AdamW's momentum and weight decay, no follow-up at all."""
+    """The step the learner takes with a zero gradient: momentum and weight decay, no follow-up at all."""
     for param in learner.params:
         param.grad = torch.zeros_like(param)
-    learner.optimizer.step()
-    learner.optimizer.zero_grad(set_to_none=True)
+    learner.apply_step()
 
 
 def one_update_moves(learner: SDPOLearner, pairs: Sequence[Pair], contexts: list[list[int]],
