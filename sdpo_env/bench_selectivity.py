@@ -31,6 +31,7 @@ from agents.sdpo import SDPOLearner
 from sdpo_env.errors import SdpoEnvError
 from sdpo_env.policy import ChatPolicy, Messages
 from sdpo_env.prompts import load_prompts
+from sdpo_env.sdpo import divergence
 from sdpo_env.tiny.corpus import personas
 
 Pair = tuple[Transition, Transition]  # (relevant follow-up, unrelated follow-up), same prompt and answer
@@ -67,7 +68,7 @@ def held_out_log_probs(policy: ChatPolicy, contexts: list[list[int]],
 def mean_kl(before: tuple[torch.Tensor, torch.Tensor], after: tuple[torch.Tensor, torch.Tensor]) -> float:
     """KL(before || after) per token, averaged over the real tokens."""
     (p, mask), (q, _) = before, after
-    per_token = (p.exp() * (p - q)).sum(-1)  # (B, T)
+    per_token = divergence(p, q, 1.0)  # (B, T)
     return float((per_token * mask).sum() / mask.sum())
 
 

@@ -27,14 +27,18 @@ def test_each_update_starts_from_the_same_state_and_the_learner_ends_where_it_be
     learner = make_learner({"name": "sdpo", "diagnostics_every": 0}, policy, seed=0)
     train = [list(p.messages) for p in load_prompts("train")[:12]]
     answers = [s.text for s in policy.generate(train, seed=0)]
-    pairs = follow_up_pairs(train, answers, np.random.default_rng(0))[:3]
+    pairs = follow_up_pairs(train, answers, np.random.default_rng(0))
     assert pairs and all(r.messages == u.messages and r.response == u.response and r.follow_up != u.follow_up
                          for r, u in pairs)
     contexts = [policy.encode(c) for c in train[:4]]
     completions = [policy.encode_completion(a) or [policy.tokenizer.eos_token_id] for a in answers[:4]]
     before = held_out_log_probs(policy, contexts, completions)
-    figures = one_update_moves(learner, pairs, contexts, completions)
-    assert figures["kl_relevant"] > 0 and figures["kl_unrelated"] > 0
+    once = one_update_moves(learner, pairs[:1], contexts, completions)
+    assert once["kl_relevant"] > 0 and once["kl_unrelated"] > 0
+    # The same pair three times gives the same figures only if every update starts from the same state.
+    thrice = one_update_moves(learner, pairs[:1] * 3, contexts, completions)
+    for key in ("kl_relevant", "kl_unrelated", "caused_relevant", "caused_unrelated"):
+        assert thrice[key] == pytest.approx(once[key], rel=1e-5)
     assert mean_kl(before, held_out_log_probs(policy, contexts, completions)) == 0.0
     assert learner.n_updates == 0
 
