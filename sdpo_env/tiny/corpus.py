@@ -186,20 +186,6 @@ def example(rng: np.random.Generator, kind: str) -> Messages:
     return [*messages, {"role": "assistant", "content": render_answer(rng, question, fixed)}]
 
 
-def unrelated_pair(rng: np.random.Generator) -> tuple[Messages, Messages]:
-    """One answer under two contexts: the plain question, and the question with an unrelated follow-up as hindsight.
-
-    The refinement's consistency term trains the second context to predict the answer exactly as the first does,
-    so that an unrelated follow-up leaves the token advantages near zero.
-    """
-    qs = questions()
-    question = _pick(rng, qs)
-    plain: Messages = [{"role": "user", "content": question.text}]
-    follow_up = _pick(rng, neutral_follow_ups()) if rng.random() < 0.8 else _pick(rng, qs).text
-    answer = {"role": "assistant", "content": render_answer(rng, question)}
-    return [*plain, answer], [*hindsight_messages(plain, follow_up), dict(answer)]
-
-
 def corpus(n: int, seed: int, *, start: int = 0) -> list[Messages]:
     """Examples ``start .. start+n-1`` of the corpus for ``seed``; each depends only on (seed, index).
 

@@ -23,17 +23,8 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from sdpo_env.hindsight import hindsight_messages
 from sdpo_env.tiny import TINY_DIR
 from sdpo_env.tiny.build import MAX_NEW_TOKENS
-from sdpo_env.tiny.corpus import (
-    MIX,
-    Direction,
-    Messages,
-    complaint_pool,
-    example,
-    questions,
-    render_answer,
-    unrelated_pair,
-)
-from sdpo_env.tiny.train import Encoded, TrainConfig, boundary_token_ids, encode, train
+from sdpo_env.tiny.corpus import MIX, Direction, Messages, complaint_pool, example, questions, render_answer
+from sdpo_env.tiny.train import TrainConfig, boundary_token_ids, encode, train
 
 # The complaint directions the build (before any refinement) followed least often (probe, 32 samples each):
 # questions back 0.59, no emojis 0.69, detailed 0.78, concise 0.84. The shipped checkpoint is that build refined
@@ -47,7 +38,6 @@ class RefineConfig:
     """Settings of the refinement stage."""
 
     n_examples: int = 19_200
-    n_pairs: int = 0  # unrelated-follow-up pairs for the consistency term (train.consistency_weight > 0)
     focus_share: float = 0.3
     focus: tuple[Direction, ...] = FOCUS
     seed: int = 1
@@ -95,19 +85,6 @@ def refine_examples(n: int, seed: int, focus_share: float, focus: tuple[Directio
     return out
 
 
-def consistency_pairs(n: int, seed: int) -> list[tuple[Messages, Messages]]:
-    """``n`` pairs of one answer under the plain prompt and under an unrelated follow-up (``unrelated_pair``)."""
-    return [unrelated_pair(np.random.default_rng([seed, 11, index])) for index in range(n)]
-
-
-def encode_pairs(tokenizer: PreTrainedTokenizerFast, pairs: list[tuple[Messages, Messages]]) -> list[
-        tuple[Encoded, Encoded]]:
-    """Both sides of each pair encoded; pairs whose answer is longer than the policy ever samples are dropped."""
-    plain = encode(tokenizer, [a for a, _ in pairs])
-    hind = encode(tokenizer, [b for _, b in pairs])
-    return [(a, b) for a, b in zip(plain, hind) if len(a[0]) - a[1] <= MAX_NEW_TOKENS]
-
-
 def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu") -> dict:
     """Refines the model in ``source`` and saves it into ``out``; returns what happened (also in build_info.json)."""
     started = time.time()
@@ -118,14 +95,10 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu") -
     print(f"refine: {len(data)} examples ({cfg.focus_share:.0%} focused) in {time.time() - started:.0f} s",
           flush=True)
     t0 = time.time()
-    pairs = encode_pairs(tokenizer, consistency_pairs(cfg.n_pairs, cfg.seed)) if cfg.n_pairs else []
-    if pairs:
-        print(f"refine: {len(pairs)} unrelated-follow-up pairs, consistency weight "
-              f"{cfg.train.consistency_weight}", flush=True)
     boundaries = frozenset(boundary_token_ids(tokenizer))
     loss = train(model, data, tokenizer.pad_token_id, cfg.train,  # type: ignore[arg-type]  # a LlamaForCausalLM
                  seed=cfg.seed, device=torch.device(device), log=lambda line: print(line, flush=True),
-                 boundaries=boundaries, eos_id=tokenizer.eos_token_id, pairs=pairs)
+                 boundaries=boundaries, eos_id=tokenizer.eos_token_id)
     model.to("cpu")  # type: ignore[arg-type]  # transformers types .to() as a model decorator
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)  # with its generation_config.json
@@ -152,9 +125,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--focus", default=None,
                         help="comma-separated complaint directions to focus on (default: " +
                         ",".join(direction_name(d) for d in FOCUS) + ")")
-    parser.add_argument("--consistency", type=float, default=0.0, metavar="WEIGHT",
-                        help="add WEIGHT x KL(plain || unrelated follow-up as hindsight) per answer token, on "
-                        "fresh pairs of one answer under both prompts (default 0: off)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -165,14 +135,10 @@ def main(argv: list[str] | None = None) -> dict:
             cfg = replace(cfg, focus=tuple(parse_direction(t) for t in args.focus.split(",")))
         except ValueError as exc:
             parser.error(str(exc))
-    if args.consistency < 0:
-        parser.error(f"--consistency must be >= 0, got {args.consistency}")
     cfg = replace(cfg, n_examples=steps * cfg.train.batch_size,
-                  n_pairs=steps * cfg.train.pair_batch_size if args.consistency > 0 else 0,
                   focus_share=cfg.focus_share if args.focus_share is None else args.focus_share,
                   seed=cfg.seed if args.seed is None else args.seed,
-                  train=replace(cfg.train, steps=steps, lr=args.lr or cfg.train.lr,
-                                consistency_weight=args.consistency))
+                  train=replace(cfg.train, steps=steps, lr=args.lr or cfg.train.lr))
     return refine(args.source, args.out, cfg, device=args.device)
 
 

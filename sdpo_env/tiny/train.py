@@ -12,8 +12,6 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from sdpo_env.sdpo import divergence
-
 BOS, EOS, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 # ChatML, as in Qwen2: <|im_start|>role\ncontent<|im_end|>\n, generation prompt <|im_start|>assistant\n.
 CHAT_TEMPLATE = (
@@ -21,7 +19,6 @@ CHAT_TEMPLATE = (
     " + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 Messages = list[dict[str, str]]
-Encoded = tuple[list[int], int]  # token ids of a chat ending with its answer, number of prompt tokens
 
 
 @dataclass(frozen=True)
@@ -101,10 +98,6 @@ class TrainConfig:
     # start of a line or sentence and at the end-of-answer token; the first build ignored complaints there.
     decision_weight: float = 3.0
     tokens_per_example: float = 100.0  # constant loss normaliser (per-batch token means over-weight short answers)
-    # Consistency term (refinement only): on pairs of one answer under the plain prompt and under an unrelated
-    # follow-up as hindsight, KL(plain || hindsight) per answer token, the plain side held fixed. 0 turns it off.
-    consistency_weight: float = 0.0
-    pair_batch_size: int = 32
 
 
 def boundary_token_ids(tokenizer: PreTrainedTokenizerFast) -> set[int]:
@@ -136,30 +129,6 @@ def batch_tensors(examples: Sequence[tuple[list[int], int]], pad_id: int, *, fir
     return ids.to(device), mask.to(device), weights.to(device)
 
 
-def answer_logits(model: LlamaForCausalLM, ids: torch.Tensor, mask: torch.Tensor,
-                  scored: torch.Tensor) -> torch.Tensor:
-    """(N, V) logits of the ``scored`` positions (row-major), N = ``scored.sum()``; ``scored`` is (B, T-1)."""
-    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
-    return model.lm_head(hidden[:, :-1][scored])  # only answer positions reach the vocabulary
-
-
-def consistency_kl(model: LlamaForCausalLM, pairs: Sequence[tuple[Encoded, Encoded]], pad_id: int,
-                   device: torch.device) -> torch.Tensor:
-    """Mean over answer tokens of KL(plain || hindsight) for pairs of one answer under two prompts.
-
-    The plain side is the fixed target (no gradient): the term teaches the hindsight context to leave the
-    answer's distribution alone, and leaves the plain distribution (the room to personalise) as it is.
-    """
-    plain = batch_tensors([a for a, _ in pairs], pad_id, first_token_weight=1.0, device=device)
-    hind = batch_tensors([b for _, b in pairs], pad_id, first_token_weight=1.0, device=device)
-    with torch.no_grad():
-        target = answer_logits(model, plain[0], plain[1], plain[2][:, 1:] > 0).float().log_softmax(-1)
-    logits = answer_logits(model, hind[0], hind[1], hind[2][:, 1:] > 0).float()
-    if logits.shape != target.shape:
-        raise ValueError("a pair's two sides must end with the same answer tokens")
-    return divergence(logits.log_softmax(-1), target, 0.0).mean()  # alpha 0: KL(target || logits)
-
-
 def _bucketed_batches(data: Sequence[tuple[list[int], int]], batch_size: int,
                       rng: np.random.Generator) -> list[list[int]]:
     """One epoch of batches of similar length (less padding), in random order.
@@ -176,16 +145,9 @@ def _bucketed_batches(data: Sequence[tuple[list[int], int]], batch_size: int,
 
 def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id: int, cfg: TrainConfig, *,
           seed: int, device: torch.device, log: Callable[[str], None] = print,
-          boundaries: frozenset[int] = frozenset(), eos_id: int | None = None,
-          pairs: Sequence[tuple[Encoded, Encoded]] = ()) -> float:
-    """Trains ``model`` in place; returns the mean loss per answer token over the last 100 steps.
-
-    With ``pairs`` and ``cfg.consistency_weight`` > 0, each step adds the weighted ``consistency_kl`` of
-    ``cfg.pair_batch_size`` pairs drawn at random (from their own random stream: the batches stay the same).
-    """
+          boundaries: frozenset[int] = frozenset(), eos_id: int | None = None) -> float:
+    """Trains ``model`` in place; returns the mean loss per answer token over the last 100 steps."""
     rng = np.random.default_rng(seed)
-    pair_rng = np.random.default_rng([seed, 1])
-    consistent = bool(pairs) and cfg.consistency_weight > 0
     torch.manual_seed(seed)
     model.to(device).train()  # type: ignore[arg-type]  # transformers types .to() as a model decorator
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -201,7 +163,6 @@ def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id
 
     use_bf16 = device.type == "cuda"
     recent: list[float] = []
-    recent_kl: list[float] = []
     start = time.time()
     batches = _bucketed_batches(data, cfg.batch_size, rng)
     for step in range(cfg.steps):
@@ -213,27 +174,20 @@ def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
             scored = weights[:, 1:] > 0  # (B, T-1): positions whose next token is an answer token
-            logits = answer_logits(model, ids, mask, scored)  # (N, V)
+            logits = model.lm_head(hidden[:, :-1][scored])  # (N, V): only answer positions reach the vocabulary
         nll = torch.nn.functional.cross_entropy(logits.float(), ids[:, 1:][scored], reduction="none")  # (N,)
         loss = (nll * weights[:, 1:][scored]).sum() / (cfg.batch_size * cfg.tokens_per_example)
-        objective = loss
-        if consistent:
-            chosen_pairs = [pairs[int(i)] for i in pair_rng.integers(len(pairs), size=cfg.pair_batch_size)]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                kl = consistency_kl(model, chosen_pairs, pad_id, device)
-            objective = loss + cfg.consistency_weight * kl
-            recent_kl = [*recent_kl[-99:], kl.item()]
         opt.zero_grad(set_to_none=True)
-        objective.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         # Reported per answer token (weighted mean), comparable across batch sizes.
         recent.append(loss.item() * cfg.batch_size * cfg.tokens_per_example / float(weights.sum()))
         recent = recent[-100:]
         if step % 200 == 0 or step == cfg.steps - 1:
-            log(f"step {step:5d}/{cfg.steps}  loss {np.mean(recent):.4f}  "
-                + (f"consistency KL {np.mean(recent_kl):.4f}  " if recent_kl else "")
-                + f"lr {lr_at(step):.2e}  {(time.time() - start) / (step + 1):.3f} s/step")
+            log(f"step {step:5d}/{cfg.steps}  loss {np.mean(recent):.4f}  lr {lr_at(step):.2e}  "
+                f"{(time.time() - start) / (step + 1):.3f} s/step")
     model.eval()
     return float(np.mean(recent))
