@@ -60,7 +60,10 @@ class SDPOConfig:
                           min=0.0, max=1.0)
     center_advantages: bool = option(False, "subtract each sequence's mean advantage")
     ratio_clip: float | None = option(None, "PPO-style importance-ratio clip epsilon (pg loss); null = off", gt=0.0)
-    aggregation: str = option("token_mean", "how token losses are averaged", choices=AGGREGATIONS)
+    aggregation: str = option("token_mean", "how token losses are combined: token_mean and sequence_mean divide "
+                              "an answer's gradient by its length, token_sum (sum / 100 tokens) does not (SDPO on "
+                              "the flip: README, 'What to expect')",
+                              choices=AGGREGATIONS)
     kl_coef: float = option(0.0, "weight of a KL(policy || base) penalty on the completion positions", min=0.0)
     diagnostics_every: int = option(10, "every N updates also log KL to the base (an extra forward) and entropy "
                                     "(a softmax over the vocabulary); 0 = never", min=0)

@@ -40,7 +40,7 @@ def nll_loss(*, token_logprobs: torch.Tensor, mask: torch.Tensor, aggregation: s
     Args:
         token_logprobs: (B, T) log-probs of the target tokens, with gradient.
         mask: (B, T).
-        aggregation: ``token_mean`` or ``sequence_mean`` (see :func:`sdpo_env.sdpo.aggregate`).
+        aggregation: one of ``AGGREGATIONS`` (see :func:`sdpo_env.sdpo.aggregate`).
 
     Returns:
         A scalar loss.

@@ -21,7 +21,8 @@ import math
 
 import torch
 
-AGGREGATIONS = ("token_mean", "sequence_mean")
+AGGREGATIONS = ("token_mean", "sequence_mean", "token_sum")
+SUM_TOKENS = 100  # token_sum divides by this many tokens per sequence, a constant
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -80,8 +81,11 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean"
     Args:
         values: (B, T) per-token values.
         mask: (B, T).
-        mode: ``token_mean`` (every token in the batch weighs the same) or ``sequence_mean`` (mean over each
-            sequence's tokens, then over sequences).
+        mode: ``token_mean`` (every token in the batch weighs the same), ``sequence_mean`` (mean over each
+            sequence's tokens, then over sequences) or ``token_sum`` (sum over each sequence's tokens, divided by
+            the constant ``SUM_TOKENS``, mean over sequences). The two means divide a long answer's gradient by
+            its length; ``token_sum`` keeps the gradient of the sequence's log-probability ratio, the sum over its
+            tokens, whatever the length.
 
     Returns:
         A scalar tensor.
@@ -91,6 +95,8 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean"
     if mode == "sequence_mean":
         per_sequence = (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)  # (B,)
         return per_sequence.mean()
+    if mode == "token_sum":
+        return (values * mask).sum() / (values.shape[0] * SUM_TOKENS)
     raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {mode!r}")
 
 

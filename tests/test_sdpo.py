@@ -9,6 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sdpo_env.sdpo import (
+    SUM_TOKENS,
     aggregate,
     center_advantages,
     divergence,
@@ -160,6 +161,11 @@ def test_aggregations() -> None:
     values[1, 0] = 5.0
     assert aggregate(values, mask, "token_mean").item() == pytest.approx(3.0)
     assert aggregate(values, mask, "sequence_mean").item() == pytest.approx(3.5)
+    assert aggregate(values, mask, "token_sum").item() == pytest.approx((1 + 3 + 5) / (2 * SUM_TOKENS))
+    # token_sum: a sequence twice as long with the same per-token values weighs twice as much (the means: the same)
+    short, long_ = torch.ones(1, 4), torch.ones(1, 8)
+    assert aggregate(long_, long_, "token_sum").item() == pytest.approx(2 * aggregate(short, short, "token_sum").item())
+    assert aggregate(long_, long_, "token_mean").item() == aggregate(short, short, "token_mean").item()
     with pytest.raises(ValueError, match="aggregation must be one of"):
         aggregate(values, mask, "sum")
 
