@@ -24,6 +24,7 @@ from sdpo_env.policy import ChatPolicy, LoraSettings
 from sdpo_env.schema import option
 from sdpo_env.sdpo import (
     AGGREGATIONS,
+    SUM_TOKENS,
     center_advantages,
     divergence,
     full_divergence_loss,
@@ -61,9 +62,8 @@ class SDPOConfig:
     center_advantages: bool = option(False, "subtract each sequence's mean advantage")
     ratio_clip: float | None = option(None, "PPO-style importance-ratio clip epsilon (pg loss); null = off", gt=0.0)
     aggregation: str = option("token_mean", "how token losses are combined: token_mean and sequence_mean divide "
-                              "an answer's gradient by its length, token_sum (sum / 100 tokens) does not (SDPO on "
-                              "the flip: README, 'What to expect')",
-                              choices=AGGREGATIONS)
+                              f"an answer's gradient by its length, token_sum (sum / {SUM_TOKENS} tokens) does "
+                              "not (SDPO on the flip: README, 'What to expect')", choices=AGGREGATIONS)
     kl_coef: float = option(0.0, "weight of a KL(policy || base) penalty on the completion positions", min=0.0)
     diagnostics_every: int = option(10, "every N updates also log KL to the base (an extra forward) and entropy "
                                     "(a softmax over the vocabulary); 0 = never", min=0)
