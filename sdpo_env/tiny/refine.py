@@ -24,6 +24,7 @@ from sdpo_env.hindsight import hindsight_messages
 from sdpo_env.tiny import TINY_DIR
 from sdpo_env.tiny.build import MAX_NEW_TOKENS
 from sdpo_env.tiny.corpus import MIX, Direction, Messages, complaint_pool, example, questions, render_answer
+from sdpo_env.tiny.repair import repair_example
 from sdpo_env.tiny.train import TrainConfig, boundary_token_ids, encode, train
 
 # The complaint directions the build (before any refinement) followed least often (probe, 32 samples each):
@@ -40,6 +41,7 @@ class RefineConfig:
     n_examples: int = 19_200
     focus_share: float = 0.3
     focus: tuple[Direction, ...] = FOCUS
+    repair_share: float = 0.0  # share of repair examples (``sdpo_env.tiny.repair``), over every repairable direction
     seed: int = 1
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=64, lr=3e-4, warmup=20))
 
@@ -72,14 +74,19 @@ def focused_example(rng: np.random.Generator, direction: Direction) -> Messages:
     return [*messages, {"role": "assistant", "content": render_answer(rng, question, {axis: values})}]
 
 
-def refine_examples(n: int, seed: int, focus_share: float, focus: tuple[Direction, ...] = FOCUS) -> list[Messages]:
-    """``n`` examples: the build's mix, with ``focus_share`` of them complaints in one of the ``focus`` directions."""
+def refine_examples(n: int, seed: int, focus_share: float, focus: tuple[Direction, ...] = FOCUS,
+                    repair_share: float = 0.0) -> list[Messages]:
+    """``n`` examples: the build's mix, with ``focus_share`` of them complaints in one of the ``focus`` directions
+    and ``repair_share`` of them repair examples."""
     kinds, weights = list(MIX), np.array(list(MIX.values()))
     out = []
     for index in range(n):
         rng = np.random.default_rng([seed, 7, index])  # a stream the build (keyed by [seed, index]) never draws
-        if rng.random() < focus_share:
+        draw = rng.random()
+        if draw < focus_share:
             out.append(focused_example(rng, focus[int(rng.integers(len(focus)))]))
+        elif draw < focus_share + repair_share:
+            out.append(repair_example(rng))
         else:
             out.append(example(rng, kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]))
     return out
@@ -90,10 +97,10 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu") -
     started = time.time()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    chats = refine_examples(cfg.n_examples, cfg.seed, cfg.focus_share, cfg.focus)
+    chats = refine_examples(cfg.n_examples, cfg.seed, cfg.focus_share, cfg.focus, cfg.repair_share)
     data = [e for e in encode(tokenizer, chats) if len(e[0]) - e[1] <= MAX_NEW_TOKENS]
-    print(f"refine: {len(data)} examples ({cfg.focus_share:.0%} focused) in {time.time() - started:.0f} s",
-          flush=True)
+    print(f"refine: {len(data)} examples ({cfg.focus_share:.0%} focused, {cfg.repair_share:.0%} repairs) in "
+          f"{time.time() - started:.0f} s", flush=True)
     t0 = time.time()
     boundaries = frozenset(boundary_token_ids(tokenizer))
     loss = train(model, data, tokenizer.pad_token_id, cfg.train,  # type: ignore[arg-type]  # a LlamaForCausalLM
@@ -125,6 +132,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--focus", default=None,
                         help="comma-separated complaint directions to focus on (default: " +
                         ",".join(direction_name(d) for d in FOCUS) + ")")
+    parser.add_argument("--repair-share", type=float, default=None,
+                        help="share of repair examples: a complaint, then an answer that breaks it and turns to "
+                             "comply part-way (trained on the turn only; default 0)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -137,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error(str(exc))
     cfg = replace(cfg, n_examples=steps * cfg.train.batch_size,
                   focus_share=cfg.focus_share if args.focus_share is None else args.focus_share,
+                  repair_share=cfg.repair_share if args.repair_share is None else args.repair_share,
                   seed=cfg.seed if args.seed is None else args.seed,
                   train=replace(cfg.train, steps=steps, lr=args.lr or cfg.train.lr))
     return refine(args.source, args.out, cfg, device=args.device)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,14 +42,38 @@ def subject_of(question: str) -> str:
     return subject[0].lower() + subject[1:] if subject else "this"
 
 
-class _Parts:
-    """Draws phrases for one answer: the subject and two category nouns filled in."""
+class Unit(NamedTuple):
+    """One sentence or list line of an answer: the answer is ``"".join(u.sep + u.text for u in units)``.
 
-    def __init__(self, rng: np.random.Generator, subject: str, category: str):
+    ``kind`` is where the unit sits: ``head`` (praise or preamble), ``lead``, ``intro`` (of a list), ``bullet``,
+    ``body``, ``first_person`` (the sentence about the assistant), ``alternatives``, ``question`` or ``closing``.
+    """
+
+    kind: str
+    sep: str  # what joins it to the unit before: "" for the first, else " " or a newline
+    text: str
+
+
+def join_units(units: Sequence[Unit]) -> str:
+    """The answer text of ``units``."""
+    return "".join(u.sep + u.text for u in units)
+
+
+def draw_nouns(rng: np.random.Generator, category: str) -> tuple[str, str]:
+    """Two different nouns of ``category``: the ``{a}`` and ``{b}`` of one answer."""
+    nouns = ph.NOUNS.get(category) or ph.NOUNS["home"]
+    first, second = rng.choice(len(nouns), size=2, replace=False)
+    return nouns[int(first)], nouns[int(second)]
+
+
+class _Parts:
+    """Draws phrases for one answer: the subject and two category nouns filled in (drawn unless given)."""
+
+    def __init__(self, rng: np.random.Generator, subject: str, category: str,
+                 nouns: tuple[str, str] | None = None):
         self.rng = rng
-        nouns = ph.NOUNS.get(category) or ph.NOUNS["home"]
-        first, second = rng.choice(len(nouns), size=2, replace=False)
-        self.fill = {"S": subject, "a": nouns[int(first)], "b": nouns[int(second)]}
+        a, b = nouns or draw_nouns(rng, category)
+        self.fill = {"S": subject, "a": a, "b": b}
         self.emojis = ph.EMOJIS.get(category, ()) + ph.EMOJIS[""]
 
     def pick(self, bank: tuple[str, ...]) -> str:
@@ -66,7 +92,7 @@ def _n_words(pieces: list[str]) -> int:
     return sum(len(p.split()) for p in pieces)
 
 
-def _compose(style: Style, parts: _Parts) -> str:
+def _compose(style: Style, parts: _Parts) -> list[Unit]:
     rng = parts.rng
     tone, level = str(style["tone"]), str(style["level"])
     key = (tone, level)
@@ -108,16 +134,21 @@ def _compose(style: Style, parts: _Parts) -> str:
         target = ph.DETAILED_TARGET_WORDS + int(rng.integers(0, 12))
         while pool and _n_words([*head, first, *intro, *bullets, *body, *tail]) < target:
             body.insert(int(rng.integers(len(body) + 1)), pool.pop())
+    own = body.index(extra[0]) if extra else -1  # the first-person sentence (before punctuation changes)
     sentences = [*head, _capital(first), *intro]
     if style["exclaim"]:
         sentences, body, tail = _exclaim(rng, sentences, body, tail, limit=1 if tone == "professional" else 2)
     if style["emoji"]:
         sentences, body, tail, bullets = _emojify(parts, sentences, body, tail, bullets)
-    text = " ".join(sentences)
-    if bullets:
-        rest = " ".join(body + tail)
-        return text + "\n" + "\n".join(bullets) + ("\n" + rest if rest else "")
-    return " ".join([text, *body, *tail]).strip()
+    kinds = ["head"] * len(head) + ["lead"] + ["intro"] * len(intro)
+    units = [Unit(kind, " " if i else "", text) for i, (kind, text) in enumerate(zip(kinds, sentences))]
+    units += [Unit("bullet", "\n", b) for b in bullets]
+    body_kinds = ["first_person" if i == own else "body" for i in range(len(body))]
+    tail_kinds = [k for k, on in (("alternatives", style["alternatives"]), ("question", style["question"]),
+                                  ("closing", style["closing"])) if on]
+    for i, (kind, text) in enumerate(zip([*body_kinds, *tail_kinds], [*body, *tail])):
+        units.append(Unit(kind, "\n" if bullets and i == 0 else " ", text))
+    return units
 
 
 def _exclaim(rng: np.random.Generator, *groups: list[str], limit: int) -> tuple[list[str], ...]:
@@ -140,19 +171,27 @@ def _emojify(parts: _Parts, *groups: list[str]) -> tuple[list[str], ...]:
     return tuple(out)
 
 
-def render(style: Style, question: str, category: str, rng: np.random.Generator) -> str | None:
-    """An answer to ``question`` in ``style`` whose measured style equals ``style``; None if none was found.
+def render_units(style: Style, question: str, category: str, rng: np.random.Generator,
+                 nouns: tuple[str, str] | None = None) -> list[Unit] | None:
+    """An answer to ``question`` in ``style`` whose measured style equals ``style``, as units; None if none was found.
 
     Args:
         style: One value per axis (see ``style.AXES``).
         question: The user's question; its subject is reused in the answer.
         category: The question's category (chooses nouns and emojis).
         rng: The only source of randomness.
+        nouns: The answer's two nouns; drawn for each attempt when None.
     """
     subject = subject_of(question)
     for _ in range(MAX_TRIES):
-        text = _compose(style, _Parts(rng, subject, category))
-        n_words = len(text.split())
-        if n_words <= MAX_DETAILED_WORDS and measure(text, strict=True) == style:
-            return text
+        units = _compose(style, _Parts(rng, subject, category, nouns))
+        text = join_units(units)
+        if len(text.split()) <= MAX_DETAILED_WORDS and measure(text, strict=True) == style:
+            return units
     return None
+
+
+def render(style: Style, question: str, category: str, rng: np.random.Generator) -> str | None:
+    """``render_units`` as text."""
+    units = render_units(style, question, category, rng)
+    return None if units is None else join_units(units)

@@ -73,15 +73,21 @@ def chat_text(messages: Messages, *, add_generation_prompt: bool) -> str:
 
 
 def encode(tokenizer: PreTrainedTokenizerFast, chats: Sequence[Messages]) -> list[tuple[list[int], int]]:
-    """Token ids of chats ending with the assistant's answer, and the number of prompt tokens before the answer.
+    """Token ids of chats ending with the assistant's answer, and the number of tokens before the trained part.
 
     The prompt (with the generation prompt) and the answer are tokenised separately, exactly as the policy sees
-    them when it samples: the answer's tokens never merge with the prompt's.
+    them when it samples: the answer's tokens never merge with the prompt's. An answer with a ``prefix`` key (a
+    repair example) is trained only from where its tokens leave the prefix's.
     """
     prompts = tokenizer([chat_text(c[:-1], add_generation_prompt=True) for c in chats], add_special_tokens=False)
     answers = tokenizer([c[-1]["content"] for c in chats], add_special_tokens=False)
+    prefixes = tokenizer([c[-1].get("prefix", "") for c in chats], add_special_tokens=False)
     eos = tokenizer.eos_token_id
-    return [(p + a + [eos], len(p)) for p, a in zip(prompts["input_ids"], answers["input_ids"])]
+    out = []
+    for p, a, shown in zip(prompts["input_ids"], answers["input_ids"], prefixes["input_ids"]):
+        kept = next((i for i, (x, y) in enumerate(zip(shown, a)) if x != y), min(len(shown), len(a)))
+        out.append((p + a + [eos], len(p) + kept))
+    return out
 
 
 @dataclass(frozen=True)
