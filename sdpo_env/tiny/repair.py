@@ -11,6 +11,8 @@ continuation (``prefix`` marks where it starts). The continuation keeps the answ
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from sdpo_env import metrics as m
@@ -49,10 +51,15 @@ def _lead_end(units: list[Unit]) -> int:
     return next(i for i, u in enumerate(units) if u.kind == "lead") + 1
 
 
+def _words(text: str) -> str:
+    """A unit's words, without emojis or punctuation: the same sentence however it was decorated."""
+    return " ".join(re.findall(r"[a-z']+", text.lower()))
+
+
 def _continue(prefix: list[Unit], rest: list[Unit]) -> str:
     """``rest`` as it follows ``prefix``: units already in the prefix dropped, separators mended."""
-    seen = {u.text for u in prefix}
-    rest = [u for u in rest if u.text not in seen]
+    seen = {_words(u.text) for u in prefix}
+    rest = [u for u in rest if _words(u.text) not in seen]
     if not rest:
         return ""
     after_list = prefix[-1].kind == "bullet"
