@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from sdpo_env.hindsight import hindsight_messages
 from sdpo_env.tiny import TINY_DIR
 from sdpo_env.tiny.build import MAX_NEW_TOKENS
 from sdpo_env.tiny.corpus import MIX, Direction, Messages, complaint_pool, example, questions, render_answer
-from sdpo_env.tiny.repair import repair_example
+from sdpo_env.tiny.repair import repair_example, repairable_directions
 from sdpo_env.tiny.train import TrainConfig, boundary_token_ids, encode, train
 
 # The complaint directions the build (before any refinement) followed least often (probe, 32 samples each):
@@ -41,7 +42,8 @@ class RefineConfig:
     n_examples: int = 19_200
     focus_share: float = 0.3
     focus: tuple[Direction, ...] = FOCUS
-    repair_share: float = 0.0  # share of repair examples (``sdpo_env.tiny.repair``), over every repairable direction
+    repair_share: float = 0.0  # share of repair examples (``sdpo_env.tiny.repair``)
+    repair: tuple[Direction, ...] | None = None  # their complaint directions; None: every repairable one
     seed: int = 1
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=64, lr=3e-4, warmup=20))
 
@@ -52,13 +54,17 @@ def direction_name(direction: Direction) -> str:
     return f"{axis}=" + "|".join(str(v).lower() for v in values)
 
 
-def parse_direction(text: str) -> Direction:
+def parse_direction(text: str, allowed: Iterable[Direction] | None = None) -> Direction:
     """A ``--focus`` item (``length=detailed``, ``emoji=false``, ``opener=none|preamble``) as a complaint direction.
 
+    Args:
+        text: The name.
+        allowed: The directions to choose from (default: every complaint direction).
+
     Raises:
-        ValueError: no complaint direction has that name; the message lists the ones there are.
+        ValueError: no allowed direction has that name; the message lists the ones there are.
     """
-    known = {direction_name(d): d for d in complaint_pool()}
+    known = {direction_name(d): d for d in (complaint_pool() if allowed is None else allowed)}
     if text.strip().lower() not in known:
         raise ValueError(f"unknown complaint direction {text!r}; one of: {', '.join(sorted(known))}")
     return known[text.strip().lower()]
@@ -75,7 +81,7 @@ def focused_example(rng: np.random.Generator, direction: Direction) -> Messages:
 
 
 def refine_examples(n: int, seed: int, focus_share: float, focus: tuple[Direction, ...] = FOCUS,
-                    repair_share: float = 0.0) -> list[Messages]:
+                    repair_share: float = 0.0, repair: tuple[Direction, ...] | None = None) -> list[Messages]:
     """``n`` examples: the build's mix, with ``focus_share`` of them complaints in one of the ``focus`` directions
     and ``repair_share`` of them repair examples."""
     kinds, weights = list(MIX), np.array(list(MIX.values()))
@@ -86,7 +92,7 @@ def refine_examples(n: int, seed: int, focus_share: float, focus: tuple[Directio
         if draw < focus_share:
             out.append(focused_example(rng, focus[int(rng.integers(len(focus)))]))
         elif draw < focus_share + repair_share:
-            out.append(repair_example(rng))
+            out.append(repair_example(rng, None if repair is None else repair[int(rng.integers(len(repair)))]))
         else:
             out.append(example(rng, kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]))
     return out
@@ -97,7 +103,7 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu") -
     started = time.time()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    chats = refine_examples(cfg.n_examples, cfg.seed, cfg.focus_share, cfg.focus, cfg.repair_share)
+    chats = refine_examples(cfg.n_examples, cfg.seed, cfg.focus_share, cfg.focus, cfg.repair_share, cfg.repair)
     data = [e for e in encode(tokenizer, chats) if len(e[0]) - e[1] <= MAX_NEW_TOKENS]
     print(f"refine: {len(data)} examples ({cfg.focus_share:.0%} focused, {cfg.repair_share:.0%} repairs) in "
           f"{time.time() - started:.0f} s", flush=True)
@@ -112,7 +118,8 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu") -
     tokenizer.save_pretrained(out)
     info_path = source / "build_info.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
-    stage = {**asdict(cfg), "focus": [direction_name(d) for d in cfg.focus], "source": str(source),
+    stage = {**asdict(cfg), "focus": [direction_name(d) for d in cfg.focus],
+             "repair": None if cfg.repair is None else [direction_name(d) for d in cfg.repair], "source": str(source),
              "final_loss": round(loss, 4), "device": device, "threads": torch.get_num_threads(),
              "train_s": round(time.time() - t0, 1), "total_s": round(time.time() - started, 1)}
     info["refines"] = [*info.get("refines", []), stage]  # every stage since the build, oldest first
@@ -135,16 +142,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repair-share", type=float, default=None,
                         help="share of repair examples: a complaint, then an answer that breaks it and turns to "
                              "comply part-way (trained on the turn only; default 0)")
+    parser.add_argument("--repair", default=None,
+                        help="comma-separated complaint directions for the repair examples (default: every one a "
+                             "repair can teach: " + ",".join(direction_name(d) for d in repairable_directions()) + ")")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     cfg = RefineConfig()
     steps = args.steps or cfg.train.steps
-    if args.focus:
-        try:
+    try:
+        if args.focus:
             cfg = replace(cfg, focus=tuple(parse_direction(t) for t in args.focus.split(",")))
-        except ValueError as exc:
-            parser.error(str(exc))
+        if args.repair:
+            repairable = repairable_directions()
+            cfg = replace(cfg, repair=tuple(parse_direction(t, repairable) for t in args.repair.split(",")))
+    except ValueError as exc:
+        parser.error(str(exc))
     cfg = replace(cfg, n_examples=steps * cfg.train.batch_size,
                   focus_share=cfg.focus_share if args.focus_share is None else args.focus_share,
                   repair_share=cfg.repair_share if args.repair_share is None else args.repair_share,

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from sdpo_env.hindsight import PAPER_SENTENCE
 from sdpo_env.tiny.build import main as build_main
+from sdpo_env.tiny.corpus import complaint_pool
 from sdpo_env.tiny.refine import (
     FOCUS,
     RefineConfig,
@@ -70,3 +71,18 @@ def test_focus_directions_by_name() -> None:
         parse_direction("length=detail")
     only = refine_examples(40, seed=0, focus_share=1.0, focus=(("emoji", (False,)),))
     assert all(measure(chat[-1]["content"])["emoji"] is False for chat in only)
+
+
+def test_repair_directions_by_name() -> None:
+    from sdpo_env.tiny.repair import repairable_directions
+
+    repairable = repairable_directions()
+    assert parse_direction("level=expert", repairable) == ("level", ("expert",))
+    with pytest.raises(ValueError, match="one of: alternatives=false"):
+        parse_direction("opener=none", repairable)  # a complaint direction, but one no repair teaches
+    phrases = complaint_pool()[("emoji", (False,))]
+    chats = refine_examples(30, seed=0, focus_share=0.0, repair_share=1.0, repair=(("emoji", (False,)),))
+    for chat in chats:
+        continuation = chat[-1]["content"][len(chat[-1]["prefix"]):]
+        assert chat[-1]["prefix"] and measure(continuation)["emoji"] is False
+        assert chat[0]["content"].endswith(phrases)
