@@ -4,8 +4,11 @@
     python -m sdpo_env.tiny.refine --from DIR --out DIR --steps 500 --focus length=detailed,emoji=false
 
 Continued training from a checkpoint on fresh corpus examples (random streams the build never drew), of which
-``focus_share`` are complaints in one of the ``FOCUS`` directions, at a small learning rate. It runs on a CPU in
-minutes, where a full build takes hours.
+``focus_share`` are complaints in one of the ``FOCUS`` directions and ``repair_share`` are repair examples
+(``sdpo_env.tiny.repair``: a complaint, then an answer that breaks it and turns to comply part-way), at a small
+learning rate. It runs on a CPU in minutes, where a full build takes hours.
+
+    python -m sdpo_env.tiny.refine --out DIR --repair-share 0.3 --repair length=concise,emoji=false
 """
 
 from __future__ import annotations
