@@ -170,16 +170,22 @@ def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 
         "fluency": float(np.mean(fluent)), "n_samples": len(fluent),
     }
     figures["room_max"] = max(room.values())
-    figures["pass"] = {
+    figures["pass"] = verdicts(figures)
+    return figures
+
+
+def verdicts(figures: dict) -> dict[str, bool]:
+    """Whether each acceptance figure of ``probe`` meets its target (``TARGETS``), one verdict per figure."""
+    signal = figures["signal"]
+    return {
         "room": TARGETS["room_min"] <= figures["room_min"] and figures["room_max"] <= TARGETS["room_max"],
         "hindsight": figures["hindsight_min"] >= TARGETS["hindsight_min"],
         "unrelated": figures["unrelated_max_shift"] <= TARGETS["unrelated_max_shift"],
-        "signal": signal["ratio"] >= TARGETS["signal_ratio_min"]
-        and signal["relevant_negative"] >= TARGETS["signal_negative_min"],
+        "signal_ratio": signal["ratio"] >= TARGETS["signal_ratio_min"],
+        "signal_negative": signal["relevant_negative"] >= TARGETS["signal_negative_min"],
         "oracle": figures["oracle_mean"] >= TARGETS["oracle_min"],
         "fluency": figures["fluency"] >= TARGETS["fluency_min"],
     }
-    return figures
 
 
 def _signal(sampler: Sampler, convs: list[Messages], answers: list[str], n_triples: int, rng: np.random.Generator,
@@ -229,9 +235,9 @@ def table(figures: dict) -> str:
         f"{'unrelated follow-up: largest shift':<44}{figures['unrelated_max_shift']:>10.2f}  <= 0.10  "
         f"[{ok[figures['pass']['unrelated']]}]",
         f"{'signal: mean |A| relevant / unrelated':<44}{s['abs_relevant']:>6.3f}/{s['abs_unrelated']:.3f}  "
-        f"ratio {s['ratio']:.1f} >= 5 ({s['n_triples']} triples)",
+        f"ratio {s['ratio']:.1f} >= 5 ({s['n_triples']} triples)  [{ok[figures['pass']['signal_ratio']]}]",
         f"{'signal: summed A < 0, relevant (unrelated)':<44}{s['relevant_negative']:>10.2f}  >= 0.90 "
-        f"({s['unrelated_negative']:.2f})  [{ok[figures['pass']['signal']]}]",
+        f"({s['unrelated_negative']:.2f})  [{ok[figures['pass']['signal_negative']]}]",
         f"{'in-context oracle: full compliance (mean)':<44}{figures['oracle_mean']:>10.2f}  >= 0.85  "
         f"[{ok[figures['pass']['oracle']]}]",
         f"{'fluency: well-formed samples':<44}{figures['fluency']:>10.3f}  >= 0.97  "

@@ -1,0 +1,38 @@
+"""The probe's verdicts and table, on figures written by hand (no model)."""
+
+from __future__ import annotations
+
+from sdpo_env.tiny.probe import table, verdicts
+
+
+def shipped_like() -> dict:
+    """Figures shaped like ``probe``'s, with the shipped model's headline values (README)."""
+    figures = {
+        "room": {"concise": 0.46, "detailed": 0.67}, "hindsight": {"concise": 0.98, "bullet_points": 0.75},
+        "unrelated_shift": {"concise": 0.07, "detailed": -0.03}, "oracle": {"no_emojis": 0.96},
+        "signal": {"n_triples": 200, "abs_relevant": 0.101, "abs_unrelated": 0.041, "ratio": 0.101 / 0.041,
+                   "relevant_negative": 0.97, "unrelated_negative": 0.76},
+        "room_min": 0.46, "room_max": 0.67, "unrelated_max_shift": 0.07, "hindsight_min": 0.75,
+        "oracle_mean": 0.96, "fluency": 0.996, "n_samples": 1408,
+    }
+    figures["pass"] = verdicts(figures)
+    return figures
+
+
+def test_each_signal_figure_has_its_own_verdict() -> None:
+    figures = shipped_like()
+    assert figures["pass"] == {"room": True, "hindsight": False, "unrelated": True, "signal_ratio": False,
+                               "signal_negative": True, "oracle": True, "fluency": True}
+    lines = {line.split("  ")[0].strip(): line for line in table(figures).splitlines()}
+    assert lines["signal: mean |A| relevant / unrelated"].endswith("[MISS]")
+    assert "ratio 2.5 >= 5" in lines["signal: mean |A| relevant / unrelated"]
+    assert lines["signal: summed A < 0, relevant (unrelated)"].endswith("(0.76)  [ok]")
+    assert lines["hindsight compliance (worst preference)"].endswith("[MISS]")
+
+
+def test_room_outside_the_band_misses() -> None:
+    figures = shipped_like()
+    figures["room_max"] = 0.85
+    assert not verdicts(figures)["room"]
+    figures["room_max"], figures["room_min"] = 0.80, 0.20  # the band's ends are inside it
+    assert verdicts(figures)["room"]
