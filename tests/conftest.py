@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub; a missing path must fail fast
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +56,16 @@ def write_jsonl(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def _default_ctrl_c():
+    """Every test starts with Python's own Ctrl-C handler, and the handler it found is put back afterwards.
+
+    The Ctrl-C tests send this process a real SIGINT. A shell starts background jobs (``cmd &``) with SIGINT ignored
+    and Python keeps it ignored, so without this those tests fail whenever the suite runs in the background.
+    """
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
