@@ -21,6 +21,7 @@ from sdpo_env.tiny.refine import (
     refine,
     refine_examples,
 )
+from sdpo_env.tiny.repair import repairable_directions
 from sdpo_env.tiny.style import measure
 from sdpo_env.tiny.train import TrainConfig
 
@@ -74,8 +75,6 @@ def test_focus_directions_by_name() -> None:
 
 
 def test_repair_directions_by_name() -> None:
-    from sdpo_env.tiny.repair import repairable_directions
-
     repairable = repairable_directions()
     assert parse_direction("level=expert", repairable) == ("level", ("expert",))
     with pytest.raises(ValueError, match="one of: alternatives=false"):
