@@ -48,6 +48,9 @@ class SDPOConfig:
     weight_decay: float = option(2.0, "decoupled weight decay: every step shrinks the LoRA weights by lr x "
                                  "weight_decay, pulling the adapter back towards the base so the policy can "
                                  "re-adapt after a preference flip", min=0.0)
+    adam_beta2: float = option(0.999, "optimizer=adamw: decay of the running mean of squared gradients, which "
+                               "sets each step's scale (0.999 remembers about 1000 updates, 0.99 about 100)",
+                               min=0.0, max=0.9999)
     grad_clip: float = option(1.0, "clip the gradient norm to this value; 0 disables", min=0.0)
     update_every: int = option(1, "update after every N interactions", min=1)
     batch_size: int = option(1, "interactions per update: the last N (the paper uses 16)", min=1)
@@ -110,7 +113,8 @@ class SDPOLearner:
         self.params = policy.trainable_parameters()
         self.optimizer: torch.optim.Optimizer
         if config.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+            self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
+                                               betas=(0.9, config.adam_beta2))
         else:  # SGD's own weight_decay is an L2 term in the gradient; _step decays the weights as AdamW does
             self.optimizer = torch.optim.SGD(self.params, lr=config.lr)
         self.ema = EmaTeacher(policy, config.ema_decay) if config.teacher == "ema" else None

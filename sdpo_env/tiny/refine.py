@@ -9,6 +9,11 @@ Continued training from a checkpoint on fresh corpus examples (random streams th
 learning rate. It runs on a CPU in minutes, where a full build takes hours.
 
     python -m sdpo_env.tiny.refine --out DIR --repair-share 0.3 --repair length=concise,emoji=false
+    python -m sdpo_env.tiny.refine --out DIR --invariance 1.0
+
+``--invariance W`` adds W x KL(p(.|x, y_<t) || p(.|x, o, y_<t)) on pairs that differ only by a neutral follow-up
+o in the hindsight block (an unrelated question or a thank-you): the model learns to ignore such an o token by
+token, which is what SDPO's advantage on it measures (``sdpo_env.tiny.train.invariance_loss``).
 """
 
 from __future__ import annotations
@@ -27,9 +32,18 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from sdpo_env.hindsight import hindsight_messages
 from sdpo_env.tiny import TINY_DIR
 from sdpo_env.tiny.build import MAX_NEW_TOKENS
-from sdpo_env.tiny.corpus import MIX, Direction, Messages, complaint_pool, example, questions, render_answer
+from sdpo_env.tiny.corpus import (
+    MIX,
+    Direction,
+    Messages,
+    complaint_pool,
+    example,
+    neutral_follow_ups,
+    questions,
+    render_answer,
+)
 from sdpo_env.tiny.repair import repair_example, repairable_directions
-from sdpo_env.tiny.train import TrainConfig, boundary_token_ids, encode, train
+from sdpo_env.tiny.train import Pair, TrainConfig, boundary_token_ids, encode, train
 
 # The complaint directions the build (before any refinement) followed least often (probe, 32 samples each):
 # questions back 0.59, no emojis 0.69, detailed 0.78, concise 0.84. The shipped checkpoint is that build refined
@@ -101,6 +115,28 @@ def refine_examples(n: int, seed: int, focus_share: float, focus: tuple[Directio
     return out
 
 
+def neutral_pairs(n: int, seed: int) -> list[tuple[Messages, Messages]]:
+    """``n`` pairs of chats with the same base-style answer: without, then with a neutral follow-up in the
+    hindsight block (a thank-you or an unrelated remark, or in one of five another question, as in the corpus)."""
+    out = []
+    for index in range(n):
+        rng = np.random.default_rng([seed, 13, index])  # a stream of its own: the examples' streams stay the same
+        question = questions()[int(rng.integers(len(questions())))]
+        pool = neutral_follow_ups()
+        follow_up = (pool[int(rng.integers(len(pool)))] if rng.random() < 0.8
+                     else questions()[int(rng.integers(len(questions())))].text)
+        plain: Messages = [{"role": "user", "content": question.text}]
+        answer = {"role": "assistant", "content": render_answer(rng, question)}
+        out.append(([*plain, answer], [*hindsight_messages(plain, follow_up), answer]))
+    return out
+
+
+def encode_pairs(tokenizer: PreTrainedTokenizerFast, chats: list[tuple[Messages, Messages]]) -> list[Pair]:
+    """Token ids of both sides of each pair (see :func:`sdpo_env.tiny.train.encode`), over-long ones left out."""
+    plain, moved = encode(tokenizer, [p for p, _ in chats]), encode(tokenizer, [h for _, h in chats])
+    return [(a, b) for a, b in zip(plain, moved) if len(a[0]) - a[1] <= MAX_NEW_TOKENS]
+
+
 def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu") -> dict:
     """Refines the model in ``source`` and saves it into ``out``; returns what happened (also in build_info.json)."""
     started = time.time()
@@ -108,13 +144,16 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu") -
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     chats = refine_examples(cfg.n_examples, cfg.seed, cfg.focus_share, cfg.focus, cfg.repair_share, cfg.repair)
     data = [e for e in encode(tokenizer, chats) if len(e[0]) - e[1] <= MAX_NEW_TOKENS]
-    print(f"refine: {len(data)} examples ({cfg.focus_share:.0%} focused, {cfg.repair_share:.0%} repairs) in "
-          f"{time.time() - started:.0f} s", flush=True)
+    pairs: list[Pair] = []
+    if cfg.train.invariance_weight > 0:
+        pairs = encode_pairs(tokenizer, neutral_pairs(cfg.train.steps * cfg.train.invariance_batch, cfg.seed))
+    print(f"refine: {len(data)} examples ({cfg.focus_share:.0%} focused, {cfg.repair_share:.0%} repairs), "
+          f"{len(pairs)} neutral-follow-up pairs in {time.time() - started:.0f} s", flush=True)
     t0 = time.time()
     boundaries = frozenset(boundary_token_ids(tokenizer))
     loss = train(model, data, tokenizer.pad_token_id, cfg.train,  # type: ignore[arg-type]  # a LlamaForCausalLM
                  seed=cfg.seed, device=torch.device(device), log=lambda line: print(line, flush=True),
-                 boundaries=boundaries, eos_id=tokenizer.eos_token_id)
+                 boundaries=boundaries, eos_id=tokenizer.eos_token_id, pairs=pairs, log_every=50)
     model.to("cpu")  # type: ignore[arg-type]  # transformers types .to() as a model decorator
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)  # with its generation_config.json
@@ -148,10 +187,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repair", default=None,
                         help="comma-separated complaint directions for the repair examples (default: every one a "
                              "repair can teach: " + ",".join(direction_name(d) for d in repairable_directions()) + ")")
+    parser.add_argument("--invariance", type=float, default=None,
+                        help="weight of the KL that teaches the model to ignore neutral follow-ups in the hindsight "
+                             "block (default 0: off)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     cfg = RefineConfig()
+    if args.invariance is not None and args.invariance < 0:
+        parser.error(f"--invariance must be >= 0, got {args.invariance}")
     steps = args.steps or cfg.train.steps
     try:
         if args.focus:
@@ -165,7 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
                   focus_share=cfg.focus_share if args.focus_share is None else args.focus_share,
                   repair_share=cfg.repair_share if args.repair_share is None else args.repair_share,
                   seed=cfg.seed if args.seed is None else args.seed,
-                  train=replace(cfg.train, steps=steps, lr=args.lr or cfg.train.lr))
+                  train=replace(cfg.train, steps=steps, lr=args.lr or cfg.train.lr,
+                                invariance_weight=args.invariance or cfg.train.invariance_weight))
     return refine(args.source, args.out, cfg, device=args.device)
 
 

@@ -104,6 +104,10 @@ class TrainConfig:
     # start of a line or sentence and at the end-of-answer token; the first build ignored complaints there.
     decision_weight: float = 3.0
     tokens_per_example: float = 100.0  # constant loss normaliser (per-batch token means over-weight short answers)
+    # Invariance to neutral follow-ups (refinement only): weight of KL(p(.|x, y_<t) || p(.|x, o, y_<t)) on pairs
+    # that differ only by a neutral hindsight block o, and pairs per step. This is SDPO's advantage on such an o.
+    invariance_weight: float = 0.0
+    invariance_batch: int = 16
 
 
 def boundary_token_ids(tokenizer: PreTrainedTokenizerFast) -> set[int]:
@@ -135,6 +139,35 @@ def batch_tensors(examples: Sequence[tuple[list[int], int]], pad_id: int, *, fir
     return ids.to(device), mask.to(device), weights.to(device)
 
 
+Pair = tuple[tuple[list[int], int], tuple[list[int], int]]  # the same answer without and with a hindsight block
+
+
+def invariance_loss(plain_logits: torch.Tensor, hindsight_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of ``KL(p_plain || p_hindsight)``, with gradient through both sides.
+
+    Under an answer sampled from the plain model this is the expected SDPO advantage with its sign flipped,
+    ``E_y[log p_plain(y_t) - log p_hindsight(y_t)]``: zero exactly when the hindsight block changes nothing. The
+    plain side is not detached: both contexts run through the same weights, so a step on the hindsight side alone
+    moves the plain side along with it (measured on the shipped model: such a step raised the divergence). The
+    answer loss on plain examples keeps the plain side where it was.
+
+    Args:
+        plain_logits: (N, V) next-token logits at the answer positions without the hindsight block.
+        hindsight_logits: (N, V) the same positions with it.
+    """
+    plain = torch.log_softmax(plain_logits.float(), dim=-1)  # (N, V)
+    moved = torch.log_softmax(hindsight_logits.float(), dim=-1)  # (N, V)
+    return (plain.exp() * (plain - moved)).sum(-1).mean()
+
+
+def _answer_logits(model: LlamaForCausalLM, examples: Sequence[tuple[list[int], int]], pad_id: int,
+                   device: torch.device) -> torch.Tensor:
+    """(N, V) logits at every position whose next token is an answer token, row by row."""
+    ids, mask, weights = batch_tensors(examples, pad_id, first_token_weight=1.0, device=device)
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+    return model.lm_head(hidden[:, :-1][weights[:, 1:] > 0])  # (N, V)
+
+
 def _bucketed_batches(data: Sequence[tuple[list[int], int]], batch_size: int,
                       rng: np.random.Generator) -> list[list[int]]:
     """One epoch of batches of similar length (less padding), in random order.
@@ -151,9 +184,16 @@ def _bucketed_batches(data: Sequence[tuple[list[int], int]], batch_size: int,
 
 def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id: int, cfg: TrainConfig, *,
           seed: int, device: torch.device, log: Callable[[str], None] = print,
-          boundaries: frozenset[int] = frozenset(), eos_id: int | None = None) -> float:
-    """Trains ``model`` in place; returns the mean loss per answer token over the last 100 steps."""
+          boundaries: frozenset[int] = frozenset(), eos_id: int | None = None,
+          pairs: Sequence[Pair] = (), log_every: int = 200) -> float:
+    """Trains ``model`` in place; returns the mean loss per answer token over the last 100 steps.
+
+    With ``pairs`` and ``cfg.invariance_weight`` > 0, each step adds :func:`invariance_loss` on
+    ``cfg.invariance_batch`` of them, drawn from a stream of their own (the answer batches stay the same).
+    """
     rng = np.random.default_rng(seed)
+    pair_rng = np.random.default_rng([seed, 11])
+    use_pairs = bool(pairs) and cfg.invariance_weight > 0
     torch.manual_seed(seed)
     model.to(device).train()  # type: ignore[arg-type]  # transformers types .to() as a model decorator
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -169,6 +209,7 @@ def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id
 
     use_bf16 = device.type == "cuda"
     recent: list[float] = []
+    shifts: list[float] = []
     start = time.time()
     batches = _bucketed_batches(data, cfg.batch_size, rng)
     for step in range(cfg.steps):
@@ -185,15 +226,26 @@ def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id
             logits = model.lm_head(hidden[:, :-1][scored])  # (N, V): only answer positions reach the vocabulary
         nll = torch.nn.functional.cross_entropy(logits.float(), ids[:, 1:][scored], reduction="none")  # (N,)
         loss = (nll * weights[:, 1:][scored]).sum() / (cfg.batch_size * cfg.tokens_per_example)
+        total = loss
+        if use_pairs:
+            chosen_pairs = [pairs[int(i)] for i in pair_rng.integers(len(pairs), size=cfg.invariance_batch)]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                plain = _answer_logits(model, [p for p, _ in chosen_pairs], pad_id, device)  # (N, V)
+                moved = _answer_logits(model, [h for _, h in chosen_pairs], pad_id, device)  # (N, V)
+            shift = invariance_loss(plain, moved)
+            total = loss + cfg.invariance_weight * shift
+            shifts.append(shift.item())
+            shifts = shifts[-100:]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         # Reported per answer token (weighted mean), comparable across batch sizes.
         recent.append(loss.item() * cfg.batch_size * cfg.tokens_per_example / float(weights.sum()))
         recent = recent[-100:]
-        if step % 200 == 0 or step == cfg.steps - 1:
-            log(f"step {step:5d}/{cfg.steps}  loss {np.mean(recent):.4f}  lr {lr_at(step):.2e}  "
+        if step % log_every == 0 or step == cfg.steps - 1:
+            invariance = f"  neutral-follow-up KL {np.mean(shifts):.4f}" if shifts else ""
+            log(f"step {step:5d}/{cfg.steps}  loss {np.mean(recent):.4f}{invariance}  lr {lr_at(step):.2e}  "
                 f"{(time.time() - start) / (step + 1):.3f} s/step")
     model.eval()
     return float(np.mean(recent))
