@@ -9,7 +9,7 @@ Continued training from a checkpoint on fresh corpus examples (random streams th
 learning rate. It runs on a CPU in minutes, where a full build takes hours.
 
     python -m sdpo_env.tiny.refine --out DIR --repair-share 0.3 --repair length=concise,emoji=false
-    python -m sdpo_env.tiny.refine --out DIR --invariance 1.0
+    python -m sdpo_env.tiny.refine --out DIR --invariance 100   # measured in the README; not shipped
 
 ``--invariance W`` adds W x KL(p(.|x, y_<t) || p(.|x, o, y_<t)) on pairs that differ only by a neutral follow-up
 o in the hindsight block (an unrelated question or a thank-you): the model learns to ignore such an o token by

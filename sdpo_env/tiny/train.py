@@ -105,7 +105,8 @@ class TrainConfig:
     decision_weight: float = 3.0
     tokens_per_example: float = 100.0  # constant loss normaliser (per-batch token means over-weight short answers)
     # Invariance to neutral follow-ups (refinement only): weight of KL(p(.|x, y_<t) || p(.|x, o, y_<t)) on pairs
-    # that differ only by a neutral hindsight block o, and pairs per step. This is SDPO's advantage on such an o.
+    # that differ only by a neutral hindsight block o, and pairs per step. The KL is SDPO's expected advantage on
+    # such an o with its sign flipped (see invariance_loss).
     invariance_weight: float = 0.0
     invariance_batch: int = 16
 
