@@ -124,6 +124,12 @@ def _pick(rng: np.random.Generator, items: tuple | list):
     return items[int(rng.integers(len(items)))]
 
 
+def neutral_follow_up(rng: np.random.Generator) -> str:
+    """A follow-up that says nothing about style: one of ``neutral_follow_ups()``, or in one of five another
+    question."""
+    return _pick(rng, neutral_follow_ups()) if rng.random() < 0.8 else _pick(rng, questions()).text
+
+
 def sample_complaint(rng: np.random.Generator, max_directions: int = 2) -> tuple[str, Style]:
     """A follow-up complaining about one or two axes, and the axis values it asks for."""
     pool = complaint_pool()
@@ -160,8 +166,7 @@ def example(rng: np.random.Generator, kind: str) -> Messages:
         follow_up, fixed = sample_complaint(rng)
         messages = hindsight_messages(messages, follow_up)
     elif kind == "unrelated":
-        follow_up = _pick(rng, neutral_follow_ups()) if rng.random() < 0.8 else _pick(rng, qs).text
-        messages = hindsight_messages(messages, follow_up)
+        messages = hindsight_messages(messages, neutral_follow_up(rng))
     elif kind == "persona":
         persona = _pick(rng, personas())
         if rng.random() < 0.4:  # combinations such as concise_casual_beginner + no_emojis

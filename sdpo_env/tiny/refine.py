@@ -38,7 +38,7 @@ from sdpo_env.tiny.corpus import (
     Messages,
     complaint_pool,
     example,
-    neutral_follow_ups,
+    neutral_follow_up,
     questions,
     render_answer,
 )
@@ -117,14 +117,12 @@ def refine_examples(n: int, seed: int, focus_share: float, focus: tuple[Directio
 
 def neutral_pairs(n: int, seed: int) -> list[tuple[Messages, Messages]]:
     """``n`` pairs of chats with the same base-style answer: without, then with a neutral follow-up in the
-    hindsight block (a thank-you or an unrelated remark, or in one of five another question, as in the corpus)."""
+    hindsight block (:func:`sdpo_env.tiny.corpus.neutral_follow_up`, as in the corpus's unrelated examples)."""
     out = []
     for index in range(n):
         rng = np.random.default_rng([seed, 13, index])  # a stream of its own: the examples' streams stay the same
         question = questions()[int(rng.integers(len(questions())))]
-        pool = neutral_follow_ups()
-        follow_up = (pool[int(rng.integers(len(pool)))] if rng.random() < 0.8
-                     else questions()[int(rng.integers(len(questions())))].text)
+        follow_up = neutral_follow_up(rng)
         plain: Messages = [{"role": "user", "content": question.text}]
         answer = {"role": "assistant", "content": render_answer(rng, question)}
         out.append(([*plain, answer], [*hindsight_messages(plain, follow_up), answer]))

@@ -161,12 +161,22 @@ def invariance_loss(plain_logits: torch.Tensor, hindsight_logits: torch.Tensor) 
     return (plain.exp() * (plain - moved)).sum(-1).mean()
 
 
-def _answer_logits(model: LlamaForCausalLM, examples: Sequence[tuple[list[int], int]], pad_id: int,
-                   device: torch.device) -> torch.Tensor:
-    """(N, V) logits at every position whose next token is an answer token, row by row."""
-    ids, mask, weights = batch_tensors(examples, pad_id, first_token_weight=1.0, device=device)
+def _answer_logits(model: LlamaForCausalLM, ids: torch.Tensor, mask: torch.Tensor,
+                   scored: torch.Tensor) -> torch.Tensor:
+    """(N, V) logits at the ``scored`` (B, T-1) positions, those whose next token is an answer token."""
     hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
-    return model.lm_head(hidden[:, :-1][weights[:, 1:] > 0])  # (N, V)
+    return model.lm_head(hidden[:, :-1][scored])  # (N, V): only answer positions reach the vocabulary
+
+
+def pair_divergence(model: LlamaForCausalLM, pairs: Sequence[Pair], pad_id: int,
+                    device: torch.device) -> torch.Tensor:
+    """:func:`invariance_loss` over the answer positions of ``pairs`` (their answers' tokens line up)."""
+    sides = []
+    for side in (0, 1):
+        ids, mask, weights = batch_tensors([pair[side] for pair in pairs], pad_id, first_token_weight=1.0,
+                                           device=device)
+        sides.append(_answer_logits(model, ids, mask, weights[:, 1:] > 0))  # (N, V)
+    return invariance_loss(sides[0], sides[1])
 
 
 def _bucketed_batches(data: Sequence[tuple[list[int], int]], batch_size: int,
@@ -222,18 +232,15 @@ def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
             scored = weights[:, 1:] > 0  # (B, T-1): positions whose next token is an answer token
-            logits = model.lm_head(hidden[:, :-1][scored])  # (N, V): only answer positions reach the vocabulary
+            logits = _answer_logits(model, ids, mask, scored)  # (N, V)
         nll = torch.nn.functional.cross_entropy(logits.float(), ids[:, 1:][scored], reduction="none")  # (N,)
         loss = (nll * weights[:, 1:][scored]).sum() / (cfg.batch_size * cfg.tokens_per_example)
         total = loss
         if use_pairs:
             chosen_pairs = [pairs[int(i)] for i in pair_rng.integers(len(pairs), size=cfg.invariance_batch)]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                plain = _answer_logits(model, [p for p, _ in chosen_pairs], pad_id, device)  # (N, V)
-                moved = _answer_logits(model, [h for _, h in chosen_pairs], pad_id, device)  # (N, V)
-            shift = invariance_loss(plain, moved)
+                shift = pair_divergence(model, chosen_pairs, pad_id, device)
             total = loss + cfg.invariance_weight * shift
             shifts.append(shift.item())
             shifts = shifts[-100:]

@@ -11,7 +11,7 @@ from sdpo_env.hindsight import PAPER_SENTENCE
 from sdpo_env.tiny import TINY_DIR
 from sdpo_env.tiny.corpus import neutral_follow_ups, questions
 from sdpo_env.tiny.refine import encode_pairs, neutral_pairs
-from sdpo_env.tiny.train import TrainConfig, _answer_logits, encode, invariance_loss, train
+from sdpo_env.tiny.train import TrainConfig, encode, invariance_loss, pair_divergence, train
 
 
 def test_invariance_loss_is_the_kl_from_the_plain_side() -> None:
@@ -44,11 +44,8 @@ def test_neutral_pairs_differ_only_by_a_neutral_hindsight_block() -> None:
 
 
 def _divergence(model, tokenizer, pairs) -> float:
-    device = torch.device("cpu")
     with torch.no_grad():
-        plain = _answer_logits(model, [p for p, _ in pairs], tokenizer.pad_token_id, device)
-        moved = _answer_logits(model, [m for _, m in pairs], tokenizer.pad_token_id, device)
-    return invariance_loss(plain, moved).item()
+        return pair_divergence(model, pairs, tokenizer.pad_token_id, torch.device("cpu")).item()
 
 
 def test_invariance_training_lowers_the_divergence_on_neutral_follow_ups() -> None:

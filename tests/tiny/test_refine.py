@@ -21,6 +21,7 @@ from sdpo_env.tiny.refine import (
     refine,
     refine_examples,
 )
+from sdpo_env.tiny.refine import main as refine_main
 from sdpo_env.tiny.repair import repairable_directions
 from sdpo_env.tiny.style import measure
 from sdpo_env.tiny.train import TrainConfig
@@ -48,12 +49,15 @@ def test_refine_examples_are_deterministic_and_focused_in_share() -> None:
     assert 140 <= with_hindsight(a) < 200
 
 
-def test_refine_a_mini_build(tmp_path) -> None:
+def test_refine_a_mini_build(tmp_path, capsys) -> None:
     source, out = tmp_path / "mini", tmp_path / "refined"
     build_main(["--mini", "--out", str(source), "--workers", "1"])
-    cfg = RefineConfig(n_examples=64, train=TrainConfig(steps=4, batch_size=16, lr=1e-3, warmup=1))
+    cfg = RefineConfig(n_examples=64, train=TrainConfig(steps=4, batch_size=16, lr=1e-3, warmup=1,
+                                                        invariance_weight=1.0, invariance_batch=4))
     info = refine(source, out, cfg)
     assert info["refines"][0]["final_loss"] > 0 and info["seed"] == 0  # the build's record is kept
+    assert info["refines"][0]["train"]["invariance_weight"] == 1.0
+    assert "neutral-follow-up KL" in capsys.readouterr().out  # the pairs reached the training loop
     again = refine(out, tmp_path / "twice", RefineConfig(n_examples=32, train=TrainConfig(steps=2, batch_size=16)))
     assert [stage["train"]["steps"] for stage in again["refines"]] == [4, 2]  # both stages on record
     assert json.loads((tmp_path / "twice" / "build_info.json").read_text())["refines"][1]["source"] == str(out)
@@ -62,6 +66,13 @@ def test_refine_a_mini_build(tmp_path) -> None:
     changed = [not torch.equal(p, q) for p, q in zip(before.parameters(), after.parameters())]
     assert any(changed)
     assert after.generation_config.eos_token_id == before.generation_config.eos_token_id
+
+
+def test_negative_invariance_is_refused_before_any_work(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        refine_main(["--out", str(tmp_path / "never"), "--steps", "1", "--invariance", "-1"])
+    assert "--invariance must be >= 0, got -1.0" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
 
 
 def test_focus_directions_by_name() -> None:
