@@ -97,6 +97,13 @@ def test_every_option_trains(model_dir, options) -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, learner.params))
 
 
+def test_adam_beta2_reaches_the_optimizer(model_dir) -> None:
+    assert make(model_dir).optimizer.param_groups[0]["betas"] == (0.9, 0.999)  # torch's default, unchanged
+    assert make(model_dir, adam_beta2=0.99).optimizer.param_groups[0]["betas"] == (0.9, 0.99)
+    with pytest.raises(ConfigError, match="adam_beta2"):
+        make(model_dir, adam_beta2=1.0)  # at 1 the running mean would never move
+
+
 def test_sgd_steps_by_the_gradient_then_decays_the_weights(model_dir) -> None:
     lr, decay = 0.5, 0.1
     learner = make(model_dir, optimizer="sgd", lr=lr, weight_decay=decay, grad_clip=0.0)
