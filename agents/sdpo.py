@@ -67,6 +67,10 @@ class SDPOConfig:
     aggregation: str = option("token_mean", "how token losses are combined: token_mean and sequence_mean divide "
                               f"an answer's gradient by its length, token_sum (sum / {SUM_TOKENS} tokens) does "
                               "not (SDPO on the flip: README, 'What to expect')", choices=AGGREGATIONS)
+    truncated: str = option("train", "answers cut at policy.max_new_tokens before their EOS: train = learn from "
+                            "them like any other; skip = leave them out of the update (DAPO's overlong filtering; "
+                            "on the flip, collapses into looping answers begin with cut answers, but skipping them "
+                            "does not prevent one: README, 'What to expect')", choices=("train", "skip"))
     kl_coef: float = option(0.0, "weight of a KL(policy || base) penalty on the completion positions", min=0.0)
     diagnostics_every: int = option(10, "every N updates also log KL to the base (an extra forward) and entropy "
                                     "(a softmax over the vocabulary); 0 = never", min=0)
@@ -156,10 +160,20 @@ class SDPOLearner:
         ids = self._ids.get(response)
         return list(ids) if ids else self.policy.encode_completion(response)
 
+    def is_cut(self, response: str) -> bool:
+        """Whether this learner sampled ``response`` and generation stopped at the token limit, not at EOS."""
+        ids = self._ids.get(response)
+        return ids is not None and len(ids) > 0 and ids[-1] not in self.policy.eos_ids
+
     def update(self, batch: Sequence[Transition]) -> dict[str, float]:
         """One SDPO update on ``batch``: teacher forward (no grad), student forward/backward, optimizer step."""
         c = self.config
         policy = self.policy
+        cut_share = sum(self.is_cut(t.response) for t in batch) / len(batch)
+        if c.truncated == "skip" and cut_share:
+            batch = [t for t in batch if not self.is_cut(t.response)]
+            if not batch:
+                return {"sdpo/cut_share": cut_share}
         contexts = [policy.encode(t.messages) for t in batch]
         hindsight = [policy.encode(hindsight_messages(t.messages, t.follow_up, template=c.hindsight_template))
                      for t in batch]
@@ -207,6 +221,7 @@ class SDPOLearner:
             "sdpo/advantage_sum_mean": (raw_advantages.sum(-1)).mean().item(),
             "sdpo/large_advantage_share": ((abs_adv > c.large_advantage).float() * mask).sum().item() / n_tokens.item(),
             "sdpo/completion_tokens": n_tokens.item() / len(batch),
+            "sdpo/cut_share": cut_share,  # of the answers given to this update, before truncated=skip drops them
             "time/teacher_s": teacher_done - started,
             "time/student_and_step_s": done - teacher_done,
         })

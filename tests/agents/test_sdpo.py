@@ -200,3 +200,27 @@ def test_metrics_report_relevance_split(model_dir) -> None:
     assert {"sdpo/advantage_abs_mean_relevant", "sdpo/advantage_abs_mean_unrelated", "sdpo/kl_to_base",
             "sdpo/entropy", "sdpo/grad_norm", "time/teacher_s"} <= set(metrics)
     assert isinstance(learner, SDPOLearner)
+
+
+def test_truncated_skip_leaves_cut_answers_out_of_the_update(model_dir) -> None:
+    finished = Transition(messages=X2, response="Prices rise over time.", follow_up="Too long.",
+                          info={"relevant": True})  # not sampled by the learner: scored with its EOS, never cut
+    skipping, training, alone = (make(model_dir, truncated=t, batch_size=2) for t in ("skip", "train", "skip"))
+    (response,), (cut,) = interact(skipping, conversations=(X,))
+    assert skipping.is_cut(response) and not skipping.is_cut(finished.response)  # 10 tokens, no EOS
+
+    before = [p.detach().clone() for p in skipping.params]
+    assert skipping.observe([cut]) == {"sdpo/cut_share": 1.0}
+    assert skipping.n_updates == 0 and all(torch.equal(a, b) for a, b in zip(before, skipping.params))
+
+    skipping.buffer.clear()
+    metrics = skipping.observe([cut, finished])  # the same update as on the finished answer alone
+    alone.observe([finished])
+    assert metrics["sdpo/cut_share"] == 0.5 and skipping.n_updates == 1
+    for a, b in zip(skipping.params, alone.params):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+    training._ids = dict(skipping._ids)  # the default learns from the cut answer too, and counts it
+    metrics = training.observe([cut, finished])
+    assert metrics["sdpo/cut_share"] == 0.5 and metrics["sdpo/completion_tokens"] > 5
+    assert any(not torch.equal(a, b) for a, b in zip(training.params, alone.params))
