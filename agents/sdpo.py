@@ -70,7 +70,7 @@ class SDPOConfig:
     truncated: str = option("train", "answers cut at policy.max_new_tokens before their EOS: train = learn from "
                             "them like any other; skip = leave them out of the update (DAPO's overlong filtering; "
                             "on the flip, collapses into looping answers begin with cut answers, but skipping them "
-                            "does not prevent one: README, 'What to expect')", choices=("train", "skip"))
+                            "does not prevent one: README, 'Learners')", choices=("train", "skip"))
     kl_coef: float = option(0.0, "weight of a KL(policy || base) penalty on the completion positions", min=0.0)
     diagnostics_every: int = option(10, "every N updates also log KL to the base (an extra forward) and entropy "
                                     "(a softmax over the vocabulary); 0 = never", min=0)
@@ -163,15 +163,18 @@ class SDPOLearner:
     def is_cut(self, response: str) -> bool:
         """Whether this learner sampled ``response`` and generation stopped at the token limit, not at EOS."""
         ids = self._ids.get(response)
-        return ids is not None and len(ids) > 0 and ids[-1] not in self.policy.eos_ids
+        if not ids:
+            return False
+        return ids[-1] not in self.policy.eos_ids
 
     def update(self, batch: Sequence[Transition]) -> dict[str, float]:
         """One SDPO update on ``batch``: teacher forward (no grad), student forward/backward, optimizer step."""
         c = self.config
         policy = self.policy
-        cut_share = sum(self.is_cut(t.response) for t in batch) / len(batch)
+        cut = [self.is_cut(t.response) for t in batch]
+        cut_share = sum(cut) / len(batch)
         if c.truncated == "skip" and cut_share:
-            batch = [t for t in batch if not self.is_cut(t.response)]
+            batch = [t for t, is_cut in zip(batch, cut) if not is_cut]
             if not batch:
                 return {"sdpo/cut_share": cut_share}
         contexts = [policy.encode(t.messages) for t in batch]
