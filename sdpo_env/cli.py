@@ -29,7 +29,7 @@ def command_main(doc: str | None, argv: Sequence[str] | None, body: Callable[[li
     console = Console(width=None if sys.stdout.isatty() else width)
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
-        console.print(doc or "")
+        print(doc or "")  # verbatim: rich markup would eat bracketed text such as agents=[sdpo,none]
         return 0
     try:
         return body(args, console)

@@ -53,6 +53,7 @@ def test_every_command_prints_its_help(name, capsys) -> None:
     assert module.main(["--help"]) == 0
     out = capsys.readouterr().out
     assert f"python -m sdpo_env.{name}" in out
+    assert out == module.__doc__ + "\n"  # verbatim: brackets such as agents=[sdpo,none] survive
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
