@@ -53,7 +53,7 @@ from sdpo_env.plots import plot_preferences, plot_win_rate
 from sdpo_env.policy import ChatPolicy, Sampling
 from sdpo_env.prompts import load_prompts
 from sdpo_env.runfolder import RunFolder
-from sdpo_env.scenarios import Scenario, load_scenario
+from sdpo_env.scenarios import Phase, Scenario, load_scenario
 
 HEADLINE = ("win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "sat/all", "ceiling", "valid_rate")
 
@@ -137,10 +137,7 @@ def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
         if budget:
             folder.write_config(config_to_dict(config))  # the raised budget is part of the run's settings now
         learner_config(config.agent, source=config.source_of)
-        scenario = load_scenario(config.scenario)
-        if config.persona is not None:
-            scenario = scenario.with_persona(config.persona)
-        return config, scenario, folder, True
+        return config, run_scenario(config), folder, True
     config, scenario = load_run_config(args)
     learner_config(config.agent, source=config.source_of)  # fails before any model loads or folder exists
     check_keys(config)
@@ -157,6 +154,29 @@ def evaluation_points(n: int, every: int, scenario: Scenario) -> list[int]:
     return sorted(points)
 
 
+def run_scenario(config: RunConfig) -> Scenario:
+    """The scenario of a resolved configuration (with its ``persona=`` replacement)."""
+    scenario = load_scenario(config.scenario)
+    return scenario if config.persona is None else scenario.with_persona(config.persona)
+
+
+def load_policy(config: RunConfig) -> ChatPolicy:
+    """The policy model with the run's device, dtype and sampling settings."""
+    sampling = Sampling(temperature=config.policy.temperature, top_p=config.policy.top_p,
+                        max_new_tokens=config.policy.max_new_tokens)
+    return ChatPolicy.load(config.policy.model, device=config.policy.device, dtype=config.policy.dtype,
+                           sampling=sampling)
+
+
+def phases_to_judge(scenario: Scenario, k: int, n: int) -> list[Phase]:
+    """The phases whose preferences an evaluation after ``k`` of ``n`` interactions judges under: those the policy
+    last learned from, and at a persona change also the new ones."""
+    phases = [scenario.phase_at(max(k - 1, 0))]
+    if 0 < k < n and scenario.phase_at(k).index != phases[0].index:
+        phases.append(scenario.phase_at(k))
+    return phases
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs (or resumes) a scenario from command-line ``key=value`` arguments; returns the exit code."""
     # Ctrl-C before the loop (loading) or after it (plots) ends here; inside it StopRequest checkpoints.
@@ -168,10 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: Sequence[str], console: Console) -> int:
     config, scenario, folder, resuming = prepare(args)
     n = config.n_interactions or scenario.n_interactions
-    sampling = Sampling(temperature=config.policy.temperature, top_p=config.policy.top_p,
-                        max_new_tokens=config.policy.max_new_tokens)
-    policy = ChatPolicy.load(config.policy.model, device=config.policy.device, dtype=config.policy.dtype,
-                             sampling=sampling)
+    policy = load_policy(config)
     learner = make_learner(config.agent, policy, seed=config.seed)
     llm = LLMComponents(config, folder.path)  # LLM simulator/judge plumbing: one cache, one cost meter
     env = PersonalizationEnv(scenario, n_interactions=n, simulator=config.simulator.backend,
@@ -223,11 +240,8 @@ def run(args: Sequence[str], console: Console) -> int:
 
     def evaluate(k: int) -> None:
         started = time.perf_counter()
-        phases = [scenario.phase_at(max(k - 1, 0))]
-        if 0 < k < n and scenario.phase_at(k).index != phases[0].index:
-            phases.append(scenario.phase_at(k))  # a persona change: judge under the old and the new preferences
         summary = {k2: float(np.mean(v)) for k2, v in sorted(window.items()) if v}  # sorted: stable across resumes
-        for phase in phases:
+        for phase in phases_to_judge(scenario, k, n):
             set_persona(learner, phase.persona)
             metrics, _ = evaluator.evaluate(lambda c, s: learner.answer(c, seed=s), phase.persona,
                                             seed=config.seed * 100_003 + k)

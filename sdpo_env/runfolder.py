@@ -79,4 +79,8 @@ class RunFolder:
         return torch.load(self.checkpoint, weights_only=False)  # our own file: learner state holds plain objects
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        self.summary.write_text(json.dumps(_clean(summary), indent=2, ensure_ascii=False), encoding="utf-8")
+        self.write_json(self.summary, summary)
+
+    def write_json(self, path: Path, value: Any) -> None:
+        """Writes ``value`` as indented JSON (NaN as null)."""
+        path.write_text(json.dumps(_clean(value), indent=2, ensure_ascii=False), encoding="utf-8")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from sdpo_env import bench, heatmap, offline, run
+from sdpo_env import bench, heatmap, offline, reevaluate, run
 from sdpo_env.cli import command_main
 from sdpo_env.errors import SdpoEnvError
 
-COMMANDS = {"run": run, "bench": bench, "offline": offline, "heatmap": heatmap}
+COMMANDS = {"run": run, "bench": bench, "offline": offline, "heatmap": heatmap, "reevaluate": reevaluate}
 
 
 def test_bad_input_exits_2_with_one_plain_message(capsys) -> None:

@@ -1,4 +1,4 @@
-"""The runner end to end on a small real model: files, resume after SIGKILL, Ctrl-C, errors."""
+"""The runner end to end on a small real model: files, resume after SIGKILL, Ctrl-C, errors, re-evaluation."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from rich.console import Console
 
+from sdpo_env.reevaluate import ReevaluateConfig, reevaluate
+from sdpo_env.reevaluate import main as reevaluate_main
 from sdpo_env.run import main
 from tests.models import build_random_model
 
@@ -152,3 +155,39 @@ def test_degenerate_learning_is_flagged() -> None:
     assert any(m.startswith("no learning signal at interaction 5") for m in messages)
     assert any(m == "the judge called every pair a tie at interaction 5" for m in messages)
     assert degenerate({**healthy, "missing_rate": 0.75}) == ["the judge failed on 75% of pairs at interaction 5"]
+
+
+
+def test_reevaluation_repeats_the_runs_evaluation_and_scales_the_answers(model_dir, scenario_file, tmp_path,
+                                                                         capsys) -> None:
+    out = tmp_path / "run"
+    assert main(args_for(model_dir, scenario_file, out, "n_interactions=12")) == 0
+    (logged,) = [r for r in read_jsonl(out / "metrics.jsonl") if r["interaction"] == 12]
+    assert logged["phase"] == 1  # the flipped preferences: judged under the new persona
+
+    (again,) = reevaluate(ReevaluateConfig(run=str(out), samples_per_prompt=1), Console(quiet=True))
+    assert (again["interaction"], again["phase"], again["persona"]) == (12, 1, logged["persona"])
+    compared = [k for k in logged if k.startswith(("sat/", "base_sat/", "win_rate", "ci_", "coverage", "ceiling",
+                                                   "valid_rate", "mean_words"))]
+    assert len(compared) >= 12
+    assert {k: again[k] for k in compared} == {k: logged[k] for k in compared}  # the restored policy, exactly
+
+    capsys.readouterr()
+    assert reevaluate_main([f"run={out}", "samples_per_prompt=3", "seed=5"]) == 0
+    printed = capsys.readouterr().out
+    assert "re-evaluation (18 answers)" in printed and "the run's evaluation (6 answers)" in printed
+    (row,) = json.loads((out / "reevaluations" / "t12-k3-p6-s5.json").read_text())
+    assert len(row["answers"]) == 18 and row["samples_per_prompt"] == 3 and row["seed"] == 5
+    assert [a["prompt"] for a in row["answers"][:3]] == [row["answers"][0]["prompt"]] * 3
+    assert len({a["base"] for a in row["answers"][:3]}) > 1  # each policy answer meets its own base answer
+    assert 0 <= row["sat/all"] <= 1 and row["n_prompts"] == 6
+
+
+def test_a_folder_that_is_not_a_run_is_refused_without_creating_anything(tmp_path, capsys) -> None:
+    missing = tmp_path / "no_run"
+    assert reevaluate_main([f"run={missing}"]) == 2
+    err = capsys.readouterr().err
+    assert "run" in err and "config.yaml or checkpoint.pt" in err
+    assert not missing.exists()
+    assert reevaluate_main([f"run={tmp_path}", "samples_per_prompt=0"]) == 2
+    assert "samples_per_prompt" in capsys.readouterr().err

@@ -1,0 +1,145 @@
+"""``python -m sdpo_env.reevaluate run=RUN_FOLDER [samples_per_prompt=8] [n_prompts=N] [seed=S]``: judge a run's
+policy again, with more answers.
+
+Examples::
+
+    python -m sdpo_env.reevaluate run=runs/flip-s0                        # 8 answers per held-out prompt
+    python -m sdpo_env.reevaluate run=runs/flip-s0 samples_per_prompt=1   # repeats the run's own last evaluation
+    python -m sdpo_env.reevaluate run=bench/flip/sdpo/seed1 samples_per_prompt=4 seed=7
+
+A run evaluates with ``eval.samples_per_prompt`` answers per held-out prompt (1 by default: 64 answers on the tiny
+model). That is enough to draw a curve but coarse for a single figure: the standard error of a satisfaction rate
+near 0.85 over 64 answers is about 0.045, so 0.84 and 0.90 are one evaluation's noise apart. This command loads the
+run's latest checkpoint (the final policy of a finished run), samples ``samples_per_prompt`` answers for each
+held-out prompt, judges each against as many answers of the frozen base model under the preferences the run judged
+under at that interaction (the old and the new ones at a persona change), and prints the figures next to the run's
+own evaluation at that interaction. The run's judge, prompts and sampling settings are used; the run folder is not
+changed except for ``reevaluations/t<T>-k<K>-p<N>-s<S>.json`` (the figures and every judged answer).
+``seed`` picks the evaluation's answers; the default, the run's seed, with ``samples_per_prompt`` and ``n_prompts``
+as in the run, repeats the run's evaluation exactly (at the run's CPU thread count: a bench run with ``jobs=2`` ran
+at one thread, so use ``OMP_NUM_THREADS=1``). The in-context oracle is not re-evaluated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from agents import make_learner, set_persona
+from sdpo_env.cli import command_main
+from sdpo_env.config import COMMAND_LINE, build, option, parse_overrides, resolve_config
+from sdpo_env.errors import ConfigError, Problem
+from sdpo_env.judges import JUDGES
+from sdpo_env.judges.evaluate import WinRateEvaluator
+from sdpo_env.llm.setup import LLMComponents, check_keys
+from sdpo_env.prompts import load_prompts
+from sdpo_env.run import load_policy, phases_to_judge, run_scenario
+from sdpo_env.runfolder import RunFolder
+
+SHOWN = ("win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "valid_rate", "ceiling")
+
+
+@dataclass
+class ReevaluateConfig:
+    """Which run to judge again and how many answers (``key=value`` on the command line)."""
+
+    run: str = option("", "the run folder (it must hold config.yaml and checkpoint.pt)", nonempty=True)
+    samples_per_prompt: int = option(8, "answers per held-out prompt, on each side", min=1)
+    n_prompts: int | None = option(None, "held-out prompts; default the run's eval.n_prompts", min=1)
+    seed: int | None = option(None, "seeds the evaluation's answers; default the run's seed", min=0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def body(args: list[str], console: Console) -> int:
+        problems: list[Problem] = []
+        config = build(ReevaluateConfig, parse_overrides(args), source=lambda _k: COMMAND_LINE, problems=problems)
+        if problems:
+            raise ConfigError(problems)
+        reevaluate(config, console)
+        return 0
+
+    return command_main(__doc__, argv, body, interrupted="interrupted; nothing was written: run it again")
+
+
+def reevaluate(config: ReevaluateConfig, console: Console) -> list[dict[str, Any]]:
+    """Evaluates the run's latest checkpoint; writes and prints the figures; returns one row per judged phase."""
+    folder = _existing_run(config.run)
+    run_config = resolve_config([(str(folder.config), folder.read_config())])
+    check_keys(run_config)
+    scenario = run_scenario(run_config)
+    n = run_config.n_interactions or scenario.n_interactions
+    n_prompts = config.n_prompts or run_config.eval.n_prompts
+    seed = run_config.seed if config.seed is None else config.seed
+    state = folder.load_checkpoint()
+    assert state is not None
+    t = state["t"]
+
+    policy = load_policy(run_config)
+    learner = make_learner(run_config.agent, policy, seed=run_config.seed)
+    learner.load_state_dict(state["learner"])
+    llm = LLMComponents(run_config, folder.path)
+    judge = JUDGES.get(run_config.judge.backend)(**llm.judge_kwargs())
+    prompts = load_prompts(scenario.spec.prompts.eval)[:n_prompts]
+    evaluator = WinRateEvaluator(policy, judge, prompts, samples_per_prompt=config.samples_per_prompt,
+                                 seed=run_config.seed, bootstrap=run_config.eval.bootstrap)
+    logged = {(r["interaction"], r["phase"]): r for r in folder.read_jsonl(folder.metrics)}
+    rows = []
+    try:
+        for phase in phases_to_judge(scenario, t, n):
+            set_persona(learner, phase.persona)
+            with console.status(f"interaction {t}, phase {phase.index} ({phase.persona.name}): "
+                                f"{len(evaluator.conversations)} answers on each side"):
+                metrics, answers = evaluator.evaluate(lambda c, s: learner.answer(c, seed=s), phase.persona,
+                                                      seed=seed * 100_003 + t)
+            rows.append({"interaction": t, "phase": phase.index, "persona": phase.persona.name,
+                         "samples_per_prompt": config.samples_per_prompt,
+                         "seed": seed, **metrics,
+                         "answers": [{"prompt": c[-1]["content"], "policy": a, "base": b}
+                                     for c, a, b in zip(evaluator.conversations, answers,
+                                                        evaluator.base_responses())]})
+            _print(console, rows[-1], logged.get((t, phase.index)),
+                   (run_config.eval.n_prompts * run_config.eval.samples_per_prompt, len(answers)))
+    finally:
+        llm.close()
+    out = folder.path / "reevaluations" / f"t{t}-k{config.samples_per_prompt}-p{len(prompts)}-s{seed}.json"
+    out.parent.mkdir(exist_ok=True)
+    folder.write_json(out, rows)
+    console.print(f"written: {out}" + (f" (LLM judge: ${llm.meter.spent_usd:.4f})" if llm.services else ""))
+    return rows
+
+
+def _existing_run(path: str) -> RunFolder:
+    """The run folder, or an error that names what is missing (RunFolder itself would create the folder)."""
+    missing = [name for name in ("config.yaml", "checkpoint.pt") if not (Path(path) / name).is_file()]
+    if missing:
+        raise ConfigError([Problem(COMMAND_LINE, "run", f"{path} has no {' or '.join(missing)}; give a run folder "
+                                                        "made by python -m sdpo_env.run")])
+    return RunFolder(path)
+
+
+def _print(console: Console, row: dict[str, Any], logged: dict[str, Any] | None, answers: tuple[int, int]) -> None:
+    """The re-evaluation's figures next to the run's own evaluation at the same interaction and phase, if any."""
+    keys = [*SHOWN, *sorted(k for k in row if k.startswith("sat/")),
+            *sorted(k for k in row if k.startswith("base_sat/"))]
+    table = Table(title=f"interaction {row['interaction']}, phase {row['phase']} ({row['persona']})")
+    table.add_column("metric")
+    table.add_column("the run's evaluation" + (f" ({answers[0]} answers)" if logged else ": none at this point"),
+                     justify="right")
+    table.add_column(f"re-evaluation ({answers[1]} answers)", justify="right")
+    for key in keys:
+        if key in row:
+            table.add_row(key, _fmt((logged or {}).get(key)), _fmt(row[key]))
+    console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None or value != value else f"{value:.3f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
