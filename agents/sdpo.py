@@ -48,10 +48,12 @@ class SDPOConfig:
     weight_decay: float = option(2.0, "decoupled weight decay: every step shrinks the LoRA weights by lr x "
                                  "weight_decay, pulling the adapter back towards the base so the policy can "
                                  "re-adapt after a preference flip", min=0.0)
-    adam_beta2: float = option(0.999, "optimizer=adamw: decay of the running mean of squared gradients, which "
-                               "sets each step's scale (0.999 remembers about 1000 updates, 0.99 about 100)",
+    adam_beta2: float = option(0.99, "optimizer=adamw: decay of the running mean of squared gradients, which "
+                               "sets each step's scale (0.99 remembers about 100 updates, torch's 0.999 about "
+                               "1000, which re-adapts worse after a flip: README, 'What to expect')",
                                min=0.0, max=0.9999)
-    grad_clip: float = option(1.0, "clip the gradient norm to this value; 0 disables", min=0.0)
+    grad_clip: float = option(0.2, "clip the gradient norm to this value (SDPO's norms: median 0.06-0.36 for a "
+                              "complaint, rare outliers above 1); 0 disables", min=0.0)
     update_every: int = option(1, "update after every N interactions", min=1)
     batch_size: int = option(1, "interactions per update: the last N (the paper uses 16)", min=1)
     teacher: str = option("live", "live = current policy (paper), base = frozen base, ema = moving average",

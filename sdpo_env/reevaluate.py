@@ -38,7 +38,7 @@ from sdpo_env.judges import JUDGES
 from sdpo_env.judges.evaluate import WinRateEvaluator
 from sdpo_env.llm.setup import LLMComponents, check_keys
 from sdpo_env.prompts import load_prompts
-from sdpo_env.run import load_policy, phases_to_judge, run_scenario
+from sdpo_env.run import evaluation_seed, load_policy, phases_to_judge, run_scenario
 from sdpo_env.runfolder import RunFolder
 
 SHOWN = ("win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "valid_rate", "ceiling")
@@ -95,7 +95,7 @@ def reevaluate(config: ReevaluateConfig, console: Console) -> list[dict[str, Any
             with console.status(f"interaction {t}, phase {phase.index} ({phase.persona.name}): "
                                 f"{len(evaluator.conversations)} answers on each side"):
                 metrics, answers = evaluator.evaluate(lambda c, s: learner.answer(c, seed=s), phase.persona,
-                                                      seed=seed * 100_003 + t)
+                                                      seed=evaluation_seed(seed, t))
             rows.append({"interaction": t, "phase": phase.index, "persona": phase.persona.name,
                          "samples_per_prompt": config.samples_per_prompt,
                          "seed": seed, **metrics,

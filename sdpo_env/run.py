@@ -168,6 +168,11 @@ def load_policy(config: RunConfig) -> ChatPolicy:
                            sampling=sampling)
 
 
+def evaluation_seed(seed: int, k: int) -> int:
+    """Seeds the policy's answers in the evaluation after ``k`` interactions of a run with ``seed``."""
+    return seed * 100_003 + k
+
+
 def phases_to_judge(scenario: Scenario, k: int, n: int) -> list[Phase]:
     """The phases whose preferences an evaluation after ``k`` of ``n`` interactions judges under: those the policy
     last learned from, and at a persona change also the new ones."""
@@ -244,7 +249,7 @@ def run(args: Sequence[str], console: Console) -> int:
         for phase in phases_to_judge(scenario, k, n):
             set_persona(learner, phase.persona)
             metrics, _ = evaluator.evaluate(lambda c, s: learner.answer(c, seed=s), phase.persona,
-                                            seed=config.seed * 100_003 + k)
+                                            seed=evaluation_seed(config.seed, k))
             if oracle is not None:
                 metrics.update(oracle_metrics(phase.persona))
             row = {"interaction": k, "phase": phase.index, "persona": phase.persona.name, **metrics, **summary}

@@ -98,8 +98,8 @@ def test_every_option_trains(model_dir, options) -> None:
 
 
 def test_adam_beta2_reaches_the_optimizer(model_dir) -> None:
-    assert make(model_dir).optimizer.param_groups[0]["betas"] == (0.9, 0.999)  # torch's default, unchanged
-    assert make(model_dir, adam_beta2=0.99).optimizer.param_groups[0]["betas"] == (0.9, 0.99)
+    assert make(model_dir).optimizer.param_groups[0]["betas"] == (0.9, 0.99)  # the default
+    assert make(model_dir, adam_beta2=0.999).optimizer.param_groups[0]["betas"] == (0.9, 0.999)  # torch's
     with pytest.raises(ConfigError, match="adam_beta2"):
         make(model_dir, adam_beta2=1.0)  # at 1 the running mean would never move
 
