@@ -453,7 +453,7 @@ def plot_curves(curves: dict[str, list[list[dict[str, Any]]]], phases: Sequence[
         ax.set_xlabel("interactions")
     for row in axes:
         row[0].set_ylabel("win rate vs frozen base")
-    fig.suptitle(textwrap.fill(title, 160), fontsize=9)
+    fig.suptitle(textwrap.fill(title, int(4.2 * ncols * 13)), fontsize=9)  # about 13 characters per inch at 9 pt
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
