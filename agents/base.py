@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 from sdpo_env.errors import ConfigError, Problem, SdpoEnvError
 from sdpo_env.policy import ChatPolicy
 from sdpo_env.registry import Registry
-from sdpo_env.schema import build
+from sdpo_env.schema import build, to_dict
 
 Messages = Sequence[dict[str, str]]
 
@@ -107,6 +107,17 @@ def learner_config(options: Mapping[str, Any], *, source: str | Callable[[str], 
     if problems:
         raise ConfigError(problems)
     return cls, config
+
+
+def resolved_learner_options(options: Mapping[str, Any], *, source: str | Callable[[str], str] = "command line"
+                             ) -> dict[str, Any]:
+    """``options`` validated, with every option of the learner filled in (its default where not given).
+
+    This is what a run writes to ``config.yaml``: the values it ran with, so a later change of a default neither
+    changes a resumed run nor lets a bench mistake an old run for one with today's defaults.
+    """
+    _, config = learner_config(options, source=source)
+    return {"name": options.get("name", ""), **({} if config is None else to_dict(config))}
 
 
 def make_learner(options: Mapping[str, Any], policy: ChatPolicy, *, seed: int, source: str = "command line"

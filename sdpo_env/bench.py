@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agents.base import learner_config
+from agents.base import learner_config, resolved_learner_options
 from sdpo_env import run as runner
 from sdpo_env.bench_metrics import PhaseInfo, Stat, aggregate_runs, mean_curve, phase_infos, run_metrics
 from sdpo_env.cli import command_main
@@ -157,14 +157,16 @@ def plan(args: Sequence[str]) -> tuple[BenchConfig, list[PlannedRun], Any]:
             run = [f"scenario={bench.scenario}", *shared, f"agent.name={name}", *options, f"seed={seed}",
                    f"out_dir={folder}"]
             config, scenario = load_run_config(run)
-            learner_config(config.agent, source=config.source_of)
+            config.agent = resolved_learner_options(config.agent, source=config.source_of)
             expected = config_to_dict(config)
             runs.append(PlannedRun(name, seed, folder, run, expected))
             stored_config = folder / "config.yaml"
             if stored_config.is_file():  # not RunFolder(folder): planning must not create folders
                 stored = yaml.safe_load(stored_config.read_text(encoding="utf-8"))
                 try:  # resolved as today's code reads it: keys an older version did not write take their defaults
-                    stored = config_to_dict(resolve_config([(str(stored_config), stored)]))
+                    resolved = resolve_config([(str(stored_config), stored)])
+                    resolved.agent = resolved_learner_options(resolved.agent, source=str(stored_config))
+                    stored = config_to_dict(resolved)
                 except ConfigError as error:
                     problems.extend(error.problems)
                     continue

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agents import make_learner, set_persona
-from agents.base import Transition, learner_config
+from agents.base import Transition, learner_config, resolved_learner_options
 from agents.icl_oracle import InContextOracle
 from sdpo_env.cli import command_main
 from sdpo_env.config import (
@@ -139,7 +139,8 @@ def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
         learner_config(config.agent, source=config.source_of)
         return config, run_scenario(config), folder, True
     config, scenario = load_run_config(args)
-    learner_config(config.agent, source=config.source_of)  # fails before any model loads or folder exists
+    # validated before any model loads or folder exists; config.yaml records every learner option
+    config.agent = resolved_learner_options(config.agent, source=config.source_of)
     check_keys(config)
     folder = RunFolder(config.out_dir or f"runs/{datetime.now():%Y%m%d-%H%M%S}-{scenario.name}")
     if folder.checkpoint.is_file():

@@ -15,9 +15,11 @@ import pytest
 import yaml
 from rich.console import Console
 
+from agents.sdpo import SDPOConfig
 from sdpo_env.reevaluate import ReevaluateConfig, reevaluate
 from sdpo_env.reevaluate import main as reevaluate_main
 from sdpo_env.run import main
+from sdpo_env.schema import to_dict
 from tests.models import build_random_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +66,9 @@ def test_run_writes_the_run_folder(model_dir, scenario_file, tmp_path) -> None:
     assert "sat/concise" in metrics[0] and "sat/detailed" in metrics[-1]
     assert "sdpo/loss" in metrics[1] and "env/reward" in metrics[1]
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["agent"]["batch_size"] == 2 and config["policy"]["model"] == str(model_dir)
+    assert config["policy"]["model"] == str(model_dir)
+    # every learner option is recorded, so a later change of a default cannot change a resumed run
+    assert config["agent"] == {"name": "sdpo", **to_dict(SDPOConfig(batch_size=2))}
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["phase_end"]) == {"0", "1"}
     assert summary["timings"]["evaluations"] == 5  # points 0, 4, 8 (judged under both personas), 12, 16
