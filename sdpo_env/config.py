@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sdpo_env.errors import ConfigError, Problem
 from sdpo_env.schema import build, option, to_dict
+
+T = TypeVar("T")
 
 COMMAND_LINE = "command line"
 DEFAULTS = "defaults"
@@ -165,6 +167,19 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
     except OmegaConfBaseException as exc:
         raise ConfigError([Problem(COMMAND_LINE, " ".join(args), f"cannot parse: {exc}")]) from None
     return parsed  # type: ignore[return-value]
+
+
+def command_line_config(cls: type[T], args: Sequence[str]) -> T:
+    """A command's options (dataclass ``cls``) from its ``key=value`` arguments.
+
+    Raises:
+        ConfigError: unknown keys or bad values, all listed, each attributed to the command line.
+    """
+    problems: list[Problem] = []
+    config = build(cls, parse_overrides(args), source=lambda _key: COMMAND_LINE, problems=problems)
+    if problems:
+        raise ConfigError(problems)
+    return config
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -33,14 +33,14 @@ from rich.table import Table
 from rich.text import Text
 
 from sdpo_env.cli import command_main
-from sdpo_env.config import COMMAND_LINE, parse_overrides
+from sdpo_env.config import COMMAND_LINE, command_line_config
 from sdpo_env.errors import ConfigError, Problem
 from sdpo_env.hindsight import DEFAULT_TEMPLATE, OFFLINE_TEMPLATE, hindsight_messages
 from sdpo_env.logs import FORMATS, read_logs
 from sdpo_env.offline import SHIPPED_LOGS
 from sdpo_env.personas import default_unrelated_follow_ups, load_persona
 from sdpo_env.policy import ChatPolicy
-from sdpo_env.schema import build, option
+from sdpo_env.schema import option
 from sdpo_env.sdpo import selective_log_softmax, token_advantages
 
 TEMPLATES = {"paper": DEFAULT_TEMPLATE, "offline": OFFLINE_TEMPLATE}
@@ -272,11 +272,7 @@ def complaint_phrases() -> set[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     def body(args: list[str], console: Console) -> int:
-        problems: list[Problem] = []
-        config = build(InspectConfig, parse_overrides(args), source=lambda _k: COMMAND_LINE, problems=problems)
-        if problems:
-            raise ConfigError(problems)
-        inspect(config, console)
+        inspect(command_line_config(InspectConfig, args), console)
         return 0
 
     return command_main(__doc__, argv, body,

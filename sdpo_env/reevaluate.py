@@ -32,7 +32,7 @@ from rich.table import Table
 
 from agents import make_learner, set_persona
 from sdpo_env.cli import command_main
-from sdpo_env.config import COMMAND_LINE, build, option, parse_overrides, resolve_config
+from sdpo_env.config import COMMAND_LINE, command_line_config, option, resolve_config
 from sdpo_env.errors import ConfigError, Problem
 from sdpo_env.judges import JUDGES
 from sdpo_env.judges.evaluate import WinRateEvaluator
@@ -56,11 +56,7 @@ class ReevaluateConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     def body(args: list[str], console: Console) -> int:
-        problems: list[Problem] = []
-        config = build(ReevaluateConfig, parse_overrides(args), source=lambda _k: COMMAND_LINE, problems=problems)
-        if problems:
-            raise ConfigError(problems)
-        reevaluate(config, console)
+        reevaluate(command_line_config(ReevaluateConfig, args), console)
         return 0
 
     return command_main(__doc__, argv, body, interrupted="interrupted; nothing was written: run it again")
