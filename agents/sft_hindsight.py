@@ -31,6 +31,7 @@ class SFTHindsightConfig:
 
     lr: float = same_as_sdpo("lr")
     weight_decay: float = same_as_sdpo("weight_decay")
+    adam_beta2: float = same_as_sdpo("adam_beta2")
     grad_clip: float = same_as_sdpo("grad_clip")
     update_every: int = same_as_sdpo("update_every")
     batch_size: int = same_as_sdpo("batch_size")

@@ -43,7 +43,8 @@ class LoraTrainer:
 
     Args:
         policy: The policy; a LoRA adapter is added if it has none.
-        config: Any learner config with SDPO's ``lr``, ``weight_decay``, ``grad_clip`` and ``lora_*`` fields.
+        config: Any learner config with SDPO's ``lr``, ``weight_decay``, ``adam_beta2``, ``grad_clip`` and ``lora_*``
+            fields.
         seed: Seeds the adapter's initialisation.
         name: Metric namespace and the learner's name in warnings (``sft``, ``dpo``, ...).
     """
@@ -54,7 +55,8 @@ class LoraTrainer:
         self.policy, self.name = policy, name
         self.grad_clip = config.grad_clip
         self.params = policy.trainable_parameters()
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
+                                           betas=(0.9, config.adam_beta2))
         self.n_updates = self.n_skipped = 0
 
     def step(self, loss: torch.Tensor) -> dict[str, float]:

@@ -137,9 +137,22 @@ def test_baselines_share_sdpo_training_defaults() -> None:
     sdpo = {f.name: f.default for f in dataclasses.fields(SDPOConfig)}
     for name in ("sft_hindsight", "dpo_hindsight", "reinforce_oracle"):
         config = LEARNERS.get(name).Config()
-        for key in ("lr", "weight_decay", "grad_clip", "batch_size", "update_every", "lora_r", "lora_alpha",
-                    "lora_dropout", "lora_targets"):
+        for key in ("lr", "weight_decay", "adam_beta2", "grad_clip", "batch_size", "update_every", "lora_r",
+                    "lora_alpha", "lora_dropout", "lora_targets"):
             assert getattr(config, key) == sdpo[key], (name, key)
+
+
+def test_baselines_build_sdpo_optimiser(model_dir) -> None:
+    """The optimiser each training baseline builds has SDPO's settings (betas included), by default and when set."""
+
+    def settings(learner) -> dict:
+        optimizer = learner.optimizer if hasattr(learner, "optimizer") else learner.trainer.optimizer
+        return {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+
+    for options in ({}, {"adam_beta2": 0.999, "lr": 2e-3, "weight_decay": 0.5}):
+        expected = settings(make(model_dir, "sdpo", **options))
+        for name in TRAINING[1:]:
+            assert settings(make(model_dir, name, **options)) == expected, (name, options)
 
 
 def test_baseline_options_are_validated(model_dir) -> None:
