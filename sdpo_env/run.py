@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import signal
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
@@ -26,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agents import make_learner, set_persona
-from agents.base import Transition, learner_config, resolved_learner_options
+from agents.base import Transition, resolved_learner_options
 from agents.icl_oracle import InContextOracle
 from sdpo_env.cli import command_main
 from sdpo_env.config import (
@@ -136,7 +137,7 @@ def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
         check_keys(config)
         if budget:
             folder.write_config(config_to_dict(config))  # the raised budget is part of the run's settings now
-        learner_config(config.agent, source=config.source_of)
+        warn_missing_options(config.agent, resolved_learner_options(config.agent, source=config.source_of), folder)
         return config, run_scenario(config), folder, True
     config, scenario = load_run_config(args)
     # validated before any model loads or folder exists; config.yaml records every learner option
@@ -147,6 +148,17 @@ def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
         raise ConfigError([Problem(COMMAND_LINE, "out_dir", f"{folder.path} already holds a run; continue it with "
                                                             f"resume={folder.path} or choose another out_dir")])
     return config, scenario, folder, False
+
+
+def warn_missing_options(stored: dict[str, Any], resolved: dict[str, Any], folder: RunFolder) -> None:
+    """Warns when a resumed run's config.yaml lacks learner options added since the run started: they take
+    today's defaults, which need not be what the run used, so the resumed part may differ from an unbroken run."""
+    missing = {k: v for k, v in resolved.items() if k not in stored}
+    if missing:
+        given = ", ".join(f"agent.{k}={v}" for k, v in missing.items())
+        warnings.warn(f"{folder.config} has no {', '.join(f'agent.{k}' for k in missing)} (options added after "
+                      f"this run started); resuming with today's defaults {given}, which may not be what it ran "
+                      "with", UserWarning, stacklevel=2)
 
 
 def evaluation_points(n: int, every: int, scenario: Scenario) -> list[int]:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,10 @@ import yaml
 from rich.console import Console
 
 from agents.sdpo import SDPOConfig
+from sdpo_env.config import config_to_dict
 from sdpo_env.reevaluate import ReevaluateConfig, reevaluate
 from sdpo_env.reevaluate import main as reevaluate_main
-from sdpo_env.run import main
+from sdpo_env.run import main, prepare
 from sdpo_env.schema import to_dict
 from tests.models import build_random_model
 
@@ -195,3 +197,18 @@ def test_a_folder_that_is_not_a_run_is_refused_without_creating_anything(tmp_pat
     assert not missing.exists()
     assert reevaluate_main([f"run={tmp_path}", "samples_per_prompt=0"]) == 2
     assert "samples_per_prompt" in capsys.readouterr().err
+
+
+def test_resume_warns_about_learner_options_its_config_lacks(model_dir, scenario_file, tmp_path) -> None:
+    config, _, folder, resumed = prepare(args_for(model_dir, scenario_file, tmp_path / "old"))
+    assert not resumed
+    stored = config_to_dict(config)
+    folder.write_config(stored)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a complete config.yaml resumes silently
+        assert prepare([f"resume={folder.path}"])[3]
+    del stored["agent"]["adam_beta2"]  # as written before the option existed
+    folder.write_config(stored)
+    with pytest.warns(UserWarning, match=r"config.yaml has no agent\.adam_beta2 .*defaults agent\.adam_beta2=0\.99"):
+        config, _, _, _ = prepare([f"resume={folder.path}"])
+    assert config.agent["name"] == "sdpo"
