@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -66,7 +67,7 @@ class BenchConfig:
     run: bool = option(True, "false = only aggregate the runs finished so far (e.g. while the grid runs elsewhere)")
     jobs: int = option(1, "runs at a time; above 1 each run is its own process, its output in <out>/<learner>/"
                        "seed<k>.log", min=1)
-    threads: int | None = option(None, "jobs > 1: torch threads per run (default: CPU cores // jobs)", min=1)
+    threads: int | None = option(None, "torch threads per run (default: CPU cores // jobs)", min=1)
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
@@ -477,7 +478,12 @@ def bench_command(args: list[str], console: Console) -> int:
     if not bench.run:
         code = 0
     elif bench.jobs == 1:
-        code = execute(runs, console)
+        before = torch.get_num_threads()
+        torch.set_num_threads(bench.threads or before)  # threads=1: the arithmetic of a one-thread worker
+        try:
+            code = execute(runs, console)
+        finally:
+            torch.set_num_threads(before)
     else:
         n = scenario.n_interactions if runs[0].expected.get("n_interactions") is None else int(
             runs[0].expected["n_interactions"])

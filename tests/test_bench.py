@@ -293,6 +293,23 @@ def test_jobs_match_the_serial_grid(model_dir, scenario_file, tmp_path) -> None:
         assert strip == strip_b, name
 
 
+def test_threads_apply_to_the_serial_grid(model_dir, scenario_file, tmp_path, monkeypatch) -> None:
+    import torch
+
+    import sdpo_env.bench as bench_module
+
+    seen: list[int] = []
+    monkeypatch.setattr(bench_module, "execute", lambda runs, console: seen.append(torch.get_num_threads()) or 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # not 1, so the test means something on a one-core machine too
+    try:
+        assert main([*grid_args(model_dir, scenario_file, tmp_path / "b", ["none"]), "jobs=1", "threads=1"]) == 0
+        assert seen == [1]  # the serial grid ran at the asked thread count
+        assert torch.get_num_threads() == 2  # and the process got its own back
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_failing_run_stops_the_grid_and_shows_its_output(model_dir, scenario_file, tmp_path, capsys) -> None:
     out = tmp_path / "bench"
     args = grid_args(model_dir, scenario_file, out, ["none"], seeds=3)
