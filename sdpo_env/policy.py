@@ -1,6 +1,7 @@
 """ChatPolicy: any Hugging Face causal LM with its chat template, sampling, per-token log-probs and LoRA.
 
-- Batched sampling (left padding), seeded per call so a run is reproducible and resumable.
+- Batched sampling (left padding), seeded per call so a run is reproducible and resumable; on Llama-layout models a
+  lean loop (``sdpo_env.decoding``) returns the tokens ``generate`` would, about twice as fast.
 - Per-token log-probs of given completions under given contexts, batched and correct under either padding side;
   only the completion positions are projected to the vocabulary (``logits_to_keep`` with per-row indices).
 - LoRA through peft; ``with policy.base_model():`` gives the frozen base by disabling the adapter (one copy of the
@@ -20,6 +21,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from sdpo_env import decoding
 from sdpo_env.errors import SdpoEnvError
 from sdpo_env.tiny import TINY_NAME, resolve_model_path
 
@@ -140,19 +142,27 @@ class ChatPolicy:
             self.model = get_peft_model(self.model, config)
         self.model.eval()
         layers = self._lora_layers()
-        if sum(layer.base_layer.weight.numel() for layer in layers.values()) <= MERGE_LIMIT:
+        # Merging covers linear layers only: with LoRA on anything else (an embedding), sampling keeps peft's layers.
+        only_linear = all(layer.lora_A for layer in self._lora_layers(linear_only=False).values())
+        if only_linear and sum(layer.base_layer.weight.numel() for layer in layers.values()) <= MERGE_LIMIT:
             self._pristine = {name: layer.base_layer.weight.detach().clone() for name, layer in layers.items()}
 
-    def _lora_layers(self) -> dict[str, Any]:
+    def _lora_layers(self, *, linear_only: bool = True) -> dict[str, Any]:
         from peft.tuners.lora import LoraLayer
 
-        return {n: m for n, m in self.model.named_modules() if isinstance(m, LoraLayer) and m.lora_A}
+        return {n: m for n, m in self.model.named_modules()
+                if isinstance(m, LoraLayer) and (m.lora_A or not linear_only)}
 
     @contextlib.contextmanager
-    def _merged_for_sampling(self) -> Iterator[None]:
-        """Samples from merged weights when the adapter is small enough to keep the originals (see MERGE_LIMIT)."""
+    def _merged_for_sampling(self, *, switch_off: bool = True) -> Iterator[bool]:
+        """Samples from merged weights when the adapter is small enough to keep the originals (see MERGE_LIMIT).
+
+        Yields whether the model's plain layers now compute the policy (no adapter, the base view, or merged).
+        ``switch_off=False`` leaves peft's adapter switch alone (about 35 ms a call on the tiny model): for callers
+        that read the plain layers' weights directly, as the lean sampling loop does, instead of calling the model.
+        """
         if not self._pristine or self._base_view:
-            yield
+            yield not self.has_adapter or self._base_view
             return
         layers = self._lora_layers()
         try:
@@ -161,8 +171,8 @@ class ChatPolicy:
                     a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
                     delta = (b @ a) * layer.scaling["default"]  # (d_out, d_in)
                     layer.base_layer.weight.copy_(self._pristine[name] + delta.to(self._pristine[name].dtype))
-            with self.model.disable_adapter():  # type: ignore[operator]
-                yield
+            with self.model.disable_adapter() if switch_off else contextlib.nullcontext():  # type: ignore[operator]
+                yield True
         finally:
             with torch.no_grad():
                 for name, layer in layers.items():
@@ -257,9 +267,14 @@ class ChatPolicy:
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), self._merged_for_sampling():
+        lean = decoding.supports(self.model, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+        with torch.random.fork_rng(devices=devices), self._merged_for_sampling(switch_off=not lean) as plain:
             torch.manual_seed(seed)
-            out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)  # type: ignore[operator]
+            if lean and plain:  # the same tokens as generate, about twice as fast on the tiny model
+                out = decoding.sample(self.model, ids, mask, max_new_tokens=s.max_new_tokens, eos_ids=self.eos_ids,
+                                      pad_id=self.pad_id, greedy=s.temperature == 0)
+            else:
+                out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)  # type: ignore[operator]
         samples = []
         for row in out[:, ids.shape[1]:].tolist():
             cut = next((i for i, t in enumerate(row) if t in self.eos_ids), None)

@@ -136,3 +136,25 @@ def test_auto_keeps_the_tiny_model_on_the_cpu_even_where_cuda_is_there(monkeypat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # without the rule, loading would move it to CUDA
     assert ChatPolicy.load("tiny").device.type == "cpu"
     assert ChatPolicy.load("tiny", device="auto").device.type == "cpu"
+
+
+def test_sampling_keeps_an_adapter_that_merging_cannot_cover(model_dir) -> None:
+    # LoRA on the embedding as well: merging only covers linear layers, so sampling must run the live adapter
+    # (before this was handled, sampling merged the linear layers and switched the embedding's LoRA off).
+    policy = ChatPolicy.load(str(model_dir), device="cpu", lora=LoraSettings(r=4, alpha=8,
+                             target_modules=["embed_tokens", "q_proj"]), sampling=Sampling(max_new_tokens=12))
+    assert not policy._pristine
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_embedding" in name:
+                p.add_(2.0 * torch.randn_like(p))
+    ids, mask = policy._left_pad([policy.encode(c) for c in CONVERSATIONS])
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        live = policy.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=True, top_k=0,
+                                     pad_token_id=policy.pad_id, eos_token_id=policy.eos_ids)
+    expected = [row[: next((i + 1 for i, t in enumerate(row) if t in policy.eos_ids), len(row))]
+                for row in live[:, ids.shape[1]:].tolist()]
+    assert [s.ids for s in policy.generate(CONVERSATIONS, seed=5)] == expected
+    with policy.base_model():
+        assert [s.ids for s in policy.generate(CONVERSATIONS, seed=5)] != expected, "the adapter changed nothing"
