@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from transformers import GenerationConfig
@@ -77,11 +79,7 @@ def test_lean_sampling_returns_the_tokens_generate_samples(model, models, monkey
         for base in (False, True):
             for sampling in (Sampling(max_new_tokens=40), Sampling(temperature=0.0, max_new_tokens=40)):
                 for seed in (0, 1):
-                    if base:
-                        with policy.base_model():
-                            lean = policy.generate(conversations, seed=seed, sampling=sampling)
-                            reference = _with_generate(policy, monkeypatch, conversations, seed=seed, sampling=sampling)
-                    else:
+                    with policy.base_model() if base else contextlib.nullcontext():
                         lean = policy.generate(conversations, seed=seed, sampling=sampling)
                         reference = _with_generate(policy, monkeypatch, conversations, seed=seed, sampling=sampling)
                     assert [(s.ids, s.text, s.finished) for s in lean] == \
@@ -123,7 +121,11 @@ def test_rows_stop_at_eos_or_at_the_token_limit(monkeypatch) -> None:
         assert len(s.ids) <= 40 and (s.ids[-1] in policy.eos_ids) == s.finished
 
 
-def test_generate_runs_what_the_lean_loop_does_not_mirror(random_dir, monkeypatch) -> None:
+def test_generate_runs_what_the_lean_loop_does_not_mirror(random_dir, qwen2_dir, monkeypatch) -> None:
+    qwen2 = _policy(str(qwen2_dir))
+    assert decoding.supports(qwen2.model, temperature=1.0, top_k=0, top_p=1.0)
+    qwen2.model.config.layer_types = ["sliding_attention", "full_attention"]  # transformers masks those differently
+    assert not decoding.supports(qwen2.model, temperature=1.0, top_k=0, top_p=1.0)
     policy = _policy(str(random_dir))
     for settings in ({"temperature": 0.7, "top_k": 0, "top_p": 1.0}, {"temperature": 1.0, "top_k": 5, "top_p": 1.0},
                      {"temperature": 1.0, "top_k": 0, "top_p": 0.9}):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from sdpo_env import decoding
 from sdpo_env.hindsight import hindsight_messages
 from sdpo_env.personas import Preference
 from sdpo_env.prompts import load_prompts
@@ -62,9 +63,13 @@ class Sampler:
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)  # (B, T) left pad
             mask = (torch.arange(width, device=self.device)[None] >= torch.tensor(
                 [width - len(p) for p in prompts], device=self.device)[:, None]).long()
-            gen = self.model.generate(  # type: ignore[operator]
-                input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                max_new_tokens=MAX_NEW_TOKENS, eos_token_id=eos, pad_token_id=pad)
+            if decoding.supports(self.model, temperature=1.0, top_k=0, top_p=1.0):  # generate's tokens, faster
+                gen = decoding.sample(self.model, ids, mask, max_new_tokens=MAX_NEW_TOKENS, eos_ids=[eos], pad_id=pad,
+                                      greedy=False)
+            else:
+                gen = self.model.generate(  # type: ignore[operator]
+                    input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                    max_new_tokens=MAX_NEW_TOKENS, eos_token_id=eos, pad_token_id=pad)
             for row in gen[:, width:].tolist():
                 ended = eos in row
                 tokens = row[: row.index(eos)] if ended else row
