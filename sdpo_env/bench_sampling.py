@@ -46,13 +46,13 @@ def hf_generate() -> Iterator[None]:
 
 
 def bench(folder: str, *, batch_size: int, max_new_tokens: int, rounds: int) -> dict[str, float]:
-    """Per-token times of both ways (median over rounds), their ratio, and the share of rounds with equal tokens."""
+    """Per-step times of both ways (median over rounds), their ratio, and the share of rounds with equal tokens."""
     sampling = Sampling(max_new_tokens=max_new_tokens)
     policy = ChatPolicy.load(folder, device="cpu", lora=LoraSettings(), sampling=sampling)
     if not decoding.supports(policy.model, temperature=1.0, top_k=0, top_p=1.0):
         raise SystemExit(f"{folder}: the lean loop does not mirror this model; generate would run both times")
     conversations = [list(p.messages) for p in load_prompts("eval")[:batch_size]]
-    per_token: dict[str, list[float]] = {"lean": [], "generate": []}
+    per_step: dict[str, list[float]] = {"lean": [], "generate": []}
     same = 0
     for r in range(rounds):
         ids = {}
@@ -62,9 +62,9 @@ def bench(folder: str, *, batch_size: int, max_new_tokens: int, rounds: int) -> 
                 samples = policy.generate(conversations, seed=r)
                 elapsed = time.perf_counter() - started
             ids[name] = [s.ids for s in samples]
-            per_token[name].append(elapsed / max(1, max(len(s.ids) for s in samples)))  # per sampling step
+            per_step[name].append(elapsed / max(1, max(len(s.ids) for s in samples)))  # per sampling step
         same += ids["lean"] == ids["generate"]
-    lean, generate = (statistics.median(per_token[k]) for k in ("lean", "generate"))
+    lean, generate = (statistics.median(per_step[k]) for k in ("lean", "generate"))
     return {"lean_ms": 1000 * lean, "generate_ms": 1000 * generate, "ratio": generate / lean,
             "same_tokens": same / rounds, "parameters_m": sum(p.numel() for p in policy.model.parameters()) / 1e6}
 
