@@ -138,6 +138,7 @@ def test_auto_keeps_the_tiny_model_on_the_cpu_even_where_cuda_is_there(monkeypat
     assert ChatPolicy.load("tiny", device="auto").device.type == "cpu"
 
 
+@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`:UserWarning")  # peft's note on tied LoRA
 def test_sampling_keeps_an_adapter_that_merging_cannot_cover(model_dir) -> None:
     # LoRA on the embedding as well: merging only covers linear layers, so sampling must run the live adapter
     # (before this was handled, sampling merged the linear layers and switched the embedding's LoRA off).
