@@ -51,8 +51,9 @@ def models(random_dir, qwen2_dir):
     return {"random": str(random_dir), "qwen2": str(qwen2_dir), "tiny": "tiny"}
 
 
-def _policy(name: str) -> ChatPolicy:
-    policy = ChatPolicy.load(name, device="cpu", lora=LoraSettings(r=4, alpha=8), sampling=Sampling(max_new_tokens=40))
+def _policy(name: str, dtype: str = "auto") -> ChatPolicy:
+    policy = ChatPolicy.load(name, device="cpu", dtype=dtype, lora=LoraSettings(r=4, alpha=8),
+                             sampling=Sampling(max_new_tokens=40))
     torch.manual_seed(0)
     with torch.no_grad():  # an adapter that changes the policy, so the adapted and the base views differ
         for p in policy.trainable_parameters():
@@ -90,11 +91,13 @@ def test_lean_sampling_returns_the_tokens_generate_samples(model, models, monkey
     assert [s.ids for s in base] != [s.ids for s in policy.generate(PROMPTS, seed=0)], "the views must differ"
 
 
-@pytest.mark.parametrize("model", ["random", "qwen2", "tiny"])
-def test_every_step_computes_the_logits_generate_computes(model, models) -> None:
+@pytest.mark.parametrize(("model", "dtype"), [("random", "auto"), ("qwen2", "auto"), ("tiny", "auto"),
+                                              ("tiny", "bfloat16")])
+def test_every_step_computes_the_logits_generate_computes(model, dtype, models) -> None:
     # Tokens can agree while logits drift by rounding (a position off by the padding still rotates every query and
     # key alike); the logits of every step must be equal to the bit.
-    policy = _policy(models[model])
+    policy = _policy(models[model], dtype)
+    assert policy.model.dtype == (torch.bfloat16 if dtype == "bfloat16" else torch.float32)
     ids, mask = policy._left_pad([policy.encode(c) for c in PROMPTS])
     with policy._merged_for_sampling(), torch.random.fork_rng():
         torch.manual_seed(0)
