@@ -208,3 +208,19 @@ def sample(model: Any, ids: torch.Tensor, attention: torch.Tensor, *, max_new_to
         attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=-1)
         positions = positions[:, -1:] + 1
         logits = _forward(w, tokens[:, None], positions, _mask(attention, 1), cache)
+
+
+def generate_ids(model: Any, ids: torch.Tensor, attention: torch.Tensor, *, max_new_tokens: int, eos_ids: list[int],
+                 pad_id: int, temperature: float, top_k: int, top_p: float, lean: bool = True) -> torch.Tensor:
+    """What ``model.generate`` returns for these settings (temperature 0 = greedy): the lean loop's output where
+    :func:`supports` says it mirrors ``generate`` and ``lean`` allows it (the caller's adapter is merged or off),
+    else ``generate``'s own."""
+    if lean and supports(model, temperature=temperature, top_k=top_k, top_p=top_p):
+        return sample(model, ids, attention, max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
+                      greedy=temperature == 0)
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": pad_id, "eos_token_id": eos_ids}
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return model.generate(input_ids=ids, attention_mask=attention, **kwargs)

@@ -63,13 +63,8 @@ class Sampler:
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)  # (B, T) left pad
             mask = (torch.arange(width, device=self.device)[None] >= torch.tensor(
                 [width - len(p) for p in prompts], device=self.device)[:, None]).long()
-            if decoding.supports(self.model, temperature=1.0, top_k=0, top_p=1.0):  # generate's tokens, faster
-                gen = decoding.sample(self.model, ids, mask, max_new_tokens=MAX_NEW_TOKENS, eos_ids=[eos], pad_id=pad,
-                                      greedy=False)
-            else:
-                gen = self.model.generate(  # type: ignore[operator]
-                    input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                    max_new_tokens=MAX_NEW_TOKENS, eos_token_id=eos, pad_token_id=pad)
+            gen = decoding.generate_ids(self.model, ids, mask, max_new_tokens=MAX_NEW_TOKENS, eos_ids=[eos],
+                                        pad_id=pad, temperature=1.0, top_k=0, top_p=1.0)
             for row in gen[:, width:].tolist():
                 ended = eos in row
                 tokens = row[: row.index(eos)] if ended else row
