@@ -111,6 +111,9 @@ class EvalConfig:
     samples_per_prompt: int = option(1, "policy answers sampled per held-out prompt", min=1)
     bootstrap: int = option(1000, "bootstrap resamples for the win-rate CI", min=10)
     oracle: bool = option(True, "also evaluate the in-context oracle (base model + profile) as a reference line")
+    background: str = option("auto", "evaluate in a second process while the loop goes on: 'auto' (on a CPU with 2+ "
+                             "cores, a judge without LLM calls, 100+ interactions), 'always', 'never'",
+                             choices=("auto", "always", "never"))
 
 
 @dataclass
@@ -144,6 +147,9 @@ class RunConfig:
     def check(self) -> list[tuple[str, str]]:
         if not isinstance(self.agent.get("name"), str) or not self.agent["name"]:
             return [("agent.name", f"got {self.agent.get('name')!r}; name a learner, e.g. agent=sdpo")]
+        if self.eval.background == "always" and self.judge.backend in LLM_BACKENDS:
+            return [("eval.background", f"'always' needs a judge without LLM calls (judge.backend={self.judge.backend} "
+                     "keeps its cost meter and call cache in the loop's process); use auto or never")]
         return []
 
 

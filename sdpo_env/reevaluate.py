@@ -34,11 +34,12 @@ from agents import make_learner, set_persona
 from sdpo_env.cli import command_main
 from sdpo_env.config import COMMAND_LINE, command_line_config, option, resolve_config
 from sdpo_env.errors import ConfigError, Problem
+from sdpo_env.evaluation import evaluation_seed, phases_to_judge
 from sdpo_env.judges import JUDGES
 from sdpo_env.judges.evaluate import WinRateEvaluator
 from sdpo_env.llm.setup import LLMComponents, check_keys
 from sdpo_env.prompts import load_prompts
-from sdpo_env.run import evaluation_seed, load_policy, phases_to_judge, run_scenario
+from sdpo_env.run import load_policy, run_scenario
 from sdpo_env.runfolder import RunFolder
 
 SHOWN = ("win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "valid_rate", "ceiling")

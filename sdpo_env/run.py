@@ -18,7 +18,9 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import ExitStack
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -27,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agents import make_learner, set_persona
-from agents.base import Transition, resolved_learner_options
+from agents.base import OnlineLearner, Transition, resolved_learner_options
 from agents.icl_oracle import InContextOracle
 from sdpo_env.cli import command_main
 from sdpo_env.config import (
@@ -47,14 +49,16 @@ from sdpo_env.errors import (
     RunInterrupted,
     SdpoEnvError,
 )
+from sdpo_env.evaluation import Evaluation, evaluation_worker, in_background
 from sdpo_env.judges import JUDGES
+from sdpo_env.judges.base import PairwiseJudge
 from sdpo_env.judges.evaluate import WinRateEvaluator
 from sdpo_env.llm.setup import LLMComponents, check_keys
 from sdpo_env.plots import plot_preferences, plot_win_rate
 from sdpo_env.policy import ChatPolicy, Sampling
 from sdpo_env.prompts import load_prompts
 from sdpo_env.runfolder import RunFolder
-from sdpo_env.scenarios import Phase, Scenario, load_scenario
+from sdpo_env.scenarios import Scenario, load_scenario
 
 HEADLINE = ("win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "sat/all", "ceiling", "valid_rate")
 
@@ -85,11 +89,13 @@ class Interruption:
 
     def __init__(self) -> None:
         self.error: SdpoEnvError | None = None
-        self.safe: tuple[int, dict[str, Any], int, int] = (0, {}, 0, -1)
+        self.safe: tuple[int, dict[str, Any], int, int, dict[str, list[float]]] = (0, {}, 0, -1, {})
         self.response: str | None = None  # the answer of the interaction in progress, once the learner gave it
 
-    def mark(self, t: int, env_state: dict[str, Any], n_rows: int, last_eval: int) -> None:
-        self.safe = (t, env_state, n_rows, last_eval)
+    def mark(self, t: int, env_state: dict[str, Any], n_rows: int, last_eval: int,
+             window: dict[str, list[float]]) -> None:
+        """The state before interaction ``t`` and its evaluation, if any (which empties the metrics window)."""
+        self.safe = (t, env_state, n_rows, last_eval, {k: list(v) for k, v in window.items()})
         self.response = None
 
     def __enter__(self) -> Interruption:
@@ -181,18 +187,24 @@ def load_policy(config: RunConfig) -> ChatPolicy:
                            sampling=sampling)
 
 
-def evaluation_seed(seed: int, k: int) -> int:
-    """Seeds the policy's answers in the evaluation after ``k`` interactions of a run with ``seed``."""
-    return seed * 100_003 + k
+def build_evaluation(config: RunConfig, scenario: Scenario, n: int, policy: ChatPolicy, learner: OnlineLearner,
+                     judge: PairwiseJudge) -> Evaluation:
+    """The run's evaluation: held-out prompts, the win-rate evaluator and (unless the learner is it) the oracle."""
+    prompts = load_prompts(scenario.spec.prompts.eval)[: config.eval.n_prompts]
+    evaluator = WinRateEvaluator(policy, judge, prompts, samples_per_prompt=config.eval.samples_per_prompt,
+                                 seed=config.seed, bootstrap=config.eval.bootstrap)
+    wants_oracle = config.eval.oracle and config.agent["name"] != "icl_oracle"
+    oracle = InContextOracle(policy, seed=config.seed) if wants_oracle else None
+    return Evaluation(scenario, n, config.seed, learner, evaluator, oracle)
 
 
-def phases_to_judge(scenario: Scenario, k: int, n: int) -> list[Phase]:
-    """The phases whose preferences an evaluation after ``k`` of ``n`` interactions judges under: those the policy
-    last learned from, and at a persona change also the new ones."""
-    phases = [scenario.phase_at(max(k - 1, 0))]
-    if 0 < k < n and scenario.phase_at(k).index != phases[0].index:
-        phases.append(scenario.phase_at(k))
-    return phases
+def worker_evaluation(config: RunConfig, n: int, folder: str) -> Evaluation:
+    """The evaluation an :class:`EvaluationWorker` builds for the run: the same parts, loaded in the worker."""
+    scenario = run_scenario(config)
+    policy = load_policy(config)
+    learner = make_learner(config.agent, policy, seed=config.seed)
+    judge = JUDGES.get(config.judge.backend)(**LLMComponents(config, folder).judge_kwargs())
+    return build_evaluation(config, scenario, n, policy, learner, judge)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -204,6 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args: Sequence[str], console: Console) -> int:
+    with ExitStack() as cleanup:  # stops the evaluation worker, if any, however the run ends
+        return _run(args, console, cleanup)
+
+
+def _run(args: Sequence[str], console: Console, cleanup: ExitStack) -> int:
     config, scenario, folder, resuming = prepare(args)
     n = config.n_interactions or scenario.n_interactions
     policy = load_policy(config)
@@ -212,11 +229,10 @@ def run(args: Sequence[str], console: Console) -> int:
     env = PersonalizationEnv(scenario, n_interactions=n, simulator=config.simulator.backend,
                              simulator_kwargs=llm.simulator_kwargs())
     judge = JUDGES.get(config.judge.backend)(**llm.judge_kwargs())
-    prompts = load_prompts(scenario.spec.prompts.eval)[: config.eval.n_prompts]
-    evaluator = WinRateEvaluator(policy, judge, prompts, samples_per_prompt=config.eval.samples_per_prompt,
-                                 seed=config.seed, bootstrap=config.eval.bootstrap)
-    wants_oracle = config.eval.oracle and config.agent["name"] != "icl_oracle"
-    oracle = InContextOracle(policy, seed=config.seed) if wants_oracle else None
+    evaluation = build_evaluation(config, scenario, n, policy, learner, judge)
+    evaluator = evaluation.evaluator
+    worker = cleanup.enter_context(evaluation_worker(partial(worker_evaluation, config, n, str(folder.path)),
+                                                     enabled=in_background(config, n, policy.device)))
     points = evaluation_points(n, config.eval.every, scenario)
 
     obs, _ = env.reset(seed=config.seed)
@@ -242,39 +258,39 @@ def run(args: Sequence[str], console: Console) -> int:
     timings: dict[str, float] = defaultdict(float, state["timings"] if state else {})
     rows = folder.read_jsonl(folder.metrics)
 
-    oracle_cache: dict[str, dict[str, float]] = {}
-
-    def oracle_metrics(persona: Any) -> dict[str, float]:
-        """The oracle never learns: with a fixed seed its score changes only with the persona, so compute it once."""
-        if persona.name not in oracle_cache:
-            assert oracle is not None
-            oracle.set_persona(persona)
-            with policy.base_model():
-                reference, _ = evaluator.evaluate(lambda c, s: oracle.answer(c, seed=s), persona,
-                                                  seed=config.seed * 100_003 + 99_991)
-            oracle_cache[persona.name] = {f"oracle/{m}": reference[m]
-                                          for m in ("win_rate", "win_rate_excl_ties", "sat/all")}
-        return oracle_cache[persona.name]
-
-    def evaluate(k: int) -> None:
-        started = time.perf_counter()
-        summary = {k2: float(np.mean(v)) for k2, v in sorted(window.items()) if v}  # sorted: stable across resumes
-        for phase in phases_to_judge(scenario, k, n):
-            set_persona(learner, phase.persona)
-            metrics, _ = evaluator.evaluate(lambda c, s: learner.answer(c, seed=s), phase.persona,
-                                            seed=evaluation_seed(config.seed, k))
-            if oracle is not None:
-                metrics.update(oracle_metrics(phase.persona))
-            row = {"interaction": k, "phase": phase.index, "persona": phase.persona.name, **metrics, **summary}
+    def record(new_rows: list[dict[str, Any]]) -> None:
+        for row in new_rows:
             folder.append(folder.metrics, row)
             rows.append(row)
             for message in degenerate(row):
                 console.print(f"[yellow]warning:[/] {message}")
+
+    def evaluate(k: int) -> None:
+        """Evaluates after ``k`` interactions, or hands the evaluation to the worker."""
+        started = time.perf_counter()
+        summary = {k2: float(np.mean(v)) for k2, v in sorted(window.items()) if v}  # sorted: stable across resumes
         window.clear()
-        timings["evaluation_s"] += time.perf_counter() - started
+        if worker is None:
+            record(evaluation.rows(k, summary))
+            timings["evaluation_s"] += time.perf_counter() - started
+        else:
+            worker.submit(k, learner.state_dict(), evaluator.state_dict(), summary)
+        timings["evaluation_wait_s"] += time.perf_counter() - started
         timings["evaluations"] += 1
 
+    def collect(wait: bool) -> None:
+        """Writes the worker's rows once its evaluation is done; ``wait`` waits for it."""
+        if worker is None or worker.pending is None or not (wait or worker.ready()):
+            return
+        started = time.perf_counter()
+        done = worker.result()
+        evaluator.load_state_dict(done.evaluator)  # the base answers, once the worker has written them
+        record(done.rows)
+        timings["evaluation_s"] += done.seconds
+        timings["evaluation_wait_s"] += time.perf_counter() - started
+
     def checkpoint(t: int, env_state: dict[str, Any] | None = None, pending: str | None = None) -> None:
+        collect(wait=True)  # an evaluation at or before t is part of the state at t
         folder.save_checkpoint({"t": t, "learner": learner.state_dict(), "env": env_state or env.get_state(),
                                 "evaluator": evaluator.state_dict(), "n_metric_lines": len(rows),
                                 "window": dict(window), "last_eval": last_eval, "timings": dict(timings),
@@ -287,8 +303,10 @@ def run(args: Sequence[str], console: Console) -> int:
     with StopRequest() as stop, Progress(*columns, console=console, transient=False) as progress, interruption:
         task = progress.add_task(scenario.name, total=n, completed=t0, status="")
         for t in range(t0, n + 1):
-            interruption.mark(t, env.get_state(), len(rows), last_eval)
-            if t in points and t > last_eval:
+            due = t in points and t > last_eval
+            collect(wait=due)  # the worker's last rows, before the consistent point below counts them
+            interruption.mark(t, env.get_state(), len(rows), last_eval, window)
+            if due:
                 evaluate(t)
                 last_eval = t
             if t == n:
@@ -325,9 +343,13 @@ def run(args: Sequence[str], console: Console) -> int:
                 stopped = True
                 break
     if interruption.error is not None:  # back to the last consistent point: the interrupted step is redone
-        t, env_state, n_rows, last_eval = interruption.safe
+        t, env_state, n_rows, last_eval, saved_window = interruption.safe
+        window.clear()
+        window.update(saved_window)  # the redone evaluation summarises the same interactions
         del rows[n_rows:]
         folder.truncate(folder.metrics, n_rows)  # rows of an evaluation cut short are redone on resume
+        if worker is not None and worker.pending is not None and worker.pending > last_eval:
+            worker.result()  # started after the consistent point: redone on resume too
         checkpoint(t, env_state, pending=interruption.response)  # the learner's state is the one after acting
         llm.close()
         console.print(f"[red]stopped at interaction {t}:[/] {interruption.error}\ncheckpoint written "
@@ -377,7 +399,8 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
         "timings": {"interaction_s_mean": total / max(n, 1), "act_s": timings.get("act_s", 0),
                     "env_s": timings.get("env_s", 0), "observe_s": timings.get("observe_s", 0),
                     "evaluation_s": timings.get("evaluation_s", 0), "evaluations": timings.get("evaluations", 0),
-                    "total_s": total + timings.get("evaluation_s", 0)},
+                    "evaluation_wait_s": timings.get("evaluation_wait_s", 0),  # evaluation_s less the worker's overlap
+                    "total_s": total + timings.get("evaluation_wait_s", 0)},
         "cost": cost or {},
     }
     folder.write_summary(summary)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from rich.console import Console
 
@@ -95,12 +96,29 @@ def _wait_for_lines(path: Path, n: int, proc, timeout: float = 300) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_an_uninterrupted_run(model_dir, scenario_file, tmp_path) -> None:
+def test_the_evaluation_worker_writes_the_rows_the_loop_writes(model_dir, scenario_file, tmp_path) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the worker's thread count everywhere, so only the process differs
+    try:
+        assert main(args_for(model_dir, scenario_file, tmp_path / "loop", "eval.background=never")) == 0
+        assert main(args_for(model_dir, scenario_file, tmp_path / "worker", "eval.background=always")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("metrics.jsonl", "interactions.jsonl"):
+        assert (tmp_path / "worker" / name).read_text() == (tmp_path / "loop" / name).read_text()
+    timings = json.loads((tmp_path / "worker" / "summary.json").read_text())["timings"]
+    assert timings["evaluations"] == 5 and timings["evaluation_s"] > 0
+    assert torch.get_num_threads() == threads
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("background", ["never", "always"])
+def test_sigkill_then_resume_matches_an_uninterrupted_run(model_dir, scenario_file, tmp_path, background) -> None:
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert main(args_for(model_dir, scenario_file, straight)) == 0
+    assert main(args_for(model_dir, scenario_file, straight, f"eval.background={background}")) == 0
     kill_at = int(np.random.default_rng().integers(4, 14))  # a random interaction, past the first checkpoint
     with open(tmp_path / "log.txt", "w") as log:
-        proc = _spawn(args_for(model_dir, scenario_file, killed), log)
+        proc = _spawn(args_for(model_dir, scenario_file, killed, f"eval.background={background}"), log)
         _wait_for_lines(killed / "interactions.jsonl", kill_at, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -157,6 +157,43 @@ def test_an_outage_checkpoints_and_the_resumed_run_matches_an_uninterrupted_one(
     assert (out / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
 
 
+@pytest.mark.parametrize(("background", "failing_call"), [("always", 3), ("always", 4), ("never", 4)])
+def test_an_outage_keeps_the_evaluations_before_it_and_redoes_the_one_it_cut(model_dir, scenario_file, tmp_path,
+                                                                             keys, background, failing_call) -> None:
+    # The simulator fails at interaction failing_call - 1. At 2, the worker's evaluation at 0 is part of the
+    # checkpoint; at 3, the evaluation at 3 (in the worker or in the loop) started after the consistent point and is
+    # redone on resume, over the same window of interactions.
+    state = {"simulator_calls": 0, "down": False}
+
+    def plan(call: Call) -> str:
+        if call.role == "simulator" and call.attempt == 0:
+            state["simulator_calls"] += 1
+            state["down"] = state["down"] or state["simulator_calls"] == failing_call
+        return "529" if state["down"] else "ok"
+
+    def args(server: FakeLLMServer, out: Path, *extra: str) -> list[str]:
+        return [f"scenario={scenario_file}", f"policy.model={model_dir}", "policy.max_new_tokens=12", "eval.every=3",
+                "eval.n_prompts=4", "eval.bootstrap=50", "checkpoint_every=3", "agent.batch_size=2",
+                f"eval.background={background}", f"out_dir={out}", "simulator.backend=anthropic",
+                "simulator.model=claude-haiku-4-5", f"simulator.base_url={server.anthropic_url}",
+                "simulator.max_retries=1", "simulator.timeout_s=0.5", *extra]
+
+    straight, out = tmp_path / "straight", tmp_path / "outage"
+    with FakeLLMServer(KEY) as server:
+        assert main(args(server, straight)) == 0
+    with FakeLLMServer(KEY, plan) as server:
+        assert main(args(server, out)) == 3
+        checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+        assert checkpoint["t"] == failing_call - 1
+        metrics = read_jsonl(out / "metrics.jsonl")
+        assert [r["interaction"] for r in metrics] == [0] and checkpoint["n_metric_lines"] == 1
+        assert checkpoint["last_eval"] == 0
+        state["down"] = False
+        assert main([f"resume={out}"]) == 0
+    for name in ("interactions.jsonl", "metrics.jsonl"):
+        assert (out / name).read_text() == (straight / name).read_text()
+
+
 def test_budget_stops_with_a_checkpoint_and_resumes_with_a_larger_one(model_dir, scenario_file, tmp_path, keys,
                                                                       capsys) -> None:
     out = tmp_path / "budget"

@@ -1,0 +1,92 @@
+"""The evaluation worker: what fails in it is reported, and when ``eval.background=auto`` uses it.
+
+That the worker's rows equal the loop's, and that runs with it resume exactly, is in ``tests/test_run.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import pytest
+import torch
+
+from sdpo_env.config import RunConfig, load_run_config
+from sdpo_env.errors import ConfigError, SdpoEnvError
+from sdpo_env.evaluation import AUTO_MIN_INTERACTIONS, Evaluation, EvaluationWorker, in_background
+
+
+def _broken_build(message: str) -> Evaluation:
+    raise ValueError(message)
+
+
+def test_a_worker_that_cannot_start_says_why() -> None:
+    with EvaluationWorker(partial(_broken_build, "no such model folder: /nowhere")) as worker:
+        worker.submit(25, {}, {}, {})
+        with pytest.raises(SdpoEnvError) as caught:
+            worker.result()
+    text = str(caught.value)
+    assert text.startswith("the evaluation after 25 interactions failed in the evaluation worker:\nwhile starting:")
+    assert "ValueError: no such model folder: /nowhere" in text
+    assert worker.pending is None
+
+
+def test_a_worker_that_died_is_reported_with_its_exit_code() -> None:
+    worker = EvaluationWorker(partial(_broken_build, "unused"))
+    worker._process.kill()
+    worker._process.join()
+    with pytest.raises(SdpoEnvError, match=r"the evaluation worker stopped \(exit code -9\) during the evaluation "
+                                           r"after 50 interactions; run with eval.background=never"):
+        worker.submit(50, {}, {}, {})
+    worker.close()
+
+
+class _Stalls:
+    """Stands in for an Evaluation whose evaluation never ends."""
+
+    def __init__(self) -> None:
+        self.learner = self.evaluator = self
+
+    def load_state_dict(self, state: dict) -> None:
+        time.sleep(600)
+
+
+def _stalling_build() -> _Stalls:
+    return _Stalls()
+
+
+def test_a_worker_that_dies_during_an_evaluation_is_reported() -> None:
+    worker = EvaluationWorker(_stalling_build)  # type: ignore[arg-type]
+    worker.submit(75, {}, {}, {})
+    worker._process.kill()
+    with pytest.raises(SdpoEnvError, match=r"^the evaluation worker stopped \(exit code -9\) during the evaluation "
+                                           r"after 75 interactions"):
+        worker.result()
+    worker.close()
+
+
+def _config(*args: str) -> RunConfig:
+    return load_run_config(list(args))[0]
+
+
+@pytest.mark.parametrize(("args", "n", "device", "cores", "expected"), [
+    ((), AUTO_MIN_INTERACTIONS, "cpu", 2, True),
+    ((), AUTO_MIN_INTERACTIONS - 1, "cpu", 2, False),  # too short to pay for the worker's start
+    ((), 500, "cpu", 1, False),  # one core: the worker would only take turns with the loop
+    ((), 500, "cuda", 16, False),
+    (("judge.backend=openai", "judge.model=gpt-4o-mini"), 500, "cpu", 2, False),  # the cost meter is the loop's
+    (("eval.background=never",), 500, "cpu", 2, False),
+    (("eval.background=always",), 10, "cuda", 1, True),
+])
+def test_auto_uses_the_worker_for_long_cpu_runs_with_a_local_judge(monkeypatch, args, n, device, cores,
+                                                                    expected) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    assert in_background(_config(*args), n, torch.device(device)) is expected
+
+
+def test_always_refuses_a_judge_that_calls_an_llm() -> None:
+    with pytest.raises(ConfigError) as caught:
+        _config("eval.background=always", "judge.backend=anthropic", "judge.model=claude-haiku-4-5")
+    assert [(p.key, p.message) for p in caught.value.problems] == [(
+        "eval.background", "'always' needs a judge without LLM calls (judge.backend=anthropic keeps its cost meter and "
+                           "call cache in the loop's process); use auto or never")]
