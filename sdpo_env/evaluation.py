@@ -151,7 +151,13 @@ class EvaluationWorker:
         context = multiprocessing.get_context("spawn")  # not fork: the loop's process has threads (torch, rich)
         self._connection, theirs = context.Pipe()
         self._process = context.Process(target=_serve, args=(build, theirs), name="sdpo_env-evaluation", daemon=True)
-        self._process.start()
+        # Ctrl-C in a terminal reaches the whole process group; it is the loop's to handle (a checkpoint, then it
+        # stops the worker). Ignored when the worker starts, it stays ignored while Python starts there.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            self._process.start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
         theirs.close()
         self.pending: int | None = None  # the interaction of the evaluation in progress
 
@@ -215,7 +221,6 @@ class EvaluationWorker:
 
 def _serve(build: Callable[[], Evaluation], connection: Any) -> None:
     """The worker's loop: one request (learner state, interaction, window summary) in, one reply out."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the loop's to handle; it stops the worker itself
     torch.set_num_threads(1)  # the loop keeps the other core(s)
     warnings.simplefilter("ignore")  # the loop's process has shown the same warnings while loading the same parts
     hf_logging.disable_progress_bar()  # the weights' loading bar would cut through the loop's progress line

@@ -79,9 +79,21 @@ def test_run_writes_the_run_folder(model_dir, scenario_file, tmp_path) -> None:
 
 
 def _spawn(args, log):
+    """The run in a process group of its own (with its evaluation worker, if any), as a terminal starts it."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "sdpo_env.run", *args], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_until_the_group_is_gone(group: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError("a process of the run (the evaluation worker?) outlived it")
 
 
 def _wait_for_lines(path: Path, n: int, proc, timeout: float = 300) -> None:
@@ -122,6 +134,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(model_dir, scenario_fi
         _wait_for_lines(killed / "interactions.jsonl", kill_at, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        _wait_until_the_group_is_gone(proc.pid)  # an orphaned worker stops by itself
     assert len(read_jsonl(killed / "interactions.jsonl")) < 16, "the run finished before the kill"
     assert main([f"resume={killed}"]) == 0
     assert (killed / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
@@ -129,15 +142,18 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(model_dir, scenario_fi
 
 
 @pytest.mark.slow
-def test_ctrl_c_checkpoints_and_exits_cleanly(model_dir, scenario_file, tmp_path) -> None:
+@pytest.mark.parametrize("background", ["never", "always"])
+def test_ctrl_c_checkpoints_and_exits_cleanly(model_dir, scenario_file, tmp_path, background) -> None:
     out = tmp_path / "interrupted"
     with open(tmp_path / "log.txt", "w") as log:
-        proc = _spawn(args_for(model_dir, scenario_file, out), log)
+        proc = _spawn(args_for(model_dir, scenario_file, out, f"eval.background={background}"), log)
         _wait_for_lines(out / "interactions.jsonl", 5, proc)
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the worker gets it too
         assert proc.wait(timeout=120) == 130
+        _wait_until_the_group_is_gone(proc.pid)
     text = (tmp_path / "log.txt").read_text()
     assert f"python -m sdpo_env.run resume={out}" in text
+    assert "Traceback" not in text  # the worker shares the log: it must not die of the Ctrl-C
     done = len(read_jsonl(out / "interactions.jsonl"))
     assert 5 <= done < 16
     assert main([f"resume={out}"]) == 0
