@@ -2,15 +2,17 @@
 
 On a model as small as the shipped tiny one, a generated token is a chain of ~200 tiny tensor operations, and most of
 the time goes to the Python around them: module calls, keyword plumbing, the cache object, mask building, the
-generation loop's bookkeeping. This loop runs the same operations in the same order on the same weights with the same
-shapes (a matrix product's rounding can depend on its shape), and draws from the RNG exactly as ``generate`` does (one
-``torch.multinomial`` over the batch per token), so a seeded call computes the logits ``generate`` would, bit for bit,
-and returns the same tokens (``tests/test_decoding.py`` checks both against ``generate`` on a Llama with and without
-grouped-query attention and on a Qwen2, with and without padding, adapted and base, on the CPU; CUDA runs the same
-code but is not checked here). Keys and values go into buffers sized for the whole call, where ``generate``'s cache
-copies itself into a longer tensor every step. Anything the loop does not mirror (another architecture, sliding-window
-attention, another attention implementation or device, rope scaling, sampling warpers, a generation config with
-extra rules) is left to ``generate``; ``SDPO_ENV_HF_GENERATE=1`` sends everything there.
+generation loop's bookkeeping. This loop runs the same arithmetic in the same order on the same weights with the same
+shapes (a matrix product's rounding can depend on its shape; the rotary embedding's ``rotate_half(x) * sin`` becomes
+a roll of x times a sine with its first half negated, the same products since negation is exact), and draws from the
+RNG exactly as ``generate`` does (one ``torch.multinomial`` over the batch per token), so a seeded call computes the
+logits ``generate`` would, bit for bit, and returns the same tokens (``tests/test_decoding.py`` checks both against
+``generate`` on a Llama with and without grouped-query attention and on a Qwen2, with and without padding, adapted
+and base, on the CPU; CUDA runs the same code but is not checked here). Keys and values go into buffers sized for the
+whole call, where ``generate``'s cache copies itself into a longer tensor every step. Anything the loop does not
+mirror (another architecture, sliding-window attention, another attention implementation or device, rope scaling,
+sampling warpers, a generation config with extra rules) is left to ``generate``; ``SDPO_ENV_HF_GENERATE=1`` sends
+everything there.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class _Weights:
         model = _causal_lm(model)
         inner = model.model
         self.embed = inner.embed_tokens.weight
-        self.rotary = inner.rotary_emb
+        self.inv_freq, self.rope_scaling = inner.rotary_emb.inv_freq.float(), inner.rotary_emb.attention_scaling
         self.norm = (inner.norm.weight, inner.norm.variance_epsilon)
         self.head = _linear(model.lm_head)
         self.layers = []
@@ -79,17 +81,29 @@ class _Weights:
 
 
 def _rms_norm(x: torch.Tensor, weight_eps: tuple[torch.Tensor, float]) -> torch.Tensor:
-    weight, eps = weight_eps  # LlamaRMSNorm.forward, op for op
+    weight, eps = weight_eps  # LlamaRMSNorm.forward, op for op (the casts only when they change the dtype)
     dtype = x.dtype
-    x = x.to(torch.float32)
+    if dtype != torch.float32:
+        x = x.to(torch.float32)
     variance = x.pow(2).mean(-1, keepdim=True)
     x = x * torch.rsqrt(variance + eps)
-    return weight * x.to(dtype)
+    return weight * (x if dtype == torch.float32 else x.to(dtype))
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def _rotary(w: _Weights, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cos`` and a signed ``sin`` (B, 1, q, D) such that ``_rotate(x, cos, sin)`` is transformers'
+    ``apply_rotary_pos_emb`` for one of q or k: its rotary module's arithmetic, on the same shapes."""
+    freqs = positions[..., None].float() * w.inv_freq  # (B, q, D/2)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = (emb.cos() * w.rope_scaling).to(dtype), (emb.sin() * w.rope_scaling).to(dtype)
+    half = sin.shape[-1] // 2
+    # rotate_half(x) * sin = cat(-x2, x1) * sin = roll(x) * cat(-sin1, sin2): negation is exact, so no bit changes
+    signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    return cos.unsqueeze(1), signed.unsqueeze(1)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return (x * cos) + (x.roll(x.shape[-1] // 2, -1) * sin)
 
 
 class _Cache:
@@ -119,8 +133,7 @@ def _forward(w: _Weights, ids: torch.Tensor, positions: torch.Tensor, mask: torc
              cache: _Cache) -> torch.Tensor:
     """Logits (B, V) after ``ids`` (B, q); appends each layer's keys and values to ``cache``."""
     hidden = F.embedding(ids, w.embed)  # (B, q, H)
-    cos, sin = w.rotary(hidden, position_ids=positions)  # (B, q, D)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    cos, sin = _rotary(w, positions, hidden.dtype)  # (B, 1, q, D)
     batch, q_len = ids.shape
     for i, (norm1, (wq, wk, wv, wo), norm2, (gate, up, down), head_dim, scaling) in enumerate(w.layers):
         x = _rms_norm(hidden, norm1)
@@ -128,8 +141,7 @@ def _forward(w: _Weights, ids: torch.Tensor, positions: torch.Tensor, mask: torc
         q = F.linear(x, *wq).view(shape).transpose(1, 2)  # (B, heads, q, D)
         k = F.linear(x, *wk).view(shape).transpose(1, 2)
         v = F.linear(x, *wv).view(shape).transpose(1, 2)
-        q = (q * cos) + (_rotate_half(q) * sin)
-        k = (k * cos) + (_rotate_half(k) * sin)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         k, v = cache.append(i, k, v)
         attn = _attention(q, k, v, mask, scaling)
         hidden = hidden + F.linear(attn, *wo)
