@@ -188,12 +188,13 @@ def command_line_config(cls: type[T], args: Sequence[str]) -> T:
     return config
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys: ``{"eval": {"every": 10}}`` -> ``{"eval.every": 10}``."""
     out: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if isinstance(value, Mapping) and value:
-            out.update(_flatten(value, dotted))
+            out.update(flatten(value, dotted))
         else:
             out[dotted] = value
     return out
@@ -244,7 +245,7 @@ def resolve_config(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> RunConfig
     for source, data in layers:
         expanded = _expand_shorthand(data)
         merged = merge(merged, expanded)
-        for dotted in _flatten(expanded):
+        for dotted in flatten(expanded):
             parts = dotted.split(".")
             for i in range(1, len(parts) + 1):  # a mapping's own key too, so problems about it name the layer
                 origin[".".join(parts[:i])] = source
@@ -260,7 +261,7 @@ def resolve_config(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> RunConfig
     config = build(RunConfig, merged, source=source_of, problems=problems)
     if problems:
         raise ConfigError(problems)
-    config.sources = {k: source_of(k) for k in _flatten(merged)}
+    config.sources = {k: source_of(k) for k in flatten(merged)}
     return config
 
 

@@ -197,8 +197,8 @@ class EvaluationWorker:
     def _stopped(self, k: int) -> SdpoEnvError:
         self._process.join(timeout=5)
         return SdpoEnvError(f"the evaluation worker stopped (exit code {self._process.exitcode}) during the "
-                            f"evaluation after {k} interactions; run with eval.background=never to evaluate in the "
-                            "loop's process")
+                            f"evaluation after {k} interactions; evaluate in the loop's process instead with "
+                            "eval.background=never (a resume takes it too: resume=RUN_FOLDER eval.background=never)")
 
     def close(self) -> None:
         """Stops the worker (an evaluation in progress is dropped)."""

@@ -36,6 +36,7 @@ from sdpo_env.config import (
     COMMAND_LINE,
     RunConfig,
     config_to_dict,
+    flatten,
     load_run_config,
     parse_overrides,
     resolve_config,
@@ -60,6 +61,8 @@ from sdpo_env.prompts import load_prompts
 from sdpo_env.runfolder import RunFolder
 from sdpo_env.scenarios import Scenario, load_scenario
 
+# What a resumed run may change: neither changes what it computes (a budget stops it, the worker is another process).
+RESUME_OVERRIDES = ("budget_usd", "eval.background")
 HEADLINE = ("win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "sat/all", "ceiling", "valid_rate")
 
 
@@ -133,16 +136,18 @@ def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
         if not folder.config.is_file():
             raise ConfigError([Problem(COMMAND_LINE, "resume",
                                        f"{folder.path} has no config.yaml; is it a run folder?")])
-        extra = sorted(set(cli) - {"resume", "budget_usd"})
+        given = flatten(cli)
+        extra = sorted(set(given) - {"resume", *RESUME_OVERRIDES})
         if extra:
             raise ConfigError([Problem(COMMAND_LINE, k, "a resumed run keeps the settings in its config.yaml; "
-                                                        "remove this override (only budget_usd may change)")
+                                                        "remove this override (only budget_usd and eval.background "
+                                                        "may change)")
                                for k in extra])
-        budget = {"budget_usd": cli["budget_usd"]} if "budget_usd" in cli else {}
-        config = resolve_config([(str(folder.config), folder.read_config()), (COMMAND_LINE, budget)])
+        overrides = {k: v for k, v in cli.items() if k != "resume"}
+        config = resolve_config([(str(folder.config), folder.read_config()), (COMMAND_LINE, overrides)])
         check_keys(config)
-        if budget:
-            folder.write_config(config_to_dict(config))  # the raised budget is part of the run's settings now
+        if overrides:
+            folder.write_config(config_to_dict(config))  # part of the run's settings now
         warn_missing_options(config.agent, resolved_learner_options(config.agent, source=config.source_of), folder)
         return config, run_scenario(config), folder, True
     config, scenario = load_run_config(args)

@@ -35,9 +35,12 @@ def test_a_worker_that_died_is_reported_with_its_exit_code() -> None:
     worker = EvaluationWorker(partial(_broken_build, "unused"))
     worker._process.kill()
     worker._process.join()
-    with pytest.raises(SdpoEnvError, match=r"the evaluation worker stopped \(exit code -9\) during the evaluation "
-                                           r"after 50 interactions; run with eval.background=never"):
+    with pytest.raises(SdpoEnvError) as caught:
         worker.submit(50, {}, {}, {})
+    assert str(caught.value) == (
+        "the evaluation worker stopped (exit code -9) during the evaluation after 50 interactions; evaluate in the "
+        "loop's process instead with eval.background=never (a resume takes it too: resume=RUN_FOLDER "
+        "eval.background=never)")
     worker.close()
 
 

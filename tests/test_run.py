@@ -156,8 +156,10 @@ def test_ctrl_c_checkpoints_and_exits_cleanly(model_dir, scenario_file, tmp_path
     assert "Traceback" not in text  # the worker shares the log: it must not die of the Ctrl-C
     done = len(read_jsonl(out / "interactions.jsonl"))
     assert 5 <= done < 16
-    assert main([f"resume={out}"]) == 0
+    other = {"never": "always", "always": "never"}[background]  # a resume may change where it evaluates
+    assert main([f"resume={out}", f"eval.background={other}"]) == 0
     assert len(read_jsonl(out / "interactions.jsonl")) == 16
+    assert yaml.safe_load((out / "config.yaml").read_text())["eval"]["background"] == other
 
 
 def test_errors_name_the_problem(model_dir, scenario_file, tmp_path, capsys) -> None:
