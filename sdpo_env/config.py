@@ -112,7 +112,8 @@ class EvalConfig:
     bootstrap: int = option(1000, "bootstrap resamples for the win-rate CI", min=10)
     oracle: bool = option(True, "also evaluate the in-context oracle (base model + profile) as a reference line")
     background: str = option("auto", "evaluate in a second process while the loop goes on: 'auto' (on a CPU with 2+ "
-                             "cores, a judge without LLM calls, 100+ interactions), 'always', 'never'",
+                             "cores, a judge without LLM calls, 100+ interactions, weights under 1/8 of the memory), "
+                             "'always', 'never'",
                              choices=("auto", "always", "never"))
 
 

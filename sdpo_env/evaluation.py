@@ -6,8 +6,9 @@ the learner's state after ``k`` interactions and goes on interacting while the w
 rows, which the loop writes in order. The worker builds the same learner and evaluator from the same configuration
 and loads that state, so its rows are the rows the loop would have computed (``tests/test_evaluation.py`` compares
 the two files byte for byte). ``eval.background`` chooses: ``auto`` uses the worker on a CPU with at least two cores,
-a judge that calls no LLM service (the cost meter and call cache belong to the loop's process) and runs of at least
-:data:`AUTO_MIN_INTERACTIONS` interactions (the worker takes a few seconds to start).
+a judge that calls no LLM service (the cost meter and call cache belong to the loop's process), runs of at least
+:data:`AUTO_MIN_INTERACTIONS` interactions (the worker takes a few seconds to start) and weights that take at most
+:data:`AUTO_MAX_MEMORY_SHARE` of the machine's memory (the worker holds a second copy).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from sdpo_env.scenarios import Phase, Scenario
 
 # Shorter runs evaluate in the loop: the worker's start (imports, loading the model) would cost more than it saves.
 AUTO_MIN_INTERACTIONS = 100
+# The worker loads its own copy of the policy: ``auto`` leaves it off for weights above this share of the memory.
+AUTO_MAX_MEMORY_SHARE = 0.125
 
 
 def evaluation_seed(seed: int, k: int) -> int:
@@ -100,13 +103,22 @@ class Evaluation:
         return self._oracle_metrics[persona.name]
 
 
-def in_background(config: RunConfig, n: int, device: torch.device) -> bool:
+def in_background(config: RunConfig, n: int, device: torch.device, weight_bytes: int) -> bool:
     """Whether the run's evaluations go to an :class:`EvaluationWorker` (``eval.background``; ``auto``: see the
-    module's docstring)."""
+    module's docstring). ``weight_bytes``: the policy's weights, of which the worker holds a second copy."""
     if config.eval.background != "auto":
         return config.eval.background == "always"
+    memory = physical_memory()
     return (device.type == "cpu" and (os.cpu_count() or 1) >= 2 and config.judge.backend not in LLM_BACKENDS
-            and n >= AUTO_MIN_INTERACTIONS)
+            and n >= AUTO_MIN_INTERACTIONS and memory is not None and weight_bytes <= memory * AUTO_MAX_MEMORY_SHARE)
+
+
+def physical_memory() -> int | None:
+    """The machine's memory in bytes, where the system tells (Linux, macOS)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 @contextmanager

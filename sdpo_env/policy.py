@@ -182,6 +182,10 @@ class ChatPolicy:
     def has_adapter(self) -> bool:
         return isinstance(self.model, PeftModel)
 
+    def weight_bytes(self) -> int:
+        """Memory the model's parameters take (the adapter's included)."""
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters that learn (the LoRA weights when an adapter is present)."""
         return [p for p in self.model.parameters() if p.requires_grad]

@@ -237,7 +237,8 @@ def _run(args: Sequence[str], console: Console, cleanup: ExitStack) -> int:
     evaluation = build_evaluation(config, scenario, n, policy, learner, judge)
     evaluator = evaluation.evaluator
     worker = cleanup.enter_context(evaluation_worker(partial(worker_evaluation, config, n, str(folder.path)),
-                                                     enabled=in_background(config, n, policy.device)))
+                                                     enabled=in_background(config, n, policy.device,
+                                                                           policy.weight_bytes())))
     points = evaluation_points(n, config.eval.every, scenario)
 
     obs, _ = env.reset(seed=config.seed)

@@ -5,6 +5,7 @@ That the worker's rows equal the loop's, and that runs with it resume exactly, i
 
 from __future__ import annotations
 
+import sys
 import time
 from functools import partial
 
@@ -13,7 +14,13 @@ import torch
 
 from sdpo_env.config import RunConfig, load_run_config
 from sdpo_env.errors import ConfigError, SdpoEnvError
-from sdpo_env.evaluation import AUTO_MIN_INTERACTIONS, Evaluation, EvaluationWorker, in_background
+from sdpo_env.evaluation import (
+    AUTO_MIN_INTERACTIONS,
+    Evaluation,
+    EvaluationWorker,
+    in_background,
+    physical_memory,
+)
 
 
 def _broken_build(message: str) -> Evaluation:
@@ -72,19 +79,32 @@ def _config(*args: str) -> RunConfig:
     return load_run_config(list(args))[0]
 
 
-@pytest.mark.parametrize(("args", "n", "device", "cores", "expected"), [
-    ((), AUTO_MIN_INTERACTIONS, "cpu", 2, True),
-    ((), AUTO_MIN_INTERACTIONS - 1, "cpu", 2, False),  # too short to pay for the worker's start
-    ((), 500, "cpu", 1, False),  # one core: the worker would only take turns with the loop
-    ((), 500, "cuda", 16, False),
-    (("judge.backend=openai", "judge.model=gpt-4o-mini"), 500, "cpu", 2, False),  # the cost meter is the loop's
-    (("eval.background=never",), 500, "cpu", 2, False),
-    (("eval.background=always",), 10, "cuda", 1, True),
+GIB = 2**30
+
+
+@pytest.mark.parametrize(("args", "n", "device", "cores", "weights", "memory", "expected"), [
+    ((), AUTO_MIN_INTERACTIONS, "cpu", 2, 7_000_000, 24 * GIB, True),  # the default run on this project's machines
+    ((), AUTO_MIN_INTERACTIONS - 1, "cpu", 2, 7_000_000, 24 * GIB, False),  # too short to pay for the worker's start
+    ((), 500, "cpu", 1, 7_000_000, 24 * GIB, False),  # one core: the worker would only take turns with the loop
+    ((), 500, "cuda", 16, 7_000_000, 24 * GIB, False),
+    ((), 500, "cpu", 2, 3 * GIB, 24 * GIB, True),
+    ((), 500, "cpu", 2, 6 * GIB, 24 * GIB, False),  # a 1.5B model in float32: a second copy is too much
+    ((), 500, "cpu", 2, 7_000_000, None, False),  # memory unknown
+    (("judge.backend=openai", "judge.model=gpt-4o-mini"), 500, "cpu", 2, 7_000_000, 24 * GIB, False),
+    (("eval.background=never",), 500, "cpu", 2, 7_000_000, 24 * GIB, False),
+    (("eval.background=always",), 10, "cuda", 1, 6 * GIB, None, True),
 ])
-def test_auto_uses_the_worker_for_long_cpu_runs_with_a_local_judge(monkeypatch, args, n, device, cores,
-                                                                    expected) -> None:
+def test_auto_uses_the_worker_for_long_cpu_runs_with_a_local_judge(monkeypatch, args, n, device, cores, weights,
+                                                                    memory, expected) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: cores)
-    assert in_background(_config(*args), n, torch.device(device)) is expected
+    monkeypatch.setattr("sdpo_env.evaluation.physical_memory", lambda: memory)
+    assert in_background(_config(*args), n, torch.device(device), weights) is expected
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no sysconf: auto keeps evaluations in the loop there")
+def test_the_machines_memory_is_known_here() -> None:
+    memory = physical_memory()
+    assert memory is not None and memory > GIB
 
 
 def test_always_refuses_a_judge_that_calls_an_llm() -> None:
