@@ -143,9 +143,8 @@ def evaluation_worker(build: Callable[[], Evaluation], *, enabled: bool) -> Iter
 
 @dataclass
 class Done:
-    """A finished evaluation: its interaction, its rows, the evaluator's state after it, the worker's seconds."""
+    """A finished evaluation: its rows, the evaluator's state after it, the worker's seconds."""
 
-    k: int
     rows: list[dict[str, Any]]
     evaluator: dict[str, Any]
     seconds: float
@@ -204,7 +203,7 @@ class EvaluationWorker:
         if "error" in reply:
             raise SdpoEnvError(f"the evaluation after {k} interactions failed in the evaluation worker:\n"
                                f"{reply['error']}")
-        return Done(k, reply["rows"], reply["evaluator"], reply["seconds"])
+        return Done(reply["rows"], reply["evaluator"], reply["seconds"])
 
     def _stopped(self, k: int) -> SdpoEnvError:
         self._process.join(timeout=5)

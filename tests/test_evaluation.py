@@ -18,6 +18,7 @@ from sdpo_env.evaluation import (
     AUTO_MIN_INTERACTIONS,
     Evaluation,
     EvaluationWorker,
+    evaluation_worker,
     in_background,
     physical_memory,
 )
@@ -49,6 +50,19 @@ def test_a_worker_that_died_is_reported_with_its_exit_code() -> None:
         "loop's process instead with eval.background=never (a resume takes it too: resume=RUN_FOLDER "
         "eval.background=never)")
     worker.close()
+
+
+def test_the_worker_takes_one_of_the_loops_threads_until_it_stops() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with evaluation_worker(partial(_broken_build, "unused"), enabled=True) as worker:
+            assert worker is not None and torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 3
+        with evaluation_worker(partial(_broken_build, "unused"), enabled=False) as worker:
+            assert worker is None and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
 
 
 class _Stalls:
