@@ -30,6 +30,7 @@ from sdpo_env.sdpo import (
     full_divergence_loss,
     policy_gradient_loss,
     selective_log_softmax,
+    threshold_advantages,
     token_advantages,
     topk_divergence_loss,
 )
@@ -64,6 +65,9 @@ class SDPOConfig:
     topk: int = option(20, "loss=topk: tokens kept per position", min=1)
     alpha: float = option(1.0, "loss=topk|full: 0 forward KL, 1 reverse KL, between: generalised JSD",
                           min=0.0, max=1.0)
+    advantage_threshold: float = option(0.0, "loss=pg: zero the token advantages with |A_t| below this before "
+                                        "the update (a complaint's signal sits on few tokens, a neutral "
+                                        "follow-up's noise on many); 0 keeps every token", min=0.0)
     center_advantages: bool = option(False, "subtract each sequence's mean advantage")
     ratio_clip: float | None = option(None, "PPO-style importance-ratio clip epsilon (pg loss); null = off", gt=0.0)
     aggregation: str = option("token_mean", "how token losses are combined: token_mean and sequence_mean divide "
@@ -87,6 +91,9 @@ class SDPOConfig:
         problems = []
         if "{follow_up}" not in self.hindsight_template:
             problems.append(("hindsight_template", "must contain {follow_up}"))
+        if self.advantage_threshold and self.loss != "pg":
+            problems.append(("advantage_threshold", f"applies to loss=pg only (loss={self.loss} learns from the "
+                                                    "teacher's logits, not from advantages); set it to 0"))
         if self.lr * self.weight_decay >= 1:
             problems.append(("weight_decay", f"each step shrinks the LoRA weights by lr x weight_decay = "
                                              f"{self.lr * self.weight_decay:g}, which must be below 1 (with lr="
@@ -192,6 +199,8 @@ class SDPOLearner:
         teacher_lp = selective_log_softmax(teacher_logits, targets)  # (B, T)
         advantages = token_advantages(teacher_logprobs=teacher_lp, student_logprobs=student_lp, mask=mask)
         raw_advantages = advantages
+        if c.advantage_threshold:
+            advantages = threshold_advantages(advantages, c.advantage_threshold)
         if c.center_advantages:
             advantages = center_advantages(advantages, mask)
         if c.loss == "pg":

@@ -100,10 +100,12 @@ def one_update_moves(learner: SDPOLearner, pairs: Sequence[Pair], contexts: list
                                                        metrics["sdpo/advantage_abs_mean"], metrics["sdpo/grad_norm"]))
     learner.load_state_dict(state)
     rel, unr = np.array(moved[True]), np.array(moved[False])
+    with np.errstate(divide="ignore"):  # an unrelated side that moved nothing (advantage_threshold) gives inf
+        ratios = rel[:, 1] / unr[:, 1]
     return {"kl_relevant": rel[:, 0].mean(), "kl_unrelated": unr[:, 0].mean(),
             "caused_relevant": rel[:, 1].mean(), "caused_unrelated": unr[:, 1].mean(),
             # One odd answer can dominate a mean of KLs: the median of the per-pair ratios is the robust figure.
-            "caused_ratio_median": float(np.median(rel[:, 1] / unr[:, 1])),
+            "caused_ratio_median": float(np.median(ratios)),
             "relevant_moves_more": (rel[:, 1] > unr[:, 1]).mean(),
             "abs_adv_relevant": rel[:, 2].mean(), "abs_adv_unrelated": unr[:, 2].mean(),
             "grad_norm_relevant": rel[:, 3].mean(), "grad_norm_unrelated": unr[:, 3].mean()}

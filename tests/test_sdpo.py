@@ -12,6 +12,7 @@ from sdpo_env.sdpo import (
     SUM_TOKENS,
     aggregate,
     center_advantages,
+    threshold_advantages,
     divergence,
     full_divergence_loss,
     policy_gradient_loss,
@@ -151,6 +152,14 @@ def test_advantages_are_detached_masked_and_signed() -> None:
     torch.testing.assert_close(adv[mask == 1], (t_lp - s_lp)[mask == 1].detach())
     centred = center_advantages(adv, mask)
     torch.testing.assert_close((centred * mask).sum(-1), torch.zeros(3), atol=1e-6, rtol=0)
+
+
+def test_threshold_keeps_large_advantages_exactly_and_zeroes_the_rest() -> None:
+    adv = torch.tensor([[0.5, -0.05, -2.0, 0.0], [0.19, -0.2, 0.21, 0.0]])
+    kept = threshold_advantages(adv, 0.2)
+    assert torch.equal(kept, torch.tensor([[0.5, 0.0, -2.0, 0.0], [0.0, -0.2, 0.21, 0.0]]))  # |A| = 0.2 is kept
+    assert torch.equal(threshold_advantages(adv, 0.0), adv)
+    assert not threshold_advantages(adv, 3.0).any()
 
 
 def test_aggregations() -> None:

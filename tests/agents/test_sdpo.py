@@ -85,7 +85,7 @@ def test_schedule_update_every_and_batch(model_dir) -> None:
 
 @pytest.mark.parametrize("options", [
     {"loss": "topk", "topk": 5}, {"loss": "full", "alpha": 0.5}, {"center_advantages": True},
-    {"ratio_clip": 0.2}, {"kl_coef": 0.1}, {"teacher": "base"}, {"teacher": "ema"},
+    {"ratio_clip": 0.2}, {"advantage_threshold": 0.01}, {"kl_coef": 0.1}, {"teacher": "base"}, {"teacher": "ema"},
     {"aggregation": "sequence_mean", "batch_size": 2}, {"optimizer": "sgd", "lr": 1.0, "weight_decay": 1e-3},
 ])
 def test_every_option_trains(model_dir, options) -> None:
@@ -115,6 +115,27 @@ def test_sgd_steps_by_the_gradient_then_decays_the_weights(model_dir) -> None:
     assert len(grads) == 1 and any(g.abs().sum() > 0 for g in grads[0])
     for old, grad, new in zip(before, grads[0], learner.params):
         torch.testing.assert_close(new.detach(), (old - lr * grad) * (1 - lr * decay), atol=1e-7, rtol=1e-6)
+
+
+def test_advantage_threshold_drops_small_advantages_from_the_gradient_only(model_dir) -> None:
+    def gradients(**options):
+        learner = make(model_dir, grad_clip=0.0, **options)
+        grads = []
+        learner.optimizer.register_step_pre_hook(lambda *_: grads.append([p.grad.clone() for p in learner.params]))
+        _, transitions = interact(learner)
+        metrics = learner.observe(transitions)
+        return grads[0], metrics
+
+    plain, plain_metrics = gradients()
+    assert any(g.abs().sum() > 0 for g in plain)
+    above_all, metrics = gradients(advantage_threshold=1e6)  # no token's |A_t| comes near
+    assert not any(g.any() for g in above_all)
+    assert metrics["sdpo/advantage_abs_mean"] == plain_metrics["sdpo/advantage_abs_mean"]  # metrics: raw A_t
+    below_all, _ = gradients(advantage_threshold=1e-12)  # every token kept
+    for a, b in zip(plain, below_all):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    with pytest.raises(ConfigError, match=r"agent.advantage_threshold: applies to loss=pg only"):
+        make(model_dir, advantage_threshold=0.2, loss="topk")
 
 
 def test_ema_teacher_with_zero_decay_is_the_live_policy(model_dir) -> None:
