@@ -78,9 +78,9 @@ def center_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Ten
 def threshold_advantages(advantages: torch.Tensor, threshold: float) -> torch.Tensor:
     """Zeroes the token advantages whose magnitude is below ``threshold``; the others stay as they are.
 
-    On the tiny model most of a complaint's |A_t| sits on a few tokens (the first words, sentence starts, the end
-    of the answer), while an unrelated or satisfied follow-up moves every token a little: at 0.2, 3% of a
-    complaint's tokens keep 87% of its |A_t| and the other follow-ups keep 35% (README, "Learners").
+    On the tiny model most of a complaint's |A_t| sits on a few tokens (the first words, sentence starts), while an
+    unrelated or satisfied follow-up moves every token a little: at 0.2, 3% of a complaint's tokens keep 87% of
+    its |A_t| and the other follow-ups keep 35% (README, "Dropping small advantages").
 
     Args:
         advantages: (B, T).
