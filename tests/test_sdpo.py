@@ -12,11 +12,11 @@ from sdpo_env.sdpo import (
     SUM_TOKENS,
     aggregate,
     center_advantages,
-    threshold_advantages,
     divergence,
     full_divergence_loss,
     policy_gradient_loss,
     selective_log_softmax,
+    threshold_advantages,
     token_advantages,
     topk_divergence_loss,
 )
