@@ -19,6 +19,7 @@ from rich.console import Console
 
 from agents.sdpo import SDPOConfig
 from sdpo_env.config import config_to_dict
+from sdpo_env.evaluation import EvaluationWorker
 from sdpo_env.reevaluate import ReevaluateConfig, reevaluate
 from sdpo_env.reevaluate import main as reevaluate_main
 from sdpo_env.run import main, prepare
@@ -108,12 +109,18 @@ def _wait_for_lines(path: Path, n: int, proc, timeout: float = 300) -> None:
 
 
 @pytest.mark.slow
-def test_the_evaluation_worker_writes_the_rows_the_loop_writes(model_dir, scenario_file, tmp_path) -> None:
+def test_the_evaluation_worker_writes_the_rows_the_loop_writes(model_dir, scenario_file, tmp_path,
+                                                               monkeypatch) -> None:
+    submitted: list[int] = []  # interactions whose evaluation went to the worker
+    submit = EvaluationWorker.submit
+    monkeypatch.setattr(EvaluationWorker, "submit", lambda self, k, *a: (submitted.append(k), submit(self, k, *a)))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the worker's thread count everywhere, so only the process differs
     try:
         assert main(args_for(model_dir, scenario_file, tmp_path / "loop", "eval.background=never")) == 0
+        assert submitted == []
         assert main(args_for(model_dir, scenario_file, tmp_path / "worker", "eval.background=always")) == 0
+        assert submitted == [0, 4, 8, 12, 16]
     finally:
         torch.set_num_threads(threads)
     for name in ("metrics.jsonl", "interactions.jsonl"):
