@@ -141,6 +141,15 @@ def evaluation_worker(build: Callable[[], Evaluation], *, enabled: bool) -> Iter
         torch.set_num_threads(threads)
 
 
+class WorkerStopped(SdpoEnvError):
+    """The evaluation worker is gone (killed, out of memory) during an evaluation; ``job`` is that evaluation's
+    request, which :func:`evaluate_job` can redo in the loop's process."""
+
+    def __init__(self, message: str, job: bytes):
+        super().__init__(message)
+        self.job = job
+
+
 @dataclass
 class Done:
     """A finished evaluation: its rows, the evaluator's state after it, the worker's seconds."""
@@ -171,15 +180,16 @@ class EvaluationWorker:
             signal.signal(signal.SIGINT, previous)
         theirs.close()
         self.pending: int | None = None  # the interaction of the evaluation in progress
+        self._job = b""  # its request, kept to redo it elsewhere if the worker stops
 
     def submit(self, k: int, learner_state: dict[str, Any], evaluator_state: dict[str, Any],
                summary: dict[str, float]) -> None:
         """Starts the evaluation after ``k`` interactions; the worker must be free (see :meth:`result`)."""
         assert self.pending is None, "one evaluation at a time"
-        buffer = io.BytesIO()  # a copy: the loop goes on training the tensors in ``learner_state``
-        torch.save({"k": k, "learner": learner_state, "evaluator": evaluator_state, "summary": summary}, buffer)
+        # a copy: the loop goes on training the tensors in ``learner_state``
+        self._job = _saved({"k": k, "learner": learner_state, "evaluator": evaluator_state, "summary": summary})
         try:
-            self._connection.send_bytes(buffer.getvalue())
+            self._connection.send_bytes(self._job)
         except OSError:
             raise self._stopped(k) from None
         self.pending = k
@@ -192,7 +202,8 @@ class EvaluationWorker:
         """Waits for the evaluation in progress and returns it.
 
         Raises:
-            SdpoEnvError: the evaluation failed in the worker (with its traceback), or the worker is gone.
+            SdpoEnvError: the evaluation failed in the worker (with its traceback).
+            WorkerStopped: the worker is gone (its ``job`` can be redone with :func:`evaluate_job`).
         """
         assert self.pending is not None, "no evaluation in progress"
         k, self.pending = self.pending, None
@@ -205,11 +216,17 @@ class EvaluationWorker:
                                f"{reply['error']}")
         return Done(reply["rows"], reply["evaluator"], reply["seconds"])
 
-    def _stopped(self, k: int) -> SdpoEnvError:
+    def discard(self) -> None:
+        """Drops the evaluation in progress without waiting for it or reading it (the worker may be gone already).
+        This stops the worker: it cannot take another evaluation."""
+        self.pending = None
+        self._process.kill()
+        self._process.join()
+
+    def _stopped(self, k: int) -> WorkerStopped:
         self._process.join(timeout=5)
-        return SdpoEnvError(f"the evaluation worker stopped (exit code {self._process.exitcode}) during the "
-                            f"evaluation after {k} interactions; evaluate in the loop's process instead with "
-                            "eval.background=never (a resume takes it too: resume=RUN_FOLDER eval.background=never)")
+        return WorkerStopped(f"the evaluation worker stopped (exit code {self._process.exitcode}) during the "
+                             f"evaluation after {k} interactions", self._job)
 
     def close(self) -> None:
         """Stops the worker (an evaluation in progress is dropped)."""
@@ -257,12 +274,34 @@ def _serve(build: Callable[[], Evaluation], connection: Any) -> None:
 
 def _evaluate(evaluation: Evaluation, request: bytes) -> dict[str, Any]:
     """The worker's reply to one request: the rows, or the error's traceback."""
-    started = time.perf_counter()
     try:
-        job = torch.load(io.BytesIO(request), weights_only=False)
-        evaluation.learner.load_state_dict(job["learner"])
-        evaluation.evaluator.load_state_dict(job["evaluator"])
-        rows = evaluation.rows(job["k"], job["summary"])
+        done = _rows_for(evaluation, request)
     except Exception:
         return {"error": traceback.format_exc()}
-    return {"rows": rows, "evaluator": evaluation.evaluator.state_dict(), "seconds": time.perf_counter() - started}
+    return {"rows": done.rows, "evaluator": done.evaluator, "seconds": done.seconds}
+
+
+def _rows_for(evaluation: Evaluation, request: bytes) -> Done:
+    """Evaluates the learner state that ``request`` (a :meth:`EvaluationWorker.submit`) carries."""
+    started = time.perf_counter()
+    job = torch.load(io.BytesIO(request), weights_only=False)
+    evaluation.learner.load_state_dict(job["learner"])
+    evaluation.evaluator.load_state_dict(job["evaluator"])
+    rows = evaluation.rows(job["k"], job["summary"])
+    return Done(rows, evaluation.evaluator.state_dict(), time.perf_counter() - started)
+
+
+def evaluate_job(evaluation: Evaluation, job: bytes) -> Done:
+    """Runs in this process the evaluation a stopped worker was given (``WorkerStopped.job``); the learner goes back
+    to its state before, so the run goes on as if the worker had returned the same rows (it would have)."""
+    current = _saved(evaluation.learner.state_dict())
+    try:
+        return _rows_for(evaluation, job)
+    finally:
+        evaluation.learner.load_state_dict(torch.load(io.BytesIO(current), weights_only=False))
+
+
+def _saved(state: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()

@@ -50,7 +50,7 @@ from sdpo_env.errors import (
     RunInterrupted,
     SdpoEnvError,
 )
-from sdpo_env.evaluation import Evaluation, evaluation_worker, in_background
+from sdpo_env.evaluation import Evaluation, WorkerStopped, evaluate_job, evaluation_worker, in_background
 from sdpo_env.judges import JUDGES
 from sdpo_env.judges.base import PairwiseJudge
 from sdpo_env.judges.evaluate import WinRateEvaluator
@@ -276,20 +276,35 @@ def _run(args: Sequence[str], console: Console, cleanup: ExitStack) -> int:
         started = time.perf_counter()
         summary = {k2: float(np.mean(v)) for k2, v in sorted(window.items()) if v}  # sorted: stable across resumes
         window.clear()
+        if worker is not None:
+            try:
+                worker.submit(k, learner.state_dict(), evaluator.state_dict(), summary)
+            except WorkerStopped as stopped:
+                without_worker(stopped)
         if worker is None:
             record(evaluation.rows(k, summary))
             timings["evaluation_s"] += time.perf_counter() - started
-        else:
-            worker.submit(k, learner.state_dict(), evaluator.state_dict(), summary)
         timings["evaluation_wait_s"] += time.perf_counter() - started
         timings["evaluations"] += 1
 
+    def without_worker(stopped: WorkerStopped) -> None:
+        """The worker is gone: later evaluations run in this process (the rows are the same)."""
+        nonlocal worker
+        worker = None
+        console.print(f"[yellow]warning:[/] {stopped}; the run evaluates in its own process from now on (as with "
+                      "eval.background=never)")
+
     def collect(wait: bool) -> None:
-        """Writes the worker's rows once its evaluation is done; ``wait`` waits for it."""
+        """Writes the worker's rows once its evaluation is done; ``wait`` waits for it. If the worker stopped, the
+        evaluation it held is done here instead."""
         if worker is None or worker.pending is None or not (wait or worker.ready()):
             return
         started = time.perf_counter()
-        done = worker.result()
+        try:
+            done = worker.result()
+        except WorkerStopped as stopped:
+            without_worker(stopped)
+            done = evaluate_job(evaluation, stopped.job)
         evaluator.load_state_dict(done.evaluator)  # the base answers, once the worker has written them
         record(done.rows)
         timings["evaluation_s"] += done.seconds
@@ -355,7 +370,7 @@ def _run(args: Sequence[str], console: Console, cleanup: ExitStack) -> int:
         del rows[n_rows:]
         folder.truncate(folder.metrics, n_rows)  # rows of an evaluation cut short are redone on resume
         if worker is not None and worker.pending is not None and worker.pending > last_eval:
-            worker.result()  # started after the consistent point: redone on resume too
+            worker.discard()  # started after the consistent point: redone on resume, so not waited for or read
         checkpoint(t, env_state, pending=interruption.response)  # the learner's state is the one after acting
         llm.close()
         console.print(f"[red]stopped at interaction {t}:[/] {interruption.error}\ncheckpoint written "

@@ -5,6 +5,7 @@ That the worker's rows equal the loop's, and that runs with it resume exactly, i
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 from functools import partial
@@ -18,6 +19,7 @@ from sdpo_env.evaluation import (
     AUTO_MIN_INTERACTIONS,
     Evaluation,
     EvaluationWorker,
+    WorkerStopped,
     evaluation_worker,
     in_background,
     physical_memory,
@@ -43,12 +45,12 @@ def test_a_worker_that_died_is_reported_with_its_exit_code() -> None:
     worker = EvaluationWorker(partial(_broken_build, "unused"))
     worker._process.kill()
     worker._process.join()
-    with pytest.raises(SdpoEnvError) as caught:
-        worker.submit(50, {}, {}, {})
-    assert str(caught.value) == (
-        "the evaluation worker stopped (exit code -9) during the evaluation after 50 interactions; evaluate in the "
-        "loop's process instead with eval.background=never (a resume takes it too: resume=RUN_FOLDER "
-        "eval.background=never)")
+    with pytest.raises(WorkerStopped) as caught:
+        worker.submit(50, {}, {}, {"sdpo/loss": 0.5})
+    assert str(caught.value) == ("the evaluation worker stopped (exit code -9) during the evaluation after 50 "
+                                 "interactions")
+    job = torch.load(io.BytesIO(caught.value.job), weights_only=False)  # what the loop redoes in its own process
+    assert job == {"k": 50, "learner": {}, "evaluator": {}, "summary": {"sdpo/loss": 0.5}}
     worker.close()
 
 
@@ -83,9 +85,20 @@ def test_a_worker_that_dies_during_an_evaluation_is_reported() -> None:
     worker = EvaluationWorker(_stalling_build)  # type: ignore[arg-type]
     worker.submit(75, {}, {}, {})
     worker._process.kill()
-    with pytest.raises(SdpoEnvError, match=r"^the evaluation worker stopped \(exit code -9\) during the evaluation "
-                                           r"after 75 interactions"):
+    with pytest.raises(WorkerStopped, match=r"^the evaluation worker stopped \(exit code -9\) during the evaluation "
+                                            r"after 75 interactions$") as caught:
         worker.result()
+    assert torch.load(io.BytesIO(caught.value.job), weights_only=False)["k"] == 75
+    worker.close()
+
+
+def test_discarding_an_evaluation_stops_the_worker_at_once_even_if_it_is_gone() -> None:
+    worker = EvaluationWorker(_stalling_build)  # type: ignore[arg-type]
+    worker.submit(75, {}, {}, {})
+    started = time.perf_counter()
+    worker.discard()  # the evaluation would take 600 s
+    assert worker.pending is None and not worker._process.is_alive() and time.perf_counter() - started < 60
+    worker.discard()  # a second time, or on a dead worker: nothing to do, no error
     worker.close()
 
 

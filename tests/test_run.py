@@ -108,25 +108,71 @@ def _wait_for_lines(path: Path, n: int, proc, timeout: float = 300) -> None:
     raise AssertionError("timed out")
 
 
+@pytest.fixture
+def one_thread():
+    """The worker's thread count everywhere, so that only the process differs between a worker's run and a loop's."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def loop_run(model_dir, scenario_file, tmp_path_factory) -> Path:
+    """A run that evaluates in the loop's process, with one torch thread."""
+    out = tmp_path_factory.mktemp("loop") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(args_for(model_dir, scenario_file, out, "eval.background=never")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
 @pytest.mark.slow
-def test_the_evaluation_worker_writes_the_rows_the_loop_writes(model_dir, scenario_file, tmp_path,
-                                                               monkeypatch) -> None:
+def test_the_evaluation_worker_writes_the_rows_the_loop_writes(model_dir, scenario_file, loop_run, tmp_path,
+                                                               monkeypatch, one_thread) -> None:
     submitted: list[int] = []  # interactions whose evaluation went to the worker
     submit = EvaluationWorker.submit
     monkeypatch.setattr(EvaluationWorker, "submit", lambda self, k, *a: (submitted.append(k), submit(self, k, *a)))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the worker's thread count everywhere, so only the process differs
-    try:
-        assert main(args_for(model_dir, scenario_file, tmp_path / "loop", "eval.background=never")) == 0
-        assert submitted == []
-        assert main(args_for(model_dir, scenario_file, tmp_path / "worker", "eval.background=always")) == 0
-        assert submitted == [0, 4, 8, 12, 16]
-    finally:
-        torch.set_num_threads(threads)
+    assert main(args_for(model_dir, scenario_file, tmp_path / "worker", "eval.background=always")) == 0
+    assert submitted == [0, 4, 8, 12, 16]
     for name in ("metrics.jsonl", "interactions.jsonl"):
-        assert (tmp_path / "worker" / name).read_text() == (tmp_path / "loop" / name).read_text()
+        assert (tmp_path / "worker" / name).read_text() == (loop_run / name).read_text()
     timings = json.loads((tmp_path / "worker" / "summary.json").read_text())["timings"]
     assert timings["evaluations"] == 5 and timings["evaluation_s"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killed", ["during", "before"])
+def test_a_run_whose_worker_dies_evaluates_in_its_own_process(model_dir, scenario_file, loop_run, tmp_path,
+                                                               monkeypatch, capsys, one_thread, killed) -> None:
+    # "during": the worker dies holding the evaluation at 4, which the loop redoes from the request it sent;
+    # "before": it dies before the evaluation at 8 is sent. Either way the run goes on without it, with the same rows.
+    submitted: list[int] = []
+    submit = EvaluationWorker.submit
+
+    def submit_then_kill(self, k, *args):
+        if killed == "before" and k == 8:
+            self._process.kill()
+            self._process.join()
+        submit(self, k, *args)
+        submitted.append(k)
+        if killed == "during" and k == 4:
+            self._process.kill()
+
+    monkeypatch.setattr(EvaluationWorker, "submit", submit_then_kill)
+    out = tmp_path / "worker"
+    assert main(args_for(model_dir, scenario_file, out, "eval.background=always")) == 0
+    assert submitted == {"during": [0, 4], "before": [0, 4]}[killed]
+    stopped_at = {"during": 4, "before": 8}[killed]
+    said = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert (f"warning: the evaluation worker stopped (exit code -9) during the evaluation after {stopped_at} "
+            "interactions; the run evaluates in its own process from now on") in said
+    for name in ("metrics.jsonl", "interactions.jsonl"):
+        assert (out / name).read_text() == (loop_run / name).read_text()
+    assert json.loads((out / "summary.json").read_text())["timings"]["evaluations"] == 5
 
 
 @pytest.mark.slow

@@ -8,12 +8,14 @@ and a budget stop checkpoint and resume without losing an interaction; no file h
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from sdpo_env.evaluation import EvaluationWorker
 from sdpo_env.run import main
 from tests.fakes.llm_server import Call, FakeLLMServer
 from tests.models import build_random_model
@@ -157,17 +159,29 @@ def test_an_outage_checkpoints_and_the_resumed_run_matches_an_uninterrupted_one(
     assert (out / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
 
 
-@pytest.mark.parametrize(("background", "failing_call"), [("always", 3), ("always", 4), ("never", 4)])
+@pytest.mark.parametrize(("background", "failing_call", "worker_dies"),
+                         [("always", 3, False), ("always", 4, False), ("never", 4, False), ("always", 3, True),
+                          ("always", 4, True)])
 def test_an_outage_keeps_the_evaluations_before_it_and_redoes_the_one_it_cut(model_dir, scenario_file, tmp_path,
-                                                                             keys, background, failing_call) -> None:
+                                                                             keys, monkeypatch, background,
+                                                                             failing_call, worker_dies) -> None:
     # The simulator fails at interaction failing_call - 1. At 2, the worker's evaluation at 0 is part of the
     # checkpoint; at 3, the evaluation at 3 (in the worker or in the loop) started after the consistent point and is
-    # redone on resume, over the same window of interactions.
+    # redone on resume, over the same window of interactions. worker_dies: the worker is killed as the outage starts,
+    # holding the evaluation at 0 (the loop reads a reply only when it must) or at 3. The run still checkpoints: it
+    # redoes the evaluation at 0 itself and drops the one at 3 unread.
     state = {"simulator_calls": 0, "down": False}
+    if worker_dies:
+        monkeypatch.setattr(EvaluationWorker, "ready", lambda self: False)
 
     def plan(call: Call) -> str:
         if call.role == "simulator" and call.attempt == 0:
             state["simulator_calls"] += 1
+            if state["simulator_calls"] == failing_call and worker_dies:
+                workers = [p for p in multiprocessing.active_children() if p.name == "sdpo_env-evaluation"]
+                assert len(workers) == 1
+                workers[0].kill()
+                workers[0].join()
             state["down"] = state["down"] or state["simulator_calls"] == failing_call
         return "529" if state["down"] else "ok"
 
