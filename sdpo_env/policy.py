@@ -64,6 +64,12 @@ class Sample:
     finished: bool
 
 
+def lora_delta(layer: Any, adapter: str = "default") -> torch.Tensor:
+    """The dense update ``scaling * B @ A`` that a LoRA layer adds to its linear layer's weight, (d_out, d_in)."""
+    a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight  # (r, d_in), (d_out, r)
+    return (b @ a).detach() * layer.scaling[adapter]
+
+
 def pick_device(device: str) -> torch.device:
     """``auto`` picks CUDA, then MPS, then CPU (``ChatPolicy.load`` keeps the shipped tiny model on the CPU)."""
     if device != "auto":
@@ -141,13 +147,14 @@ class ChatPolicy:
             torch.manual_seed(seed)
             self.model = get_peft_model(self.model, config)
         self.model.eval()
-        layers = self._lora_layers()
+        layers = self.lora_layers()
         # Merging covers linear layers only: with LoRA on anything else (an embedding), sampling keeps peft's layers.
-        only_linear = all(layer.lora_A for layer in self._lora_layers(linear_only=False).values())
+        only_linear = all(layer.lora_A for layer in self.lora_layers(linear_only=False).values())
         if only_linear and sum(layer.base_layer.weight.numel() for layer in layers.values()) <= MERGE_LIMIT:
             self._pristine = {name: layer.base_layer.weight.detach().clone() for name, layer in layers.items()}
 
-    def _lora_layers(self, *, linear_only: bool = True) -> dict[str, Any]:
+    def lora_layers(self, *, linear_only: bool = True) -> dict[str, Any]:
+        """The adapter's layers by module name (``linear_only``: those that adapt a linear layer)."""
         from peft.tuners.lora import LoraLayer
 
         return {n: m for n, m in self.model.named_modules()
@@ -164,12 +171,11 @@ class ChatPolicy:
         if not self._pristine or self._base_view:
             yield not self.has_adapter or self._base_view
             return
-        layers = self._lora_layers()
+        layers = self.lora_layers()
         try:
             with torch.no_grad():
                 for name, layer in layers.items():
-                    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
-                    delta = (b @ a) * layer.scaling["default"]  # (d_out, d_in)
+                    delta = lora_delta(layer)
                     layer.base_layer.weight.copy_(self._pristine[name] + delta.to(self._pristine[name].dtype))
             with self.model.disable_adapter() if switch_off else contextlib.nullcontext():  # type: ignore[operator]
                 yield True

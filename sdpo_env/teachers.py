@@ -15,21 +15,10 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from peft.tuners.lora import LoraLayer
 
-from sdpo_env.policy import ChatPolicy
+from sdpo_env.policy import ChatPolicy, lora_delta
 
 TEACHERS = ("live", "base", "ema")
-
-
-def _lora_layers(policy: ChatPolicy) -> dict[str, LoraLayer]:
-    return {name: m for name, m in policy.model.named_modules() if isinstance(m, LoraLayer) and m.lora_A}
-
-
-def _dense_update(layer: LoraLayer, adapter: str = "default") -> torch.Tensor:
-    a: torch.Tensor = layer.lora_A[adapter].weight  # type: ignore[assignment]  # (r, d_in)
-    b: torch.Tensor = layer.lora_B[adapter].weight  # type: ignore[assignment]  # (d_out, r)
-    return (b @ a).detach() * layer.scaling[adapter]  # (d_out, d_in)
 
 
 class EmaTeacher:
@@ -44,16 +33,16 @@ class EmaTeacher:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"ema decay must be in [0, 1), got {decay}")
         self.policy, self.decay = policy, decay
-        self.layers = _lora_layers(policy)
+        self.layers = policy.lora_layers()
         if not self.layers:
             raise ValueError("the EMA teacher needs a policy with a LoRA adapter")
-        self.updates = {name: torch.zeros_like(_dense_update(layer)) for name, layer in self.layers.items()}
+        self.updates = {name: torch.zeros_like(lora_delta(layer)) for name, layer in self.layers.items()}
 
     @torch.no_grad()
     def step(self) -> None:
         """Moves the average towards the current policy (call after each optimizer step)."""
         for name, layer in self.layers.items():
-            self.updates[name].mul_(self.decay).add_(_dense_update(layer), alpha=1.0 - self.decay)
+            self.updates[name].mul_(self.decay).add_(lora_delta(layer), alpha=1.0 - self.decay)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
