@@ -30,6 +30,7 @@ from sdpo_env.sdpo import (
     full_divergence_loss,
     policy_gradient_loss,
     selective_log_softmax,
+    signal_rows,
     threshold_advantages,
     token_advantages,
     topk_divergence_loss,
@@ -68,6 +69,9 @@ class SDPOConfig:
     advantage_threshold: float = option(0.0, "loss=pg: zero the token advantages with |A_t| below this before "
                                         "the update (a complaint's signal sits on few tokens, a neutral "
                                         "follow-up's noise on many); 0 keeps every token", min=0.0)
+    signal_gate: float = option(0.0, "loss=pg: learn only from answers whose follow-up moves some token by "
+                                "|A_t| >= this; an update whose answers all fall below it is skipped (no optimizer "
+                                "step, no weight decay); 0 learns from every follow-up", min=0.0)
     center_advantages: bool = option(False, "subtract each sequence's mean advantage")
     ratio_clip: float | None = option(None, "PPO-style importance-ratio clip epsilon (pg loss); null = off", gt=0.0)
     aggregation: str = option("token_mean", "how token losses are combined: token_mean and sequence_mean divide "
@@ -91,9 +95,10 @@ class SDPOConfig:
         problems = []
         if "{follow_up}" not in self.hindsight_template:
             problems.append(("hindsight_template", "must contain {follow_up}"))
-        if self.advantage_threshold and self.loss != "pg":
-            problems.append(("advantage_threshold", f"applies to loss=pg only (loss={self.loss} learns from the "
-                                                    "teacher's logits, not from advantages); set it to 0"))
+        for key in ("advantage_threshold", "signal_gate"):
+            if getattr(self, key) and self.loss != "pg":
+                problems.append((key, f"applies to loss=pg only (loss={self.loss} learns from the teacher's "
+                                      "logits, not from advantages); set it to 0"))
         if self.lr * self.weight_decay >= 1:
             problems.append(("weight_decay", f"each step shrinks the LoRA weights by lr x weight_decay = "
                                              f"{self.lr * self.weight_decay:g}, which must be below 1 (with lr="
@@ -203,6 +208,9 @@ class SDPOLearner:
             advantages = threshold_advantages(advantages, c.advantage_threshold)
         if c.center_advantages:
             advantages = center_advantages(advantages, mask)
+        passed = signal_rows(raw_advantages, mask, c.signal_gate) if c.signal_gate else None  # (B,)
+        if passed is not None:
+            advantages = advantages * passed[:, None]
         if c.loss == "pg":
             loss = policy_gradient_loss(student_logprobs=student_lp, advantages=advantages, mask=mask,
                                         old_logprobs=student_lp.detach() if c.ratio_clip else None,
@@ -224,7 +232,12 @@ class SDPOLearner:
             kl_to_base = kl_mean.item()
             if c.kl_coef > 0:
                 loss = loss + c.kl_coef * kl_mean
-        metrics = self._step(loss, batch)
+        if passed is None or passed.any():
+            metrics = self._step(loss, batch)
+        else:  # no answer carries a signal: the adapter and the optimizer stay as they are
+            metrics = {"sdpo/skipped_updates": float(self.n_skipped)}
+        if passed is not None:
+            metrics["sdpo/signal_passed"] = passed.float().mean().item()
         done = time.perf_counter()
         n_tokens = mask.sum().clamp(min=1)
         abs_adv = raw_advantages.abs()

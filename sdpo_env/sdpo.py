@@ -75,6 +75,24 @@ def center_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     return (advantages - means) * mask
 
 
+def signal_rows(advantages: torch.Tensor, mask: torch.Tensor, gate: float) -> torch.Tensor:
+    """Which answers carry a hindsight signal: those with a completion token whose |A_t| reaches ``gate``.
+
+    Label-free: it reads only the advantages. On the tiny model a complaint moves some token by 0.5 or more in 97%
+    of the default flip run's first 250 interactions, the other follow-ups in 8% (README, "Learning only from
+    follow-ups that carry a signal").
+
+    Args:
+        advantages: (B, T).
+        mask: (B, T), 1 on completion tokens.
+        gate: Smallest largest-|A_t| of an answer that passes.
+
+    Returns:
+        (B,) bool.
+    """
+    return ((advantages.abs() * mask) >= gate).any(-1)
+
+
 def threshold_advantages(advantages: torch.Tensor, threshold: float) -> torch.Tensor:
     """Zeroes the token advantages whose magnitude is below ``threshold``; the others stay as they are.
 

@@ -16,6 +16,7 @@ from sdpo_env.sdpo import (
     full_divergence_loss,
     policy_gradient_loss,
     selective_log_softmax,
+    signal_rows,
     threshold_advantages,
     token_advantages,
     topk_divergence_loss,
@@ -160,6 +161,14 @@ def test_threshold_keeps_large_advantages_exactly_and_zeroes_the_rest() -> None:
     assert torch.equal(kept, torch.tensor([[0.5, 0.0, -2.0, 0.0], [0.0, -0.2, 0.21, 0.0]]))  # |A| = 0.2 is kept
     assert torch.equal(threshold_advantages(adv, 0.0), adv)
     assert not threshold_advantages(adv, 3.0).any()
+
+
+def test_signal_rows_pass_answers_with_a_large_advantage_on_a_completion_token() -> None:
+    adv = torch.tensor([[0.1, -0.5, 0.0], [0.2, 0.3, 9.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])  # row 1's 9.0 is padding
+    assert signal_rows(adv, mask, 0.5).tolist() == [True, False, False]  # |A_t| equal to the gate passes
+    assert signal_rows(adv, mask, 0.51).tolist() == [False, False, False]
+    assert signal_rows(adv, mask, 0.2).tolist() == [True, True, False]
 
 
 def test_aggregations() -> None:

@@ -85,7 +85,8 @@ def test_schedule_update_every_and_batch(model_dir) -> None:
 
 @pytest.mark.parametrize("options", [
     {"loss": "topk", "topk": 5}, {"loss": "full", "alpha": 0.5}, {"center_advantages": True},
-    {"ratio_clip": 0.2}, {"advantage_threshold": 0.01}, {"kl_coef": 0.1}, {"teacher": "base"}, {"teacher": "ema"},
+    {"ratio_clip": 0.2}, {"advantage_threshold": 0.01}, {"signal_gate": 0.01}, {"kl_coef": 0.1}, {"teacher": "base"},
+    {"teacher": "ema"},
     {"aggregation": "sequence_mean", "batch_size": 2}, {"optimizer": "sgd", "lr": 1.0, "weight_decay": 1e-3},
 ])
 def test_every_option_trains(model_dir, options) -> None:
@@ -245,3 +246,47 @@ def test_truncated_skip_leaves_cut_answers_out_of_the_update(model_dir) -> None:
     metrics = training.observe([cut, finished])
     assert metrics["sdpo/cut_share"] == 0.5 and metrics["sdpo/completion_tokens"] > 5
     assert any(not torch.equal(a, b) for a, b in zip(training.params, alone.params))
+
+
+def _max_abs_advantage(learner, transition) -> float:
+    p = learner.policy
+    ids = [learner._completion_ids(transition.response)]
+    with torch.no_grad():
+        hind, targets, _ = p.completion_logits([p.encode(hindsight_messages(transition.messages,
+                                                                              transition.follow_up))], ids)
+    plain = student_logprobs(learner, transition.messages, transition.response)
+    return (selective_log_softmax(hind, targets)[0] - plain).abs().max().item()
+
+
+def test_signal_gate_learns_only_from_answers_with_a_large_advantage(model_dir) -> None:
+    _, transitions = interact(make(model_dir))  # two answers under one complaint, fed to fresh learners below
+
+    def update(batch, **options):
+        learner = make(model_dir, grad_clip=0.0, batch_size=len(batch), **options)
+        grads = []
+        learner.optimizer.register_step_pre_hook(lambda *_: grads.append([p.grad.clone() for p in learner.params]))
+        before = [p.detach().clone() for p in learner.params]
+        return learner, before, grads, learner.observe(batch)
+
+    learner, before, grads, metrics = update(transitions, signal_gate=1e6)  # no answer passes
+    assert grads == [] and learner.n_updates == 0 and not learner.optimizer.state  # no optimizer step
+    assert all(torch.equal(a, b) for a, b in zip(before, learner.params))  # so no weight decay either
+    assert metrics["sdpo/signal_passed"] == 0.0 and metrics["sdpo/advantage_abs_mean"] > 0  # metrics: raw A_t
+
+    # A gate between the two answers' largest |A_t|: the update learns from the one above it, as if alone (token_mean
+    # divides by both answers' tokens).
+    peaks = [_max_abs_advantage(learner, t) for t in transitions]
+    assert abs(peaks[0] - peaks[1]) > 1e-3
+    strong = int(peaks[1] > peaks[0])
+    _, _, gated, metrics = update(transitions, signal_gate=sum(peaks) / 2)
+    assert metrics["sdpo/signal_passed"] == 0.5
+    _, _, alone, _ = update([transitions[strong]])
+    n_tokens = [len(learner._completion_ids(t.response)) for t in transitions]
+    share = n_tokens[strong] / sum(n_tokens)
+    close = {"atol": 1e-5, "rtol": 1e-3}  # the batch pads the shorter answer: float noise of order 1e-6
+    for g, a in zip(gated[0], alone[0]):
+        torch.testing.assert_close(g, a * share, **close)
+    _, _, plain, _ = update(transitions)  # without the gate the weaker answer's gradient is there too
+    assert not all(torch.allclose(g, q, **close) for g, q in zip(gated[0], plain[0]))
+    with pytest.raises(ConfigError, match=r"agent.signal_gate: applies to loss=pg only"):
+        make(model_dir, signal_gate=0.5, loss="full")
