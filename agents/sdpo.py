@@ -70,8 +70,10 @@ class SDPOConfig:
                                         "the update (a complaint's signal sits on few tokens, a neutral "
                                         "follow-up's noise on many); 0 keeps every token", min=0.0)
     signal_gate: float = option(0.0, "loss=pg: learn only from answers whose follow-up moves some token by "
-                                "|A_t| >= this; an update whose answers all fall below it is skipped (no optimizer "
-                                "step, no weight decay); 0 learns from every follow-up", min=0.0)
+                                "|A_t| >= this; an update whose answers all fall below it takes no optimizer step; "
+                                "0 learns from every follow-up", min=0.0)
+    gate_decay: bool = option(True, "signal_gate: an update the gate skips still shrinks the LoRA weights by "
+                              "lr x weight_decay, so the adapter keeps its pull back to the base")
     center_advantages: bool = option(False, "subtract each sequence's mean advantage")
     ratio_clip: float | None = option(None, "PPO-style importance-ratio clip epsilon (pg loss); null = off", gt=0.0)
     aggregation: str = option("token_mean", "how token losses are combined: token_mean and sequence_mean divide "
@@ -234,7 +236,9 @@ class SDPOLearner:
                 loss = loss + c.kl_coef * kl_mean
         if passed is None or passed.any():
             metrics = self._step(loss, batch)
-        else:  # no answer carries a signal: the adapter and the optimizer stay as they are
+        else:  # no answer carries a signal: no step; the optimizer's state stays as it is
+            if c.gate_decay:
+                self.decay_weights()
             metrics = {"sdpo/skipped_updates": float(self.n_skipped)}
         if passed is not None:
             metrics["sdpo/signal_passed"] = passed.float().mean().item()
@@ -291,7 +295,12 @@ class SDPOLearner:
         """The optimizer's step on the gradients there are, then SGD's weight decay (decoupled, as AdamW's)."""
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.config.optimizer == "sgd" and self.config.weight_decay > 0:
+        if self.config.optimizer == "sgd":
+            self.decay_weights()
+
+    def decay_weights(self) -> None:
+        """Shrinks the LoRA weights by ``lr x weight_decay``: the decoupled weight decay of an AdamW step."""
+        if self.config.weight_decay > 0:
             with torch.no_grad():
                 torch._foreach_mul_(list[torch.Tensor](self.params), 1 - self.config.lr * self.config.weight_decay)
 
