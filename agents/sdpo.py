@@ -72,8 +72,9 @@ class SDPOConfig:
     signal_gate: float = option(0.0, "loss=pg: learn only from answers whose follow-up moves some token by "
                                 "|A_t| >= this; an update whose answers all fall below it takes no optimizer step; "
                                 "0 learns from every follow-up", min=0.0)
-    gate_decay: bool = option(True, "signal_gate: an update the gate skips still shrinks the LoRA weights by "
-                              "lr x weight_decay, so the adapter keeps its pull back to the base")
+    gate_decay: bool = option(False, "signal_gate: an update the gate skips still shrinks the LoRA weights by "
+                              "lr x weight_decay (on the flip this lowered every plateau: README, 'Learning only "
+                              "from follow-ups that carry a signal')")
     center_advantages: bool = option(False, "subtract each sequence's mean advantage")
     ratio_clip: float | None = option(None, "PPO-style importance-ratio clip epsilon (pg loss); null = off", gt=0.0)
     aggregation: str = option("token_mean", "how token losses are combined: token_mean and sequence_mean divide "

@@ -270,11 +270,12 @@ def test_signal_gate_learns_only_from_answers_with_a_large_advantage(model_dir) 
 
     learner, before, grads, metrics = update(transitions, signal_gate=1e6)  # no answer passes
     assert grads == [] and learner.n_updates == 0 and not learner.optimizer.state  # no optimizer step
-    shrink = 1 - learner.config.lr * learner.config.weight_decay  # but AdamW's weight decay, as a step would
-    assert all(torch.equal(new, old * shrink) for new, old in zip(learner.params, before))
+    assert all(torch.equal(a, b) for a, b in zip(before, learner.params))  # and no weight decay
     assert metrics["sdpo/signal_passed"] == 0.0 and metrics["sdpo/advantage_abs_mean"] > 0  # metrics: raw A_t
-    learner, before, _, _ = update(transitions, signal_gate=1e6, gate_decay=False)
-    assert all(torch.equal(a, b) for a, b in zip(before, learner.params))
+    learner, before, grads, _ = update(transitions, signal_gate=1e6, gate_decay=True)
+    assert grads == [] and not learner.optimizer.state
+    shrink = 1 - learner.config.lr * learner.config.weight_decay  # AdamW's weight decay alone, as a step applies it
+    assert all(torch.equal(new, old * shrink) for new, old in zip(learner.params, before))
 
     # A gate between the two answers' largest |A_t|: the update learns from the one above it, as if alone (token_mean
     # divides by both answers' tokens).
