@@ -78,9 +78,9 @@ def center_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Ten
 def signal_rows(advantages: torch.Tensor, mask: torch.Tensor, gate: float) -> torch.Tensor:
     """Which answers carry a hindsight signal: those with a completion token whose |A_t| reaches ``gate``.
 
-    Label-free: it reads only the advantages. On the tiny model a complaint moves some token by 0.5 or more in 97%
-    of the default flip run's first 250 interactions, the other follow-ups in 8% (README, "Learning only from
-    follow-ups that carry a signal").
+    Label-free: it reads only the advantages. Scored by the shipped tiny model, 97% of the complaints in the default
+    flip run's first 250 interactions move some token by 0.5 or more, and 8% of the other follow-ups; in six gated
+    flip runs the live teacher passed 92% and 13% (README, "Learning only from follow-ups that carry a signal").
 
     Args:
         advantages: (B, T).
