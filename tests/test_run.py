@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -108,25 +110,29 @@ def _wait_for_lines(path: Path, n: int, proc, timeout: float = 300) -> None:
     raise AssertionError("timed out")
 
 
-@pytest.fixture
-def one_thread():
+@contextlib.contextmanager
+def _single_thread() -> Iterator[None]:
     """The worker's thread count everywhere, so that only the process differs between a worker's run and a loop's."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    with _single_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
 def loop_run(model_dir, scenario_file, tmp_path_factory) -> Path:
     """A run that evaluates in the loop's process, with one torch thread."""
     out = tmp_path_factory.mktemp("loop") / "run"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _single_thread():
         assert main(args_for(model_dir, scenario_file, out, "eval.background=never")) == 0
-    finally:
-        torch.set_num_threads(threads)
     return out
 
 
