@@ -75,6 +75,9 @@ class SDPOConfig:
     gate_decay: bool = option(False, "signal_gate: an update the gate skips still shrinks the LoRA weights by "
                               "lr x weight_decay (on the flip this lowered every plateau: README, 'Learning only "
                               "from follow-ups that carry a signal')")
+    decay_gate: float = option(0.0, "loss=pg: apply the weight decay only on updates with an answer whose follow-up "
+                               "moves some token by |A_t| >= this (the user said something was wrong: forget); "
+                               "the gradient step is taken on every update; 0 decays on every update", min=0.0)
     center_advantages: bool = option(False, "subtract each sequence's mean advantage")
     ratio_clip: float | None = option(None, "PPO-style importance-ratio clip epsilon (pg loss); null = off", gt=0.0)
     aggregation: str = option("token_mean", "how token losses are combined: token_mean and sequence_mean divide "
@@ -98,7 +101,7 @@ class SDPOConfig:
         problems = []
         if "{follow_up}" not in self.hindsight_template:
             problems.append(("hindsight_template", "must contain {follow_up}"))
-        for key in ("advantage_threshold", "signal_gate"):
+        for key in ("advantage_threshold", "signal_gate", "decay_gate"):
             if getattr(self, key) and self.loss != "pg":
                 problems.append((key, f"applies to loss=pg only (loss={self.loss} learns from the teacher's "
                                       "logits, not from advantages); set it to 0"))
@@ -235,8 +238,9 @@ class SDPOLearner:
             kl_to_base = kl_mean.item()
             if c.kl_coef > 0:
                 loss = loss + c.kl_coef * kl_mean
+        decay = c.decay_gate == 0 or bool(signal_rows(raw_advantages, mask, c.decay_gate).any())
         if passed is None or passed.any():
-            metrics = self._step(loss, batch)
+            metrics = self._step(loss, batch, decay=decay)
         else:  # no answer carries a signal: no step; the optimizer's state stays as it is
             if c.gate_decay:
                 self.decay_weights()
@@ -271,7 +275,7 @@ class SDPOLearner:
             metrics["sdpo/entropy"] = ((entropy * mask).sum() / n_tokens).item()
         return metrics
 
-    def _step(self, loss: torch.Tensor, batch: Sequence[Transition]) -> dict[str, float]:
+    def _step(self, loss: torch.Tensor, batch: Sequence[Transition], *, decay: bool = True) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             self.n_skipped += 1
@@ -286,17 +290,23 @@ class SDPOLearner:
             self.n_skipped += 1
             warnings.warn(f"SDPO update {self.n_updates} skipped: non-finite gradient", RuntimeWarning, stacklevel=3)
             return {"sdpo/skipped_updates": float(self.n_skipped)}
-        self.apply_step()
+        self.apply_step(decay=decay)
         if self.ema is not None:
             self.ema.step()
         self.n_updates += 1
         return {"sdpo/grad_norm": grad_norm, "sdpo/skipped_updates": float(self.n_skipped)}
 
-    def apply_step(self) -> None:
-        """The optimizer's step on the gradients there are, then SGD's weight decay (decoupled, as AdamW's)."""
+    def apply_step(self, *, decay: bool = True) -> None:
+        """The optimizer's step on the gradients there are, then SGD's weight decay (decoupled, as AdamW's).
+
+        Args:
+            decay: False takes the step without the weight decay.
+        """
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = self.config.weight_decay if decay and self.config.optimizer == "adamw" else 0.0
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.config.optimizer == "sgd":
+        if self.config.optimizer == "sgd" and decay:
             self.decay_weights()
 
     def decay_weights(self) -> None:

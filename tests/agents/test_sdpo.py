@@ -85,7 +85,7 @@ def test_schedule_update_every_and_batch(model_dir) -> None:
 
 @pytest.mark.parametrize("options", [
     {"loss": "topk", "topk": 5}, {"loss": "full", "alpha": 0.5}, {"center_advantages": True},
-    {"ratio_clip": 0.2}, {"advantage_threshold": 0.01}, {"signal_gate": 0.01}, {"kl_coef": 0.1}, {"teacher": "base"},
+    {"ratio_clip": 0.2}, {"advantage_threshold": 0.01}, {"signal_gate": 0.01}, {"decay_gate": 0.01}, {"kl_coef": 0.1}, {"teacher": "base"},
     {"teacher": "ema"},
     {"aggregation": "sequence_mean", "batch_size": 2}, {"optimizer": "sgd", "lr": 1.0, "weight_decay": 1e-3},
 ])
@@ -294,3 +294,24 @@ def test_signal_gate_learns_only_from_answers_with_a_large_advantage(model_dir) 
     assert not all(torch.allclose(g, q, **close) for g, q in zip(gated[0], plain[0]))
     with pytest.raises(ConfigError, match=r"agent.signal_gate: applies to loss=pg only"):
         make(model_dir, signal_gate=0.5, loss="full")
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_decay_gate_decays_only_on_updates_with_a_large_advantage(model_dir, optimizer) -> None:
+    _, transitions = interact(make(model_dir))
+    peak = max(_max_abs_advantage(make(model_dir), t) for t in transitions)
+    options = {"optimizer": optimizer, "lr": 1e-3 if optimizer == "adamw" else 0.5, "weight_decay": 1.0,
+               "batch_size": 2}
+
+    def weights(**more):
+        learner = make(model_dir, **{**options, **more})
+        learner.observe(transitions)
+        return [p.detach().clone() for p in learner.params]
+
+    decayed, undecayed = weights(), weights(weight_decay=0.0)
+    assert not all(torch.equal(a, b) for a, b in zip(decayed, undecayed))
+    below, above = weights(decay_gate=peak * 1.01), weights(decay_gate=peak * 0.99)
+    assert all(torch.equal(a, b) for a, b in zip(below, undecayed))  # the gradient step alone
+    assert all(torch.equal(a, b) for a, b in zip(above, decayed))  # the step and the decay
+    with pytest.raises(ConfigError, match=r"agent.decay_gate: applies to loss=pg only"):
+        make(model_dir, decay_gate=0.5, loss="topk")
