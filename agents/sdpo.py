@@ -77,7 +77,9 @@ class SDPOConfig:
                               "from follow-ups that carry a signal')")
     decay_gate: float = option(0.0, "loss=pg: apply the weight decay only on updates with an answer whose follow-up "
                                "moves some token by |A_t| >= this (the user said something was wrong: forget); "
-                               "the gradient step is taken on every update; 0 decays on every update", min=0.0)
+                               "the gradient step is taken on every update (on the flip the adapter then grows and "
+                               "re-adapts worse: README, 'Learning only from follow-ups that carry a signal'); "
+                               "0 decays on every update", min=0.0)
     center_advantages: bool = option(False, "subtract each sequence's mean advantage")
     ratio_clip: float | None = option(None, "PPO-style importance-ratio clip epsilon (pg loss); null = off", gt=0.0)
     aggregation: str = option("token_mean", "how token losses are combined: token_mean and sequence_mean divide "
