@@ -132,13 +132,8 @@ def evaluation_worker(build: Callable[[], Evaluation], *, enabled: bool) -> Iter
     if not enabled:
         yield None
         return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads - 1))
-    try:
-        with EvaluationWorker(build) as worker:
-            yield worker
-    finally:
-        torch.set_num_threads(threads)
+    with EvaluationWorker(build, take_thread=True) as worker:
+        yield worker
 
 
 class WorkerStopped(SdpoEnvError):
@@ -165,9 +160,14 @@ class EvaluationWorker:
     Args:
         build: Builds the worker's :class:`Evaluation` (in the worker; a picklable module-level callable, e.g. a
             ``functools.partial``), from the same configuration as the loop's.
+        take_thread: Takes one of this process's torch threads while the worker lives; it is given back when the
+            worker is closed, discarded or found stopped (the loop then evaluates on all its threads).
     """
 
-    def __init__(self, build: Callable[[], Evaluation]):
+    def __init__(self, build: Callable[[], Evaluation], *, take_thread: bool = False):
+        self._loop_threads = torch.get_num_threads()
+        if take_thread:
+            torch.set_num_threads(max(1, self._loop_threads - 1))
         context = multiprocessing.get_context("spawn")  # not fork: the loop's process has threads (torch, rich)
         self._connection, theirs = context.Pipe()
         self._process = context.Process(target=_serve, args=(build, theirs), name="sdpo_env-evaluation", daemon=True)
@@ -222,9 +222,14 @@ class EvaluationWorker:
         self.pending = None
         self._process.kill()
         self._process.join()
+        self._give_back_thread()
+
+    def _give_back_thread(self) -> None:
+        torch.set_num_threads(self._loop_threads)
 
     def _stopped(self, k: int) -> WorkerStopped:
         self._process.join(timeout=5)
+        self._give_back_thread()
         return WorkerStopped(f"the evaluation worker stopped (exit code {self._process.exitcode}) during the "
                              f"evaluation after {k} interactions", self._job)
 
@@ -239,6 +244,7 @@ class EvaluationWorker:
             self._process.kill()
             self._process.join()
         self._connection.close()
+        self._give_back_thread()
 
     def __enter__(self) -> EvaluationWorker:
         return self

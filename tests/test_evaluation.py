@@ -54,7 +54,7 @@ def test_a_worker_that_died_is_reported_with_its_exit_code() -> None:
     worker.close()
 
 
-def test_the_worker_takes_one_of_the_loops_threads_until_it_stops() -> None:
+def test_the_worker_takes_one_of_the_loops_threads_until_it_stops_or_dies() -> None:
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
@@ -63,6 +63,16 @@ def test_the_worker_takes_one_of_the_loops_threads_until_it_stops() -> None:
         assert torch.get_num_threads() == 3
         with evaluation_worker(partial(_broken_build, "unused"), enabled=False) as worker:
             assert worker is None and torch.get_num_threads() == 3
+        with evaluation_worker(_stalling_build, enabled=True) as worker:  # type: ignore[arg-type]
+            assert worker is not None
+            worker.submit(75, {}, {}, {})
+            worker._process.kill()
+            with pytest.raises(WorkerStopped):
+                worker.result()
+            assert torch.get_num_threads() == 3  # the loop evaluates from now on: on all its threads
+            worker.discard()
+            worker.close()
+        assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
 
