@@ -85,8 +85,8 @@ def test_schedule_update_every_and_batch(model_dir) -> None:
 
 @pytest.mark.parametrize("options", [
     {"loss": "topk", "topk": 5}, {"loss": "full", "alpha": 0.5}, {"center_advantages": True},
-    {"ratio_clip": 0.2}, {"advantage_threshold": 0.01}, {"signal_gate": 0.01}, {"decay_gate": 0.01}, {"kl_coef": 0.1}, {"teacher": "base"},
-    {"teacher": "ema"},
+    {"ratio_clip": 0.2}, {"advantage_threshold": 0.01}, {"signal_gate": 0.01}, {"decay_gate": 0.01}, {"kl_coef": 0.1},
+    {"teacher": "base"}, {"teacher": "ema"},
     {"aggregation": "sequence_mean", "batch_size": 2}, {"optimizer": "sgd", "lr": 1.0, "weight_decay": 1e-3},
 ])
 def test_every_option_trains(model_dir, options) -> None:
