@@ -176,6 +176,9 @@ class EvaluationWorker:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             self._process.start()
+        except BaseException:
+            self._give_back_thread()
+            raise
         finally:
             signal.signal(signal.SIGINT, previous)
         theirs.close()

@@ -6,6 +6,7 @@ That the worker's rows equal the loop's, and that runs with it resume exactly, i
 from __future__ import annotations
 
 import io
+import multiprocessing
 import sys
 import time
 from functools import partial
@@ -72,6 +73,22 @@ def test_the_worker_takes_one_of_the_loops_threads_until_it_stops_or_dies() -> N
             assert torch.get_num_threads() == 3  # the loop evaluates from now on: on all its threads
             worker.discard()
             worker.close()
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_worker_that_cannot_be_started_gives_its_thread_back(monkeypatch) -> None:
+    def refuse(self) -> None:
+        raise OSError("no more processes")
+
+    monkeypatch.setattr(multiprocessing.get_context("spawn").Process, "start", refuse)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with pytest.raises(OSError, match="no more processes"):
+            with evaluation_worker(partial(_broken_build, "unused"), enabled=True):
+                pass
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
