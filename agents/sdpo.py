@@ -229,9 +229,10 @@ class SDPOLearner:
         else:
             loss = full_divergence_loss(student_logits=student_logits, teacher_logits=teacher_logits, mask=mask,
                                         alpha=c.alpha, aggregation=c.aggregation)
+        step = passed is None or bool(passed.any())  # a gate that passes no answer: no step, no KL forward
         kl_to_base = None
-        diagnose = bool(c.diagnostics_every) and self.n_updates % c.diagnostics_every == 0
-        if c.kl_coef > 0 or diagnose:
+        diagnose = step and bool(c.diagnostics_every) and self.n_updates % c.diagnostics_every == 0
+        if (c.kl_coef > 0 and step) or diagnose:
             with torch.no_grad(), policy.base_model():
                 base_logits, _, _ = policy.completion_logits(contexts, completions)
             kl = divergence(torch.log_softmax(student_logits.float(), -1),
@@ -241,7 +242,7 @@ class SDPOLearner:
             if c.kl_coef > 0:
                 loss = loss + c.kl_coef * kl_mean
         decay = c.decay_gate == 0 or bool(signal_rows(raw_advantages, mask, c.decay_gate).any())
-        if passed is None or passed.any():
+        if step:
             metrics = self._step(loss, batch, decay=decay)
         else:  # no answer carries a signal: no step; the optimizer's state stays as it is
             if c.gate_decay:

@@ -61,17 +61,27 @@ def test_update_moves_tokens_in_the_direction_of_their_advantage(model_dir) -> N
     assert (advantages * change).sum() > 0  # first-order decrease of the loss
 
 
-def test_exactly_two_forward_passes_per_update(model_dir) -> None:
-    learner = make(model_dir)
-    _, transitions = interact(learner)
+def _forwards(learner, transitions) -> int:
     calls = []
-    base = learner.policy.model.get_base_model()
-    handle = base.register_forward_pre_hook(lambda *a: calls.append(1))
+    handle = learner.policy.model.get_base_model().register_forward_pre_hook(lambda *a: calls.append(1))
     try:
         learner.observe(transitions)
     finally:
         handle.remove()
-    assert len(calls) == 2  # one teacher forward (no grad) + one student forward (grad); no third pass
+    return len(calls)
+
+
+def test_two_forward_passes_per_update_three_with_the_kl(model_dir) -> None:
+    learner = make(model_dir)
+    _, transitions = interact(learner)
+    assert _forwards(learner, transitions) == 2  # one teacher forward (no grad) + one student forward (grad)
+    # the KL to the base takes a third, except on an update the signal gate skips (its loss is not used)
+    assert _forwards(make(model_dir, kl_coef=0.1), transitions) == 3
+    assert _forwards(make(model_dir, kl_coef=0.1, signal_gate=1e6), transitions) == 2
+    assert _forwards(make(model_dir, kl_coef=0.1, signal_gate=1e-6), transitions) == 3
+    # so do the diagnostics (every N updates), which a skipped update does not count or run
+    assert _forwards(make(model_dir, diagnostics_every=1), transitions) == 3
+    assert _forwards(make(model_dir, diagnostics_every=1, signal_gate=1e6), transitions) == 2
 
 
 def test_schedule_update_every_and_batch(model_dir) -> None:
