@@ -305,8 +305,9 @@ class SDPOLearner:
         Args:
             decay: False takes the step without the weight decay.
         """
-        for group in self.optimizer.param_groups:
-            group["weight_decay"] = self.config.weight_decay if decay and self.config.optimizer == "adamw" else 0.0
+        if self.config.optimizer == "adamw":  # AdamW decays inside its step
+            for group in self.optimizer.param_groups:
+                group["weight_decay"] = self.config.weight_decay if decay else 0.0
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.config.optimizer == "sgd" and decay:

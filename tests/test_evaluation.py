@@ -71,8 +71,11 @@ def test_the_worker_takes_one_of_the_loops_threads_until_it_stops_or_dies() -> N
             with pytest.raises(WorkerStopped):
                 worker.result()
             assert torch.get_num_threads() == 3  # the loop evaluates from now on: on all its threads
-            worker.discard()
-            worker.close()
+        with evaluation_worker(_stalling_build, enabled=True) as worker:  # type: ignore[arg-type]
+            assert worker is not None and torch.get_num_threads() == 2
+            worker.submit(75, {}, {}, {})
+            worker.discard()  # an interrupted run drops the evaluation and stops the worker
+            assert torch.get_num_threads() == 3
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
