@@ -1,23 +1,25 @@
-"""``python -m sdpo_env.reevaluate run=RUN_FOLDER [samples_per_prompt=8] [n_prompts=N] [seed=S]``: judge a run's
-policy again, with more answers.
+"""``python -m sdpo_env.reevaluate run=RUN_FOLDER [samples_per_prompt=8] [n_prompts=N] [seed=S] [at=T]``: judge a
+run's policy again, with more answers.
 
 Examples::
 
     python -m sdpo_env.reevaluate run=runs/flip-s0                        # 8 answers per held-out prompt
     python -m sdpo_env.reevaluate run=runs/flip-s0 samples_per_prompt=1   # repeats the run's own last evaluation
     python -m sdpo_env.reevaluate run=bench/flip/sdpo/seed1 samples_per_prompt=4 seed=7
+    python -m sdpo_env.reevaluate run=runs/flip-s0 at=250               # the policy at the flip (end of phase 1)
 
 A run evaluates with ``eval.samples_per_prompt`` answers per held-out prompt (1 by default: 64 answers on the tiny
 model). That is enough to draw a curve but coarse for a single figure: the standard error of a satisfaction rate
 near 0.85 over 64 answers is about 0.045, so 0.84 and 0.90 are one evaluation's noise apart. This command loads the
-run's latest checkpoint (the final policy of a finished run), samples ``samples_per_prompt`` answers for each
-held-out prompt, judges each against as many answers of the frozen base model under the preferences the run judged
-under at that interaction (the old and the new ones at a persona change), and prints the figures next to the run's
-own evaluation at that interaction. The run's judge, prompts and sampling settings are used; the run folder is not
-changed except for ``reevaluations/t<T>-k<K>-p<N>-s<S>.json`` (the figures and every judged answer).
-``seed`` picks the evaluation's answers; the default, the run's seed, with ``samples_per_prompt`` and ``n_prompts``
-as in the run, repeats the run's evaluation exactly (at the run's CPU thread count: a bench run with ``jobs=2`` ran
-at one thread, so use ``OMP_NUM_THREADS=1``). The in-context oracle is not re-evaluated.
+run's latest checkpoint (the final policy of a finished run), or with ``at=T`` the policy the run kept at the
+persona change after ``T`` interactions (``snapshots/t<T>.pt``, the end of a phase), samples ``samples_per_prompt``
+answers for each held-out prompt, judges each against as many answers of the frozen base model under the
+preferences the run judged under at that interaction (the old and the new ones at a persona change), and prints the
+figures next to the run's own evaluation at that interaction. The run's judge, prompts and sampling settings are
+used; the run folder is not changed except for ``reevaluations/t<T>-k<K>-p<N>-s<S>.json`` (the figures and every
+judged answer). ``seed`` picks the evaluation's answers; the default, the run's seed, with ``samples_per_prompt``
+and ``n_prompts`` as in the run, repeats the run's evaluation exactly (at the run's CPU thread count: a bench run
+with ``jobs=2`` ran at one thread, so use ``OMP_NUM_THREADS=1``). The in-context oracle is not re-evaluated.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class ReevaluateConfig:
     samples_per_prompt: int = option(8, "answers per held-out prompt, on each side", min=1)
     n_prompts: int | None = option(None, "held-out prompts; default the run's eval.n_prompts", min=1)
     seed: int | None = option(None, "seeds the evaluation's answers; default the run's seed", min=0)
+    at: int | None = option(None, "the interaction to judge the policy after: a persona change (the run keeps the "
+                                  "policy there, in snapshots/); default the latest checkpoint", min=0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,8 +76,7 @@ def reevaluate(config: ReevaluateConfig, console: Console) -> list[dict[str, Any
     n = run_config.n_interactions or scenario.n_interactions
     n_prompts = config.n_prompts or run_config.eval.n_prompts
     seed = run_config.seed if config.seed is None else config.seed
-    state = folder.load_checkpoint()
-    assert state is not None
+    state = _policy_state(folder, config.at)
     t = state["t"]
 
     policy = load_policy(run_config)
@@ -117,6 +120,20 @@ def _existing_run(path: str) -> RunFolder:
         raise ConfigError([Problem(COMMAND_LINE, "run", f"{path} has no {' or '.join(missing)}; give a run folder "
                                                         "made by python -m sdpo_env.run")])
     return RunFolder(path)
+
+
+def _policy_state(folder: RunFolder, at: int | None) -> dict[str, Any]:
+    """The learner's state at ``at`` (a snapshot, or the checkpoint if it is there), by default the checkpoint's."""
+    state = folder.load_checkpoint()
+    assert state is not None
+    if at is None or at == state["t"]:
+        return state
+    if at not in folder.snapshot_points():
+        kept = ", ".join(str(k) for k in [*folder.snapshot_points(), state["t"]])
+        raise ConfigError([Problem(COMMAND_LINE, "at", f"{folder.path} kept the policy after {kept} interactions "
+                                                       f"(the persona changes in snapshots/ and the latest "
+                                                       f"checkpoint), not after {at}")])
+    return folder.load_snapshot(at)
 
 
 def _print(console: Console, row: dict[str, Any], logged: dict[str, Any] | None, answers: tuple[int, int]) -> None:

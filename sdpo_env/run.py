@@ -8,7 +8,8 @@ Examples::
     python -m sdpo_env.run resume=runs/flip-s1                # continue a stopped run exactly
 
 The run folder gets ``config.yaml``, ``interactions.jsonl``, ``metrics.jsonl``, ``summary.json``, ``winrate.png``,
-``preferences.png``, the adapter in peft format and ``checkpoint.pt``. Ctrl-C checkpoints and stops cleanly.
+``preferences.png``, the adapter in peft format, ``checkpoint.pt`` and ``snapshots/t<T>.pt`` (the learner's state at
+each persona change, for ``python -m sdpo_env.reevaluate ... at=T``). Ctrl-C checkpoints and stops cleanly.
 """
 
 from __future__ import annotations
@@ -240,6 +241,7 @@ def _run(args: Sequence[str], console: Console, cleanup: ExitStack) -> int:
                                                      enabled=in_background(config, n, policy.device,
                                                                            policy.weight_bytes())))
     points = evaluation_points(n, config.eval.every, scenario)
+    persona_changes = {p.start for p in scenario.phases if 0 < p.start < n}
 
     obs, _ = env.reset(seed=config.seed)
     state = folder.load_checkpoint() if resuming else None
@@ -332,6 +334,8 @@ def _run(args: Sequence[str], console: Console, cleanup: ExitStack) -> int:
                 last_eval = t
             if t == n:
                 break
+            if t in persona_changes:
+                folder.save_snapshot(t, learner.state_dict())  # the end of a phase, to judge again later
             phase = scenario.phase_at(t)
             set_persona(learner, phase.persona)
             messages = list(obs["messages"])

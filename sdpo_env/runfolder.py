@@ -1,9 +1,10 @@
 """The run folder: append-only JSONL logs, atomic checkpoints, and the summary.
 
 Layout: ``config.yaml`` (resolved), ``interactions.jsonl`` (one line per interaction), ``metrics.jsonl`` (one line
-per evaluation), ``summary.json``, ``checkpoint.pt``, ``adapter/`` (peft format) and the plots. Lines are flushed as
-they are written, so a crash loses nothing already logged; a checkpoint records how many lines it covers, and a
-resume truncates the logs back to it before continuing.
+per evaluation), ``summary.json``, ``checkpoint.pt``, ``snapshots/t<T>.pt`` (the learner's state at each persona
+change), ``adapter/`` (peft format) and the plots. Lines are flushed as they are written, so a crash loses nothing
+already logged; a checkpoint records how many lines it covers, and a resume truncates the logs back to it before
+continuing.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,16 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _save_atomically(state: dict[str, Any], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return torch.load(path, weights_only=False)  # our own file: learner state holds plain objects
+
+
 class RunFolder:
     """Reads and writes one run's files."""
 
@@ -40,6 +52,7 @@ class RunFolder:
         self.interactions = self.path / "interactions.jsonl"
         self.metrics = self.path / "metrics.jsonl"
         self.checkpoint = self.path / "checkpoint.pt"
+        self.snapshots = self.path / "snapshots"
         self.summary = self.path / "summary.json"
         self.config = self.path / "config.yaml"
 
@@ -69,14 +82,23 @@ class RunFolder:
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Writes the checkpoint atomically: a crash mid-write leaves the previous one intact."""
-        tmp = self.checkpoint.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint)
+        _save_atomically(state, self.checkpoint)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        if not self.checkpoint.is_file():
-            return None
-        return torch.load(self.checkpoint, weights_only=False)  # our own file: learner state holds plain objects
+        return _load(self.checkpoint) if self.checkpoint.is_file() else None
+
+    def save_snapshot(self, t: int, learner_state: dict[str, Any]) -> None:
+        """Keeps the learner's state after ``t`` interactions (a persona change), for judging it again later."""
+        self.snapshots.mkdir(exist_ok=True)
+        _save_atomically({"t": t, "learner": learner_state}, self.snapshots / f"t{t}.pt")
+
+    def snapshot_points(self) -> list[int]:
+        """The interactions the run kept a snapshot of, in order."""
+        found = (re.fullmatch(r"t(\d+)\.pt", p.name) for p in self.snapshots.glob("t*.pt"))
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def load_snapshot(self, t: int) -> dict[str, Any]:
+        return _load(self.snapshots / f"t{t}.pt")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         self.write_json(self.summary, summary)

@@ -79,6 +79,7 @@ def test_run_writes_the_run_folder(model_dir, scenario_file, tmp_path) -> None:
     assert set(summary["phase_end"]) == {"0", "1"}
     assert summary["timings"]["evaluations"] == 5  # points 0, 4, 8 (judged under both personas), 12, 16
     assert (out / "winrate.png").stat().st_size > 10_000
+    assert [p.name for p in (out / "snapshots").iterdir()] == ["t8.pt"]  # the policy at the persona change
 
 
 def _spawn(args, log):
@@ -266,11 +267,14 @@ def test_reevaluation_repeats_the_runs_evaluation_and_scales_the_answers(model_d
     assert logged["phase"] == 1  # the flipped preferences: judged under the new persona
 
     (again,) = reevaluate(ReevaluateConfig(run=str(out), samples_per_prompt=1), Console(quiet=True))
+    again_at_end = again
     assert (again["interaction"], again["phase"], again["persona"]) == (12, 1, logged["persona"])
-    compared = [k for k in logged if k.startswith(("sat/", "base_sat/", "win_rate", "ci_", "coverage", "ceiling",
-                                                   "valid_rate", "mean_words"))]
-    assert len(compared) >= 12
-    assert {k: again[k] for k in compared} == {k: logged[k] for k in compared}  # the restored policy, exactly
+    def compared(row: dict) -> dict:
+        return {k: v for k, v in row.items() if k.startswith(("sat/", "base_sat/", "win_rate", "ci_", "coverage",
+                                                              "ceiling", "valid_rate", "mean_words"))}
+
+    assert len(compared(logged)) >= 12
+    assert compared(again) == compared(logged)  # the restored policy, exactly
 
     capsys.readouterr()
     assert reevaluate_main([f"run={out}", "samples_per_prompt=3", "seed=5"]) == 0
@@ -281,6 +285,16 @@ def test_reevaluation_repeats_the_runs_evaluation_and_scales_the_answers(model_d
     assert [a["prompt"] for a in row["answers"][:3]] == [row["answers"][0]["prompt"]] * 3
     assert len({a["base"] for a in row["answers"][:3]}) > 1  # each policy answer meets its own base answer
     assert 0 <= row["sat/all"] <= 1 and row["n_prompts"] == 6
+
+    # the policy the run kept at the persona change, judged under the old and the new preferences as the run did
+    at_change = reevaluate(ReevaluateConfig(run=str(out), samples_per_prompt=1, at=8), Console(quiet=True))
+    logged_at_change = [r for r in read_jsonl(out / "metrics.jsonl") if r["interaction"] == 8]
+    assert [(r["interaction"], r["phase"]) for r in at_change] == [(8, 0), (8, 1)]
+    for again, logged in zip(at_change, logged_at_change, strict=True):
+        assert compared(again) == compared(logged)
+    assert compared(at_change[1]) != compared(again_at_end)  # not the final policy
+    assert reevaluate_main([f"run={out}", "at=5"]) == 2
+    assert "kept the policy after 8, 12 interactions" in capsys.readouterr().err
 
 
 def test_a_folder_that_is_not_a_run_is_refused_without_creating_anything(tmp_path, capsys) -> None:
