@@ -69,9 +69,10 @@ class SDPOConfig:
     advantage_threshold: float = option(0.0, "loss=pg: zero the token advantages with |A_t| below this before "
                                         "the update (a complaint's signal sits on few tokens, a neutral "
                                         "follow-up's noise on many); 0 keeps every token", min=0.0)
-    signal_gate: float = option(0.0, "loss=pg: learn only from answers whose follow-up moves some token by "
-                                "|A_t| >= this; an update whose answers all fall below it takes no optimizer step; "
-                                "0 learns from every follow-up", min=0.0)
+    signal_gate: float = option(0.0, "learn only from answers whose follow-up moves some token by |A_t| >= this "
+                                "(the sampled tokens' log-ratio, under any loss); an update whose answers all fall "
+                                "below it takes no optimizer step; 0 learns from every follow-up, as the paper "
+                                "does (README, 'Learning only from follow-ups that carry a signal')", min=0.0)
     gate_decay: bool = option(False, "signal_gate: an update the gate skips still shrinks the LoRA weights by "
                               "lr x weight_decay (on the flip this lowered every plateau: README, 'Learning only "
                               "from follow-ups that carry a signal')")
@@ -89,7 +90,8 @@ class SDPOConfig:
                             "them like any other; skip = leave them out of the update (DAPO's overlong filtering; "
                             "on the flip, collapses into looping answers begin with cut answers, but skipping them "
                             "does not prevent one: README, 'Learners')", choices=("train", "skip"))
-    kl_coef: float = option(0.0, "weight of a KL(policy || base) penalty on the completion positions", min=0.0)
+    kl_coef: float = option(0.0, "weight of a KL(policy || base) penalty on the completion positions (a forward "
+                            "pass of the base on each update that steps); 0 = off, as in the paper", min=0.0)
     diagnostics_every: int = option(10, "every N updates also log KL to the base (an extra forward) and entropy "
                                     "(a softmax over the vocabulary); 0 = never", min=0)
     large_advantage: float = option(0.5, "|A_t| above this counts as a large advantage in the metrics", gt=0.0)
@@ -103,7 +105,7 @@ class SDPOConfig:
         problems = []
         if "{follow_up}" not in self.hindsight_template:
             problems.append(("hindsight_template", "must contain {follow_up}"))
-        for key in ("advantage_threshold", "signal_gate", "decay_gate"):
+        for key in ("advantage_threshold", "decay_gate"):
             if getattr(self, key) and self.loss != "pg":
                 problems.append((key, f"applies to loss=pg only (loss={self.loss} learns from the teacher's "
                                       "logits, not from advantages); set it to 0"))
@@ -225,11 +227,13 @@ class SDPOLearner:
                                         clip=c.ratio_clip, aggregation=c.aggregation)
         elif c.loss == "topk":
             loss = topk_divergence_loss(student_logits=student_logits, teacher_logits=teacher_logits, mask=mask,
-                                        k=c.topk, alpha=c.alpha, aggregation=c.aggregation)
+                                        k=c.topk, alpha=c.alpha, aggregation=c.aggregation, rows=passed)
         else:
             loss = full_divergence_loss(student_logits=student_logits, teacher_logits=teacher_logits, mask=mask,
-                                        alpha=c.alpha, aggregation=c.aggregation)
-        step = passed is None or bool(passed.any())  # a gate that passes no answer: no step, no KL forward
+                                        alpha=c.alpha, aggregation=c.aggregation, rows=passed)
+        # a gate that passes no answer: no step, no KL forward; a non-finite loss still goes on to be counted and
+        # warned about (non-finite advantages pass no gate)
+        step = passed is None or bool(passed.any()) or not bool(torch.isfinite(loss))
         kl_to_base = None
         diagnose = step and bool(c.diagnostics_every) and self.n_updates % c.diagnostics_every == 0
         if (c.kl_coef > 0 and step) or diagnose:

@@ -11,12 +11,18 @@ relevant / unrelated of the part the follow-up caused.
 
     python -m sdpo_env.bench_selectivity                    # the shipped tiny model, SDPO defaults
     python -m sdpo_env.bench_selectivity loss=topk lr=5e-4  # extra key=value arguments are SDPO options
+    python -m sdpo_env.bench_selectivity signal_gate=0.3 kl_coef=0.1 lr=1.5e-3   # learning only from signals
+
+With ``signal_gate``, a follow-up whose advantages all stay below the gate takes no step: it moves the
+policy by nothing (KL 0, caused part 0, gradient norm 0), and a pair whose unrelated side is skipped has an infinite
+ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -96,16 +102,20 @@ def one_update_moves(learner: SDPOLearner, pairs: Sequence[Pair], contexts: list
             learner.load_state_dict(copy.deepcopy(state))
             metrics = learner.update([transition])
             after = held_out_log_probs(learner.policy, contexts, completions)
-            moved[transition.info["relevant"]].append((mean_kl(before, after), mean_kl(drift, after),
-                                                       metrics["sdpo/advantage_abs_mean"], metrics["sdpo/grad_norm"]))
+            stepped = "sdpo/grad_norm" in metrics  # the signal gate skips an update whose |A_t| stay below it
+            moved[transition.info["relevant"]].append((mean_kl(before, after),
+                                                       mean_kl(drift, after) if stepped else 0.0,
+                                                       metrics["sdpo/advantage_abs_mean"],
+                                                       metrics["sdpo/grad_norm"] if stepped else 0.0))
     learner.load_state_dict(state)
     rel, unr = np.array(moved[True]), np.array(moved[False])
-    with np.errstate(divide="ignore"):  # an unrelated side that moved nothing (advantage_threshold) gives inf
+    # an unrelated side that moved nothing (advantage_threshold, signal_gate) gives inf; both sides nothing, nan
+    with np.errstate(divide="ignore", invalid="ignore"):
         ratios = rel[:, 1] / unr[:, 1]
     return {"kl_relevant": rel[:, 0].mean(), "kl_unrelated": unr[:, 0].mean(),
             "caused_relevant": rel[:, 1].mean(), "caused_unrelated": unr[:, 1].mean(),
             # One odd answer can dominate a mean of KLs: the median of the per-pair ratios is the robust figure.
-            "caused_ratio_median": float(np.median(ratios)),
+            "caused_ratio_median": float(np.nanmedian(ratios)) if not np.isnan(ratios).all() else math.nan,
             "relevant_moves_more": (rel[:, 1] > unr[:, 1]).mean(),
             "abs_adv_relevant": rel[:, 2].mean(), "abs_adv_unrelated": unr[:, 2].mean(),
             "grad_norm_relevant": rel[:, 3].mean(), "grad_norm_unrelated": unr[:, 3].mean()}

@@ -206,6 +206,7 @@ def full_divergence_loss(
     mask: torch.Tensor,
     alpha: float = 1.0,
     aggregation: str = "token_mean",
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Divergence to the detached teacher over the whole vocabulary at every completion position.
 
@@ -215,10 +216,17 @@ def full_divergence_loss(
         mask: (B, T).
         alpha: See :func:`divergence`.
         aggregation: See :func:`aggregate`.
+        rows: (B,) weight of each answer's tokens (the signal gate's 0 or 1); the aggregation still counts every
+            answer's tokens, as the ``pg`` loss does with its advantages zeroed. None weighs every answer 1.
     """
     student_log = torch.log_softmax(student_logits.float(), dim=-1)  # (B, T, V)
     teacher_log = torch.log_softmax(teacher_logits.detach().float(), dim=-1)  # (B, T, V)
-    return aggregate(divergence(student_log, teacher_log, alpha), mask, aggregation)
+    return aggregate(_weigh_rows(divergence(student_log, teacher_log, alpha), rows), mask, aggregation)
+
+
+def _weigh_rows(values: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """(B, T) values times each row's weight (B,), or unchanged."""
+    return values if rows is None else values * rows.to(values.dtype)[:, None]
 
 
 def _with_tail(log_probs_topk: torch.Tensor) -> torch.Tensor:
@@ -237,6 +245,7 @@ def topk_divergence_loss(
     alpha: float = 1.0,
     tail: bool = True,
     aggregation: str = "token_mean",
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Divergence restricted to the student's top-k tokens at each position, plus a tail bucket.
 
@@ -252,6 +261,7 @@ def topk_divergence_loss(
         alpha: See :func:`divergence`.
         tail: Keep the tail bucket (True) or renormalise over the top-k (False).
         aggregation: See :func:`aggregate`.
+        rows: See :func:`full_divergence_loss`.
     """
     student_log = torch.log_softmax(student_logits.float(), dim=-1)  # (B, T, V)
     teacher_log = torch.log_softmax(teacher_logits.detach().float(), dim=-1)  # (B, T, V)
@@ -262,4 +272,4 @@ def topk_divergence_loss(
     else:
         s_top = s_top - torch.logsumexp(s_top, -1, keepdim=True)
         t_top = t_top - torch.logsumexp(t_top, -1, keepdim=True)
-    return aggregate(divergence(s_top, t_top, alpha), mask, aggregation)
+    return aggregate(_weigh_rows(divergence(s_top, t_top, alpha), rows), mask, aggregation)

@@ -42,6 +42,16 @@ def test_each_update_starts_from_the_same_state_and_the_learner_ends_where_it_be
     assert mean_kl(before, held_out_log_probs(policy, contexts, completions)) == 0.0
     assert learner.n_updates == 0
 
+    # an update the signal gate skips moves nothing, and nothing of it is the follow-up's
+    gated = make_learner({"name": "sdpo", "diagnostics_every": 0, "signal_gate": 1e6},
+                         ChatPolicy.load("tiny", device="cpu"), seed=0)
+    with torch.no_grad():  # an adapter that is not zero, so that the optimizer-only step (weight decay) moves it
+        for param in gated.params:
+            param.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(1))
+    skipped = one_update_moves(gated, pairs[:1], contexts, completions)
+    assert [skipped[k] for k in ("kl_relevant", "kl_unrelated", "caused_relevant", "caused_unrelated",
+                                 "grad_norm_relevant")] == [0.0] * 5
+
 
 def test_inside_a_run_a_complaint_moves_the_policy_more_than_an_unrelated_message() -> None:
     figures = measure({}, n_pairs=8, n_warm=5, n_probe=8)

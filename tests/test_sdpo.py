@@ -243,6 +243,26 @@ def test_topk_with_every_token_equals_the_full_divergence() -> None:
     assert small.item() > 0 and renormalised.item() > 0 and small.item() != renormalised.item()
 
 
+@pytest.mark.parametrize("aggregation", ["token_mean", "sequence_mean", "token_sum"])
+def test_a_row_weighed_zero_drops_out_of_the_divergence_but_keeps_its_share_of_the_denominator(aggregation) -> None:
+    student, teacher, _, mask = _random()
+    rows = torch.tensor([1.0, 0.0, 1.0])
+    per_token = divergence(torch.log_softmax(student, -1), torch.log_softmax(teacher, -1), 1.0)  # (B, T)
+    expected = aggregate(per_token * rows[:, None], mask, aggregation)  # as pg does with zeroed advantages
+    full = full_divergence_loss(student_logits=student, teacher_logits=teacher, mask=mask, rows=rows,
+                                aggregation=aggregation)
+    torch.testing.assert_close(full, expected)
+    kept = [0, 2]
+    assert full.item() != pytest.approx(aggregate(per_token[kept], mask[kept], aggregation).item())  # not them alone
+    every = topk_divergence_loss(student_logits=student, teacher_logits=teacher, mask=mask, k=11, rows=rows,
+                                 aggregation=aggregation)
+    torch.testing.assert_close(every, expected, atol=1e-5, rtol=1e-5)
+    unweighed = full_divergence_loss(student_logits=student, teacher_logits=teacher, mask=mask,
+                                     aggregation=aggregation)
+    torch.testing.assert_close(full_divergence_loss(student_logits=student, teacher_logits=teacher, mask=mask,
+                                                    rows=torch.ones(3), aggregation=aggregation), unweighed)
+
+
 def test_divergence_losses_do_not_train_the_teacher() -> None:
     student, teacher, _, mask = _random()
     teacher.requires_grad_(True)

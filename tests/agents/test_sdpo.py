@@ -167,8 +167,9 @@ def test_ema_teacher_with_zero_decay_is_the_live_policy(model_dir) -> None:
     assert not torch.allclose(live, base, atol=1e-4)
 
 
-def test_non_finite_loss_is_skipped_counted_and_warned(model_dir, monkeypatch) -> None:
-    learner = make(model_dir)
+@pytest.mark.parametrize("gate", [0.0, 0.3])  # non-finite advantages pass no gate: still counted and warned
+def test_non_finite_loss_is_skipped_counted_and_warned(model_dir, monkeypatch, gate) -> None:
+    learner = make(model_dir, signal_gate=gate)
     _, transitions = interact(learner)
     before = [p.detach().clone() for p in learner.params]
     monkeypatch.setattr(sdpo_module, "token_advantages", lambda **kw: torch.full_like(kw["mask"], float("nan")))
@@ -302,8 +303,14 @@ def test_signal_gate_learns_only_from_answers_with_a_large_advantage(model_dir) 
         torch.testing.assert_close(g, a * share, **close)
     _, _, plain, _ = update(transitions)  # without the gate the weaker answer's gradient is there too
     assert not all(torch.allclose(g, q, **close) for g, q in zip(gated[0], plain[0]))
-    with pytest.raises(ConfigError, match=r"agent.signal_gate: applies to loss=pg only"):
-        make(model_dir, signal_gate=0.5, loss="full")
+    # the divergence losses (which do not read the advantages) are gated the same way
+    for loss in ("topk", "full"):
+        _, _, gated, _ = update(transitions, signal_gate=sum(peaks) / 2, loss=loss)
+        _, _, alone, _ = update([transitions[strong]], loss=loss)
+        for g, a in zip(gated[0], alone[0]):
+            torch.testing.assert_close(g, a * share, **close)
+        learner, _, grads, _ = update(transitions, signal_gate=1e6, loss=loss)
+        assert grads == [] and learner.n_updates == 0
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
