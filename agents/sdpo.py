@@ -219,12 +219,10 @@ class SDPOLearner:
         if c.center_advantages:
             advantages = center_advantages(advantages, mask)
         passed = signal_rows(raw_advantages, mask, c.signal_gate) if c.signal_gate else None  # (B,)
-        if passed is not None:
-            advantages = advantages * passed[:, None]
-        if c.loss == "pg":
+        if c.loss == "pg":  # every loss leaves the answers the gate drops out of the numerator, not the denominator
             loss = policy_gradient_loss(student_logprobs=student_lp, advantages=advantages, mask=mask,
                                         old_logprobs=student_lp.detach() if c.ratio_clip else None,
-                                        clip=c.ratio_clip, aggregation=c.aggregation)
+                                        clip=c.ratio_clip, aggregation=c.aggregation, rows=passed)
         elif c.loss == "topk":
             loss = topk_divergence_loss(student_logits=student_logits, teacher_logits=teacher_logits, mask=mask,
                                         k=c.topk, alpha=c.alpha, aggregation=c.aggregation, rows=passed)

@@ -128,9 +128,10 @@ def _policy_state(folder: RunFolder, at: int | None) -> dict[str, Any]:
     assert state is not None
     if at is None or at == state["t"]:
         return state
-    if at not in folder.snapshot_points():
-        kept = ", ".join(str(k) for k in [*folder.snapshot_points(), state["t"]])
-        raise ConfigError([Problem(COMMAND_LINE, "at", f"{folder.path} kept the policy after {kept} interactions "
+    kept = folder.snapshot_points()
+    if at not in kept:
+        listed = ", ".join(str(k) for k in [*kept, state["t"]])
+        raise ConfigError([Problem(COMMAND_LINE, "at", f"{folder.path} kept the policy after {listed} interactions "
                                                        f"(the persona changes in snapshots/ and the latest "
                                                        f"checkpoint), not after {at}")])
     return folder.load_snapshot(at)

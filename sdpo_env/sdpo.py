@@ -135,6 +135,11 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean"
     raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {mode!r}")
 
 
+def _weigh_rows(values: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """(B, T) values times each row's weight (B,), or unchanged."""
+    return values if rows is None else values * rows.to(values.dtype)[:, None]
+
+
 def policy_gradient_loss(
     *,
     student_logprobs: torch.Tensor,
@@ -143,6 +148,7 @@ def policy_gradient_loss(
     old_logprobs: torch.Tensor | None = None,
     clip: float | None = None,
     aggregation: str = "token_mean",
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The paper's loss: ``-mean_t(A_t * log pi(y_t | x, y_<t))`` with the advantage treated as a constant.
 
@@ -156,19 +162,21 @@ def policy_gradient_loss(
         old_logprobs: (B, T) log-probs of the policy that sampled y, for the ratio.
         clip: Ratio clip ``epsilon``: the ratio is clipped to ``[1 - eps, 1 + eps]``.
         aggregation: See :func:`aggregate`.
+        rows: (B,) weight of each answer's tokens (the signal gate's 0 or 1); the aggregation still counts every
+            answer's tokens. None weighs every answer 1.
 
     Returns:
         A scalar loss.
     """
     advantages = advantages.detach()
     if clip is None:
-        return aggregate(-advantages * student_logprobs, mask, aggregation)
+        return aggregate(_weigh_rows(-advantages * student_logprobs, rows), mask, aggregation)
     if old_logprobs is None:
         raise ValueError("ratio clipping needs old_logprobs (the sampling policy's log-probs)")
     ratio = torch.exp(student_logprobs - old_logprobs.detach())  # (B, T)
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * advantages
-    return aggregate(-torch.minimum(unclipped, clipped), mask, aggregation)
+    return aggregate(_weigh_rows(-torch.minimum(unclipped, clipped), rows), mask, aggregation)
 
 
 def _kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
@@ -216,17 +224,11 @@ def full_divergence_loss(
         mask: (B, T).
         alpha: See :func:`divergence`.
         aggregation: See :func:`aggregate`.
-        rows: (B,) weight of each answer's tokens (the signal gate's 0 or 1); the aggregation still counts every
-            answer's tokens, as the ``pg`` loss does with its advantages zeroed. None weighs every answer 1.
+        rows: See :func:`policy_gradient_loss`.
     """
     student_log = torch.log_softmax(student_logits.float(), dim=-1)  # (B, T, V)
     teacher_log = torch.log_softmax(teacher_logits.detach().float(), dim=-1)  # (B, T, V)
     return aggregate(_weigh_rows(divergence(student_log, teacher_log, alpha), rows), mask, aggregation)
-
-
-def _weigh_rows(values: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-    """(B, T) values times each row's weight (B,), or unchanged."""
-    return values if rows is None else values * rows.to(values.dtype)[:, None]
 
 
 def _with_tail(log_probs_topk: torch.Tensor) -> torch.Tensor:
@@ -261,7 +263,7 @@ def topk_divergence_loss(
         alpha: See :func:`divergence`.
         tail: Keep the tail bucket (True) or renormalise over the top-k (False).
         aggregation: See :func:`aggregate`.
-        rows: See :func:`full_divergence_loss`.
+        rows: See :func:`policy_gradient_loss`.
     """
     student_log = torch.log_softmax(student_logits.float(), dim=-1)  # (B, T, V)
     teacher_log = torch.log_softmax(teacher_logits.detach().float(), dim=-1)  # (B, T, V)

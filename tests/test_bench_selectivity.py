@@ -45,9 +45,10 @@ def test_each_update_starts_from_the_same_state_and_the_learner_ends_where_it_be
     # an update the signal gate skips moves nothing, and nothing of it is the follow-up's
     gated = make_learner({"name": "sdpo", "diagnostics_every": 0, "signal_gate": 1e6},
                          ChatPolicy.load("tiny", device="cpu"), seed=0)
+    generator = torch.Generator().manual_seed(1)
     with torch.no_grad():  # an adapter that is not zero, so that the optimizer-only step (weight decay) moves it
         for param in gated.params:
-            param.normal_(0.0, 0.02, generator=torch.Generator().manual_seed(1))
+            param.normal_(0.0, 0.02, generator=generator)
     skipped = one_update_moves(gated, pairs[:1], contexts, completions)
     assert [skipped[k] for k in ("kl_relevant", "kl_unrelated", "caused_relevant", "caused_unrelated",
                                  "grad_norm_relevant")] == [0.0] * 5

@@ -267,8 +267,8 @@ def test_reevaluation_repeats_the_runs_evaluation_and_scales_the_answers(model_d
     assert logged["phase"] == 1  # the flipped preferences: judged under the new persona
 
     (again,) = reevaluate(ReevaluateConfig(run=str(out), samples_per_prompt=1), Console(quiet=True))
-    again_at_end = again
     assert (again["interaction"], again["phase"], again["persona"]) == (12, 1, logged["persona"])
+
     def compared(row: dict) -> dict:
         return {k: v for k, v in row.items() if k.startswith(("sat/", "base_sat/", "win_rate", "ci_", "coverage",
                                                               "ceiling", "valid_rate", "mean_words"))}
@@ -290,9 +290,9 @@ def test_reevaluation_repeats_the_runs_evaluation_and_scales_the_answers(model_d
     at_change = reevaluate(ReevaluateConfig(run=str(out), samples_per_prompt=1, at=8), Console(quiet=True))
     logged_at_change = [r for r in read_jsonl(out / "metrics.jsonl") if r["interaction"] == 8]
     assert [(r["interaction"], r["phase"]) for r in at_change] == [(8, 0), (8, 1)]
-    for again, logged in zip(at_change, logged_at_change, strict=True):
-        assert compared(again) == compared(logged)
-    assert compared(at_change[1]) != compared(again_at_end)  # not the final policy
+    for row, logged_row in zip(at_change, logged_at_change, strict=True):
+        assert compared(row) == compared(logged_row)
+    assert compared(at_change[1]) != compared(again)  # not the final policy
     assert reevaluate_main([f"run={out}", "at=5"]) == 2
     assert "kept the policy after 8, 12 interactions" in capsys.readouterr().err
 

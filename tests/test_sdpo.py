@@ -261,6 +261,16 @@ def test_a_row_weighed_zero_drops_out_of_the_divergence_but_keeps_its_share_of_t
                                      aggregation=aggregation)
     torch.testing.assert_close(full_divergence_loss(student_logits=student, teacher_logits=teacher, mask=mask,
                                                     rows=torch.ones(3), aggregation=aggregation), unweighed)
+    # the policy gradient the same way: a weight of 0 is a row whose advantages are all zero
+    log_probs = torch.log_softmax(student, -1)[..., 0]  # (B, T)
+    advantages = torch.randn(3, 6, generator=torch.Generator().manual_seed(1))
+    for clip in (None, 0.2):
+        pg = {"student_logprobs": log_probs, "mask": mask, "aggregation": aggregation, "clip": clip,
+              "old_logprobs": log_probs.detach() + 0.1}
+        torch.testing.assert_close(policy_gradient_loss(advantages=advantages, rows=rows, **pg),
+                                   policy_gradient_loss(advantages=advantages * rows[:, None], **pg))
+        assert policy_gradient_loss(advantages=advantages, rows=rows, **pg).item() != pytest.approx(
+            policy_gradient_loss(advantages=advantages, **pg).item())
 
 
 def test_divergence_losses_do_not_train_the_teacher() -> None:
