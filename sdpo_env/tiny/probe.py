@@ -3,13 +3,16 @@
     python -m sdpo_env.tiny.probe                      # the shipped checkpoint
     python -m sdpo_env.tiny.probe --model DIR --n 256 --seed 0
 
-Figures, all on held-out (eval-pool) prompts, sampling at temperature 1:
+Figures on held-out (eval-pool) prompts, sampling at temperature 1, except the signal:
 - room: share of samples satisfying each persona preference without hindsight (wanted: 20-80%; the preferences
   cover both directions of the length, tone, level, emoji and list axes);
 - hindsight: share of samples that satisfy a complaint in the hindsight block, per persona preference (>= 90%);
 - unrelated: largest change of any style share when the hindsight block carries an unrelated follow-up (<= 10 pts);
 - signal: mean |A_t| for relevant vs unrelated follow-ups (ratio >= 5), share of relevant complaints whose summed
-  advantage is negative (>= 90%);
+  advantage is negative (>= 90%), on the interaction (train-pool) prompts: every shipped scenario's users send
+  those, so SDPO computes every advantage on them. The same figures on held-out prompts are reported next to them.
+  The corpus never holds those questions, and an unrelated follow-up moves the model's next-token choices there
+  about 3-4 times more per token, so the ratio is lower;
 - oracle: share of samples that satisfy every check of a persona given its profile as system prompt (>= 85%);
 - fluency: share of well-formed samples: ended by EOS within 192 tokens, at least 5 words, no loop (>= 97%).
 """
@@ -160,9 +163,17 @@ def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 
         fluent += [well_formed(t, e) for t, e in samples]
         oracle[persona.name] = float(np.mean([all(persona.satisfaction(t).values()) for t, _ in samples]))
 
-    signal = _signal(sampler, base_convs, [t for t, _ in base], n_triples, rng, unrelated_pool)
+    held_out_signal = _signal(sampler, base_convs, [t for t, _ in base], n_triples, rng, unrelated_pool)
+    # the signal where SDPO computes it: every shipped scenario's users send the train pool's prompts (drawn last,
+    # so the other figures stay as they were for a seed)
+    interaction_prompts = load_prompts("train")
+    interaction_convs = [[dict(m) for m in interaction_prompts[int(i)].messages]
+                         for i in rng.integers(len(interaction_prompts), size=n)]
+    interaction = sampler.generate(interaction_convs)
+    signal = _signal(sampler, interaction_convs, [t for t, _ in interaction], n_triples, rng, unrelated_pool)
     figures: dict[str, Any] = {
         "room": room, "unrelated_shift": shift, "hindsight": hindsight, "oracle": oracle, "signal": signal,
+        "signal_held_out": held_out_signal,
         "room_min": min(room.values()),
         "unrelated_max_shift": max(abs(v) for v in shift.values()),
         "hindsight_min": min(hindsight.values()),
@@ -226,7 +237,7 @@ def table(figures: dict) -> str:
     lines += [f"  hindsight {k:<32}{v:>10.2f}  >= 0.90" for k, v in figures["hindsight"].items()]
     lines += [f"  unrelated shift {k:<26}{v:>+10.2f}  |x| <= 0.10" for k, v in figures["unrelated_shift"].items()]
     lines += [f"  oracle {k:<35}{v:>10.2f}" for k, v in figures["oracle"].items()]
-    s = figures["signal"]
+    s, h = figures["signal"], figures["signal_held_out"]
     lines += [
         f"{'room (min share / max share)':<44}{figures['room_min']:>6.2f}/{figures['room_max']:.2f}  "
         f"[{ok[figures['pass']['room']]}]",
@@ -238,6 +249,9 @@ def table(figures: dict) -> str:
         f"ratio {s['ratio']:.1f} >= 5 ({s['n_triples']} triples)  [{ok[figures['pass']['signal_ratio']]}]",
         f"{'signal: summed A < 0, relevant (unrelated)':<44}{s['relevant_negative']:>10.2f}  >= 0.90 "
         f"({s['unrelated_negative']:.2f})  [{ok[figures['pass']['signal_negative']]}]",
+        f"{'signal on held-out prompts: |A| rel / unrel':<44}{h['abs_relevant']:>6.3f}/{h['abs_unrelated']:.3f}  "
+        f"ratio {h['ratio']:.1f}, summed A < 0 {h['relevant_negative']:.2f} ({h['unrelated_negative']:.2f})  "
+        f"(reported)",
         f"{'in-context oracle: full compliance (mean)':<44}{figures['oracle_mean']:>10.2f}  >= 0.85  "
         f"[{ok[figures['pass']['oracle']]}]",
         f"{'fluency: well-formed samples':<44}{figures['fluency']:>10.3f}  >= 0.97  "
@@ -250,7 +264,8 @@ def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point: prints the table, returns the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model folder (default: the shipped checkpoint)")
-    parser.add_argument("--n", type=int, default=256, help="samples for the base and unrelated shares")
+    parser.add_argument("--n", type=int, default=256,
+                        help="samples for the base and unrelated shares, and answers for the interaction signal")
     parser.add_argument("--per-complaint", type=int, default=32, help="samples per complained preference")
     parser.add_argument("--per-persona", type=int, default=16, help="samples per persona (oracle)")
     parser.add_argument("--triples", type=int, default=200, help="(x, y, o) triples for the signal")

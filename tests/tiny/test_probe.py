@@ -43,9 +43,14 @@ def test_hindsight_complaints_are_followed(figures: dict, name: str) -> None:
 
 
 def test_relevant_follow_ups_carry_more_signal_than_unrelated(figures: dict) -> None:
+    # on the interaction prompts, where SDPO computes its advantages: 5.8x here, 6.7x at the probe's default sizes
     signal = figures["signal"]
     assert signal["n_triples"] >= 200
-    assert signal["ratio"] >= 1.5 and signal["relevant_negative"] >= 0.85, signal
+    assert signal["ratio"] >= 4.5 and signal["relevant_negative"] >= 0.90, signal
+    # on held-out prompts (unseen by the corpus) an unrelated follow-up moves the tokens more: 2.4x
+    held_out = figures["signal_held_out"]
+    assert held_out["n_triples"] >= 200
+    assert 1.5 <= held_out["ratio"] < signal["ratio"] and held_out["abs_unrelated"] > 2 * signal["abs_unrelated"]
 
 
 def test_in_context_oracle(figures: dict) -> None:
@@ -53,8 +58,8 @@ def test_in_context_oracle(figures: dict) -> None:
 
 
 @pytest.mark.xfail(reason="issue 3 acceptance not yet met: 'bullet points' (0.75) and 'detailed' (0.81) complaints "
-                          "are followed below 0.90 (full probe); the |A| ratio relevant/unrelated is 2.4 (target 5)",
-                   strict=False)
+                          "are followed below 0.90 (full probe; 128 samples each: bullet points, prose, plain text "
+                          "and no closing filler)", strict=False)
 def test_full_acceptance(figures: dict) -> None:
     assert figures["hindsight_min"] >= 0.90
     assert figures["signal"]["ratio"] >= 5.0 and figures["signal"]["relevant_negative"] >= 0.90

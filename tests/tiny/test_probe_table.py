@@ -12,6 +12,8 @@ def shipped_like() -> dict:
         "unrelated_shift": {"concise": 0.07, "detailed": -0.03}, "oracle": {"no_emojis": 0.96},
         "signal": {"n_triples": 200, "abs_relevant": 0.101, "abs_unrelated": 0.041, "ratio": 0.101 / 0.041,
                    "relevant_negative": 0.97, "unrelated_negative": 0.76},
+        "signal_held_out": {"n_triples": 200, "abs_relevant": 0.3, "abs_unrelated": 0.01, "ratio": 30.0,
+                            "relevant_negative": 0.5, "unrelated_negative": 0.4},
         "room_min": 0.46, "room_max": 0.67, "unrelated_max_shift": 0.07, "hindsight_min": 0.75,
         "oracle_mean": 0.96, "fluency": 0.996, "n_samples": 1408,
     }
@@ -27,6 +29,9 @@ def test_each_signal_figure_has_its_own_verdict() -> None:
     assert lines["signal: mean |A| relevant / unrelated"].endswith("[MISS]")
     assert "ratio 2.5 >= 5" in lines["signal: mean |A| relevant / unrelated"]
     assert lines["signal: summed A < 0, relevant (unrelated)"].endswith("(0.76)  [ok]")
+    # the held-out signal is reported, never judged: its ratio of 30 and its 0.5 negative share change no verdict
+    held_out = lines["signal on held-out prompts: |A| rel / unrel"]
+    assert "0.300/0.010  ratio 30.0, summed A < 0 0.50 (0.40)" in held_out and held_out.endswith("(reported)")
     assert lines["hindsight compliance (worst preference)"].endswith("[MISS]")
 
 
