@@ -15,6 +15,9 @@ Figures on held-out (eval-pool) prompts, sampling at temperature 1, except the s
   about 3-4 times more per token, so the ratio is lower;
 - oracle: share of samples that satisfy every check of a persona given its profile as system prompt (>= 85%);
 - fluency: share of well-formed samples: ended by EOS within 192 tokens, at least 5 words, no loop (>= 97%).
+
+``--per-phrasing K`` adds the hindsight figure per phrasing: K samples for each follow-up of each preference, and
+the table lists the phrasings followed in under 90% of them (a preference's misses often sit in a few phrasings).
 """
 
 from __future__ import annotations
@@ -125,7 +128,8 @@ def preferences() -> dict[str, Preference]:
 
 
 def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 32, n_triples: int = 200,
-          n_per_persona: int = 16, seed: int = 0, device: str = "cpu", batch_size: int = 64) -> dict:
+          n_per_persona: int = 16, n_per_phrasing: int = 0, seed: int = 0, device: str = "cpu",
+          batch_size: int = 64) -> dict:
     """Runs every measurement; returns the figures (see the module docstring) and whether each meets its target."""
     sampler = Sampler(str(model_dir or TINY_DIR), device, batch_size)
     rng = np.random.default_rng(seed)
@@ -181,8 +185,21 @@ def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 
         "fluency": float(np.mean(fluent)), "n_samples": len(fluent),
     }
     figures["room_max"] = max(room.values())
+    if n_per_phrasing:  # drawn last, so the other figures stay as they were for a seed
+        figures["phrasings"] = {
+            name: _phrasing_shares(sampler, pref, draw(n_per_phrasing * len(pref.follow_ups)))
+            for name, pref in preferences().items()}
     figures["pass"] = verdicts(figures)
     return figures
+
+
+def _phrasing_shares(sampler: Sampler, pref: Preference, convs: list[Messages]) -> dict[str, float]:
+    """Share of samples that satisfy ``pref`` per follow-up phrasing; ``convs`` holds an equal number per phrasing."""
+    k = len(convs) // len(pref.follow_ups)
+    phrasings = [f for f in pref.follow_ups for _ in range(k)]
+    samples = sampler.generate([hindsight_messages(c, f) for c, f in zip(convs, phrasings)])
+    followed = np.array([pref.satisfied_by(t) for t, _ in samples], dtype=float).reshape(len(pref.follow_ups), k)
+    return {f: float(share) for f, share in zip(pref.follow_ups, followed.mean(1))}
 
 
 def verdicts(figures: dict) -> dict[str, bool]:
@@ -237,6 +254,9 @@ def table(figures: dict) -> str:
     lines += [f"  hindsight {k:<32}{v:>10.2f}  >= 0.90" for k, v in figures["hindsight"].items()]
     lines += [f"  unrelated shift {k:<26}{v:>+10.2f}  |x| <= 0.10" for k, v in figures["unrelated_shift"].items()]
     lines += [f"  oracle {k:<35}{v:>10.2f}" for k, v in figures["oracle"].items()]
+    weak = sorted((share, name, text) for name, shares in figures.get("phrasings", {}).items()
+                  for text, share in shares.items() if share < TARGETS["hindsight_min"])
+    lines += [f"  phrasing {name:<33}{share:>10.2f}  {text!r}" for share, name, text in weak]
     s, h = figures["signal"], figures["signal_held_out"]
     lines += [
         f"{'room (min share / max share)':<44}{figures['room_min']:>6.2f}/{figures['room_max']:.2f}  "
@@ -269,12 +289,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--per-complaint", type=int, default=32, help="samples per complained preference")
     parser.add_argument("--per-persona", type=int, default=16, help="samples per persona (oracle)")
     parser.add_argument("--triples", type=int, default=200, help="(x, y, o) triples for the signal")
+    parser.add_argument("--per-phrasing", type=int, default=0,
+                        help="samples per follow-up phrasing of each preference (default 0: not measured)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
     figures = probe(args.model, n=args.n, n_per_complaint=args.per_complaint, n_triples=args.triples,
-                    n_per_persona=args.per_persona, seed=args.seed, device=args.device, batch_size=args.batch_size)
+                    n_per_persona=args.per_persona, n_per_phrasing=args.per_phrasing, seed=args.seed,
+                    device=args.device, batch_size=args.batch_size)
     print(table(figures))
     return figures
 

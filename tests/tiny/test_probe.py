@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdpo_env.tiny.probe import probe
+from sdpo_env.tiny.probe import preferences, probe
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ WORKING_COMPLAINTS = ("answer_first", "plain_text", "concise", "casual", "beginn
 
 @pytest.fixture(scope="module")
 def figures() -> dict:
-    return probe(n=160, n_per_complaint=32, n_per_persona=8, n_triples=200, seed=0, batch_size=80)
+    return probe(n=160, n_per_complaint=32, n_per_persona=8, n_triples=200, n_per_phrasing=1, seed=0, batch_size=80)
 
 
 def test_room_to_personalize(figures: dict) -> None:
@@ -51,6 +51,16 @@ def test_relevant_follow_ups_carry_more_signal_than_unrelated(figures: dict) -> 
     held_out = figures["signal_held_out"]
     assert held_out["n_triples"] >= 200
     assert 1.5 <= held_out["ratio"] < signal["ratio"] and held_out["abs_unrelated"] > 2 * signal["abs_unrelated"]
+
+
+def test_each_phrasing_of_each_preference_is_measured(figures: dict) -> None:
+    prefs = preferences()
+    assert figures["phrasings"].keys() == prefs.keys()
+    for name, shares in figures["phrasings"].items():
+        assert list(shares) == list(prefs[name].follow_ups)
+        assert set(shares.values()) <= {0.0, 1.0}  # one sample per phrasing
+    followed = [share for shares in figures["phrasings"].values() for share in shares.values()]
+    assert 0.75 <= sum(followed) / len(followed) < 1.0  # most phrasings are followed, not all
 
 
 def test_in_context_oracle(figures: dict) -> None:

@@ -41,3 +41,13 @@ def test_room_outside_the_band_misses() -> None:
     assert not verdicts(figures)["room"]
     figures["room_max"], figures["room_min"] = 0.80, 0.20  # the band's ends are inside it
     assert verdicts(figures)["room"]
+
+
+def test_the_table_lists_the_phrasings_followed_too_rarely_weakest_first() -> None:
+    figures = shipped_like()
+    assert not any(line.startswith("  phrasing") for line in table(figures).splitlines())  # not measured
+    figures["phrasings"] = {"bullet_points": {"list form pls": 0.62, "bullet points please": 0.9},
+                            "prose": {"no lists, paragraphs please": 1.0, "no bullet points please": 0.5}}
+    listed = [line.split() for line in table(figures).splitlines() if line.startswith("  phrasing")]
+    assert [(words[1], words[2]) for words in listed] == [("prose", "0.50"), ("bullet_points", "0.62")]
+    assert listed[0][3:] == ["'no", "bullet", "points", "please'"]
