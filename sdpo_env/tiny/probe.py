@@ -34,7 +34,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from sdpo_env import decoding
 from sdpo_env.hindsight import hindsight_messages
 from sdpo_env.personas import Preference
-from sdpo_env.prompts import load_prompts
+from sdpo_env.prompts import Prompt, load_prompts
 from sdpo_env.tiny import TINY_DIR
 from sdpo_env.tiny.corpus import personas
 
@@ -137,8 +137,8 @@ def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 
     prompts = load_prompts("eval")
     unrelated_pool = personas()[0].unrelated_pool
 
-    def draw(k: int) -> list[Messages]:
-        return [[dict(m) for m in prompts[int(i)].messages] for i in rng.integers(len(prompts), size=k)]
+    def draw(k: int, pool: Sequence[Prompt] = prompts) -> list[Messages]:
+        return [[dict(m) for m in pool[int(i)].messages] for i in rng.integers(len(pool), size=k)]
 
     base_convs = draw(n)
     base = sampler.generate(base_convs)
@@ -170,9 +170,7 @@ def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 
     held_out_signal = _signal(sampler, base_convs, [t for t, _ in base], n_triples, rng, unrelated_pool)
     # the signal where SDPO computes it: every shipped scenario's users send the train pool's prompts (drawn last,
     # so the other figures stay as they were for a seed)
-    interaction_prompts = load_prompts("train")
-    interaction_convs = [[dict(m) for m in interaction_prompts[int(i)].messages]
-                         for i in rng.integers(len(interaction_prompts), size=n)]
+    interaction_convs = draw(n, load_prompts("train"))
     interaction = sampler.generate(interaction_convs)
     signal = _signal(sampler, interaction_convs, [t for t, _ in interaction], n_triples, rng, unrelated_pool)
     figures: dict[str, Any] = {

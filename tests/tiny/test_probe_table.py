@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sdpo_env.tiny.probe import table, verdicts
+from sdpo_env.tiny.probe import _phrasing_shares, preferences, table, verdicts
 
 
 def shipped_like() -> dict:
@@ -51,3 +51,22 @@ def test_the_table_lists_the_phrasings_followed_too_rarely_weakest_first() -> No
     listed = [line.split() for line in table(figures).splitlines() if line.startswith("  phrasing")]
     assert [(words[1], words[2]) for words in listed] == [("prose", "0.50"), ("bullet_points", "0.62")]
     assert listed[0][3:] == ["'no", "bullet", "points", "please'"]
+
+
+class FollowsOnePhrasing:
+    """Stands in for the sampler: answers briefly only when the hindsight block carries ``phrasing``."""
+
+    def __init__(self, phrasing: str):
+        self.phrasing = phrasing
+
+    def generate(self, conversations):
+        return [("Short and to the point." if self.phrasing in c[-1]["content"] else "word " * 80, True)
+                for c in conversations]
+
+
+def test_each_phrasings_share_counts_the_answers_to_that_phrasing() -> None:
+    concise = preferences()["concise"]  # at most 50 words
+    followed = concise.follow_ups[3]
+    convs = [[{"role": "user", "content": f"question {i}"}] for i in range(2 * len(concise.follow_ups))]
+    shares = _phrasing_shares(FollowsOnePhrasing(followed), concise, convs)  # type: ignore[arg-type]
+    assert shares == {f: float(f == followed) for f in concise.follow_ups}
