@@ -3,7 +3,8 @@
     python -m sdpo_env.tiny.probe                      # the shipped checkpoint
     python -m sdpo_env.tiny.probe --model DIR --n 256 --seed 0
 
-Figures on held-out (eval-pool) prompts, sampling at temperature 1, except the signal:
+Figures on held-out (eval-pool) prompts, sampling at temperature 1, except the signal (``--prompts train`` measures
+them on the interaction prompts instead):
 - room: share of samples satisfying each persona preference without hindsight (wanted: 20-80%; the preferences
   cover both directions of the length, tone, level, emoji and list axes);
 - hindsight: share of samples that satisfy a complaint in the hindsight block, per persona preference (>= 90%);
@@ -129,12 +130,15 @@ def preferences() -> dict[str, Preference]:
 
 def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 32, n_triples: int = 200,
           n_per_persona: int = 16, n_per_phrasing: int = 0, seed: int = 0, device: str = "cpu",
-          batch_size: int = 64) -> dict:
-    """Runs every measurement; returns the figures (see the module docstring) and whether each meets its target."""
+          batch_size: int = 64, prompt_pool: str = "eval") -> dict:
+    """Runs every measurement; returns the figures (see the module docstring) and whether each meets its target.
+
+    ``prompt_pool`` is the pool the figures other than the interaction signal are measured on (``"eval"``: held out;
+    ``"train"``: the interaction prompts)."""
     sampler = Sampler(str(model_dir or TINY_DIR), device, batch_size)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    prompts = load_prompts("eval")
+    prompts = load_prompts(prompt_pool)
     unrelated_pool = personas()[0].unrelated_pool
 
     def draw(k: int, pool: Sequence[Prompt] = prompts) -> list[Messages]:
@@ -180,7 +184,7 @@ def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 
         "unrelated_max_shift": max(abs(v) for v in shift.values()),
         "hindsight_min": min(hindsight.values()),
         "oracle_mean": float(np.mean(list(oracle.values()))),
-        "fluency": float(np.mean(fluent)), "n_samples": len(fluent),
+        "fluency": float(np.mean(fluent)), "n_samples": len(fluent), "prompts": prompt_pool,
     }
     figures["room_max"] = max(room.values())
     if n_per_phrasing:  # drawn last, so the other figures stay as they were for a seed
@@ -256,6 +260,8 @@ def table(figures: dict) -> str:
                   for text, share in shares.items() if share < TARGETS["hindsight_min"])
     lines += [f"  phrasing {name:<33}{share:>10.2f}  {text!r}" for share, name, text in weak]
     s, h = figures["signal"], figures["signal_held_out"]
+    held_out_label = ("signal on held-out prompts: |A| rel / unrel" if figures.get("prompts", "eval") == "eval"
+                      else "signal, second draw: |A| rel / unrel")
     lines += [
         f"{'room (min share / max share)':<44}{figures['room_min']:>6.2f}/{figures['room_max']:.2f}  "
         f"[{ok[figures['pass']['room']]}]",
@@ -267,7 +273,7 @@ def table(figures: dict) -> str:
         f"ratio {s['ratio']:.1f} >= 5 ({s['n_triples']} triples)  [{ok[figures['pass']['signal_ratio']]}]",
         f"{'signal: summed A < 0, relevant (unrelated)':<44}{s['relevant_negative']:>10.2f}  >= 0.90 "
         f"({s['unrelated_negative']:.2f})  [{ok[figures['pass']['signal_negative']]}]",
-        f"{'signal on held-out prompts: |A| rel / unrel':<44}{h['abs_relevant']:>6.3f}/{h['abs_unrelated']:.3f}  "
+        f"{held_out_label:<44}{h['abs_relevant']:>6.3f}/{h['abs_unrelated']:.3f}  "
         f"ratio {h['ratio']:.1f}, summed A < 0 {h['relevant_negative']:.2f} ({h['unrelated_negative']:.2f})  "
         f"(reported)",
         f"{'in-context oracle: full compliance (mean)':<44}{figures['oracle_mean']:>10.2f}  >= 0.85  "
@@ -289,13 +295,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--triples", type=int, default=200, help="(x, y, o) triples for the signal")
     parser.add_argument("--per-phrasing", type=int, default=0,
                         help="samples per follow-up phrasing of each preference (default 0: not measured)")
+    parser.add_argument("--prompts", choices=("eval", "train"), default="eval",
+                        help="prompt pool of every figure but the interaction signal (default eval: held out)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
     figures = probe(args.model, n=args.n, n_per_complaint=args.per_complaint, n_triples=args.triples,
                     n_per_persona=args.per_persona, n_per_phrasing=args.per_phrasing, seed=args.seed,
-                    device=args.device, batch_size=args.batch_size)
+                    device=args.device, batch_size=args.batch_size, prompt_pool=args.prompts)
     print(table(figures))
     return figures
 

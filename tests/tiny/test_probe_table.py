@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from sdpo_env.prompts import load_prompts
+from sdpo_env.tiny import probe as probe_module
 from sdpo_env.tiny.probe import _phrasing_shares, preferences, table, verdicts
 
 
@@ -70,3 +77,39 @@ def test_each_phrasings_share_counts_the_answers_to_that_phrasing() -> None:
     convs = [[{"role": "user", "content": f"question {i}"}] for i in range(2 * len(concise.follow_ups))]
     shares = _phrasing_shares(FollowsOnePhrasing(followed), concise, convs)  # type: ignore[arg-type]
     assert shares == {f: float(f == followed) for f in concise.follow_ups}
+
+
+class Recorder:
+    """Stands in for the sampler in ``probe``: long answers, zero log-probs; keeps every question it was asked."""
+
+    questions: ClassVar[list[str]] = []
+
+    def __init__(self, *args):
+        Recorder.questions = []
+
+    def generate(self, conversations):
+        users = [next(m["content"] for m in c if m["role"] == "user") for c in conversations]
+        Recorder.questions += [text.split("\n\n=== HINDSIGHT")[0] for text in users]  # the question alone
+        return [("word " * 80, True) for _ in conversations]
+
+    def token_logprobs(self, conversations, answers):
+        return [np.zeros(3) for _ in conversations]
+
+
+@pytest.mark.parametrize("pool", ["eval", "train"])
+def test_the_probe_measures_on_the_prompt_pool_it_is_given(monkeypatch: pytest.MonkeyPatch, pool: str) -> None:
+    monkeypatch.setattr(probe_module, "Sampler", Recorder)
+    n = 4
+    figures = probe_module.probe(n=n, n_per_complaint=1, n_per_persona=1, n_triples=2, n_per_phrasing=1,
+                                 prompt_pool=pool)
+    texts = {p.messages[0]["content"] for p in load_prompts(pool)}
+    interaction = set(Recorder.questions[-n_phrasings() - n:-n_phrasings()])  # drawn before the phrasings
+    assert interaction <= {p.messages[0]["content"] for p in load_prompts("train")}
+    others = Recorder.questions[: -n_phrasings() - n] + Recorder.questions[-n_phrasings():]
+    assert len(others) > 20 and set(others) <= texts
+    label = "signal on held-out prompts" if pool == "eval" else "signal, second draw"
+    assert any(line.startswith(label) for line in probe_module.table(figures).splitlines())
+
+
+def n_phrasings() -> int:
+    return sum(len(p.follow_ups) for p in preferences().values())
