@@ -70,13 +70,17 @@ def plot_win_rate(rows: Sequence[dict[str, Any]], phases: Sequence[dict[str, Any
 
 def plot_preferences(rows: Sequence[dict[str, Any]], phases: Sequence[dict[str, Any]], path: Path,
                      title: str) -> None:
-    """Share of held-out answers satisfying each preference (policy solid, base dashed), over interactions."""
+    """Share of held-out answers satisfying each preference (policy solid, with its 95% interval shaded where the
+    rows carry one; base dashed), over interactions."""
     names = sorted({k.split("/", 1)[1] for r in rows for k in r if k.startswith("sat/") and k != "sat/all"})
     fig, ax = plt.subplots(figsize=(9, 4.8))
     for i, name in enumerate(names):
         color = f"C{i % 10}"
         for j, seg in enumerate(_by_phase(rows)):
             ax.plot(*_series(seg, f"sat/{name}"), "o-", color=color, markersize=3, label=name if j == 0 else None)
+            xs, lows = _series(seg, f"sat_low/{name}")
+            if xs and xs == _series(seg, f"sat_high/{name}")[0]:  # the 95% interval, where logged
+                ax.fill_between(xs, lows, _series(seg, f"sat_high/{name}")[1], color=color, alpha=0.08, linewidth=0)
             ax.plot(*_series(seg, f"base_sat/{name}"), "--", color=color, alpha=0.5)
     for j, seg in enumerate(_by_phase(rows)):
         ax.plot(*_series(seg, "sat/all"), "k-", linewidth=1.5, alpha=0.6,
@@ -85,7 +89,7 @@ def plot_preferences(rows: Sequence[dict[str, Any]], phases: Sequence[dict[str, 
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("interactions")
     ax.set_ylabel("share of held-out answers satisfying it")
-    ax.set_title(f"{title}\n(solid: policy, dashed: base model)", fontsize=10)
+    ax.set_title(f"{title}\n(solid: policy with its 95% interval, dashed: base model)", fontsize=10)
     ax.legend(fontsize=7, loc="lower right", ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -148,8 +148,17 @@ def _print(console: Console, row: dict[str, Any], logged: dict[str, Any] | None,
     table.add_column(f"re-evaluation ({answers[1]} answers)", justify="right")
     for key in keys:
         if key in row:
-            table.add_row(key, _fmt((logged or {}).get(key)), _fmt(row[key]))
+            table.add_row(key, _with_interval(logged or {}, key), _with_interval(row, key))
     console.print(table)
+
+
+def _with_interval(row: dict[str, Any], key: str) -> str:
+    """``row[key]``, and for a preference's satisfaction its 95% interval (``sat_low/``, ``sat_high/``) if logged."""
+    name = key.removeprefix("sat/")
+    low, high = row.get(f"sat_low/{name}"), row.get(f"sat_high/{name}")
+    if key == name or low is None or high is None:
+        return _fmt(row.get(key))
+    return f"{_fmt(row.get(key))} [{low:.2f}, {high:.2f}]"
 
 
 def _fmt(value: Any) -> str:

@@ -22,6 +22,7 @@ from rich.console import Console
 from agents.sdpo import SDPOConfig
 from sdpo_env.config import config_to_dict
 from sdpo_env.evaluation import EvaluationWorker
+from sdpo_env.judges.evaluate import wilson_interval
 from sdpo_env.reevaluate import ReevaluateConfig, reevaluate
 from sdpo_env.reevaluate import main as reevaluate_main
 from sdpo_env.run import main, prepare
@@ -70,6 +71,8 @@ def test_run_writes_the_run_folder(model_dir, scenario_file, tmp_path) -> None:
         assert {"win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "ceiling", "sat/all",
                 "oracle/win_rate", "position_consistency"} <= set(row)
     assert "sat/concise" in metrics[0] and "sat/detailed" in metrics[-1]
+    for row, name in ((metrics[0], "concise"), (metrics[-1], "detailed")):  # a prompt is one observation
+        assert (row[f"sat_low/{name}"], row[f"sat_high/{name}"]) == wilson_interval(row[f"sat/{name}"], 6)
     assert "sdpo/loss" in metrics[1] and "env/reward" in metrics[1]
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["policy"]["model"] == str(model_dir)
@@ -270,7 +273,7 @@ def test_reevaluation_repeats_the_runs_evaluation_and_scales_the_answers(model_d
     assert (again["interaction"], again["phase"], again["persona"]) == (12, 1, logged["persona"])
 
     def compared(row: dict) -> dict:
-        return {k: v for k, v in row.items() if k.startswith(("sat/", "base_sat/", "win_rate", "ci_", "coverage",
+        return {k: v for k, v in row.items() if k.startswith(("sat", "base_sat/", "win_rate", "ci_", "coverage",
                                                               "ceiling", "valid_rate", "mean_words"))}
 
     assert len(compared(logged)) >= 12
@@ -285,6 +288,10 @@ def test_reevaluation_repeats_the_runs_evaluation_and_scales_the_answers(model_d
     assert [a["prompt"] for a in row["answers"][:3]] == [row["answers"][0]["prompt"]] * 3
     assert len({a["base"] for a in row["answers"][:3]}) > 1  # each policy answer meets its own base answer
     assert 0 <= row["sat/all"] <= 1 and row["n_prompts"] == 6
+    # three answers to a prompt are not three observations: the interval is as wide as for one answer per prompt
+    low, high = wilson_interval(row["sat/detailed"], 6)
+    assert (row["sat_low/detailed"], row["sat_high/detailed"]) == (low, high)
+    assert f"{row['sat/detailed']:.3f} [{low:.2f}, {high:.2f}]" in printed
 
     # the policy the run kept at the persona change, judged under the old and the new preferences as the run did
     at_change = reevaluate(ReevaluateConfig(run=str(out), samples_per_prompt=1, at=8), Console(quiet=True))

@@ -8,7 +8,8 @@ answers afresh each time. Every pair is judged in both orders. Reported:
 - ``win_rate_excl_ties`` and ``coverage`` (share of non-missing judgements that are not ties), the paper's metric;
 - ``missing_rate`` (judge failures, never counted as ties) and ``position_consistency``;
 - ``win_rate_logprob`` where the judge returns label probabilities (log-prob judges): the expected score;
-- per-preference satisfaction of policy and base (``sat/<name>``, ``base_sat/<name>``) where rules exist;
+- per-preference satisfaction of policy and base (``sat/<name>``, ``base_sat/<name>``) where rules exist, with the
+  policy's 95% Wilson interval (``sat_low/<name>``, ``sat_high/<name>``; one observation per prompt);
 - ``ceiling``: what an answer satisfying every current preference would score against the same base answers.
 """
 
@@ -73,6 +74,21 @@ def win_rate_stats(outcomes: Sequence[Sequence[tuple[str, str]]], *, bootstrap: 
     else:
         result["ci_low"] = result["ci_high"] = nan
     return result
+
+
+def wilson_interval(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion: the ``p`` with ``|share - p| <= z * sqrt(p (1 - p) / n)``.
+
+    Unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or 1 (at 64 observations, 1.0 gives
+    [0.94, 1]). Args: ``share`` the observed proportion, ``n`` the number of independent observations, ``z`` the
+    normal quantile (1.96: 95%). NaN for ``n`` < 1.
+    """
+    if n < 1:
+        return float("nan"), float("nan")
+    scale = 1 + z * z / n
+    centre = (share + z * z / (2 * n)) / scale
+    half = z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / scale
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
 
 
 def logprob_win_rate(judgements: Sequence[Judgement], n: int) -> float | None:
@@ -148,7 +164,11 @@ class WinRateEvaluator:
         metrics["mean_words"] = float(np.mean([len(words(m)) for m in mine]))
         checkable = [p for p in persona.preferences if p.checkable]
         for pref in checkable:
-            metrics[f"sat/{pref.name}"] = float(np.mean([pref.satisfied_by(m) for m in mine]))
+            share = float(np.mean([pref.satisfied_by(m) for m in mine]))
+            metrics[f"sat/{pref.name}"] = share
+            # answers to one prompt are not independent: a prompt is one observation, however many answers it has
+            low, high = wilson_interval(share, len(self.prompts))
+            metrics[f"sat_low/{pref.name}"], metrics[f"sat_high/{pref.name}"] = low, high
             metrics[f"base_sat/{pref.name}"] = float(np.mean([pref.satisfied_by(b) for b in base]))
         if checkable:
             metrics["sat/all"] = float(np.mean([all(p.satisfied_by(m) for p in checkable) for m in mine]))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sdpo_env.judges import Comparison, Judgement, RuleJudge, is_valid
-from sdpo_env.judges.evaluate import policy_outcome, win_rate_stats
+from sdpo_env.judges.evaluate import policy_outcome, wilson_interval, win_rate_stats
 from sdpo_env.personas import load_persona
 
 PERSONA = load_persona("concise_casual_beginner")
@@ -75,3 +75,24 @@ def test_bootstrap_ci_covers_the_truth_about_95_percent_of_the_time() -> None:
         stats = win_rate_stats([[(s, s)] for s in scores], bootstrap=500, seed=trial)
         hits += stats["ci_low"] <= 0.7 <= stats["ci_high"]
     assert 0.88 <= hits / 200 <= 0.99
+
+
+def test_wilson_interval_against_textbook_values_and_the_score_test() -> None:
+    assert wilson_interval(0.0, 10) == pytest.approx((0.0, 0.27754), abs=1e-5)
+    assert wilson_interval(0.5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-5)
+    # each end is a p the score test only just accepts: (share - p)^2 = z^2 p (1 - p) / n
+    for share, n in ((57 / 64, 64), (0.3, 17), (1.0, 64), (0.02, 200)):
+        low, high = wilson_interval(share, n)
+        assert low <= share <= high
+        for end in (low, high):
+            if 0 < end < 1:
+                assert (share - end) ** 2 == pytest.approx(1.96**2 * end * (1 - end) / n, rel=1e-9)
+    assert wilson_interval(1.0, 64)[0] == pytest.approx(0.9434, abs=1e-4)  # not empty at the boundary
+    assert all(np.isnan(wilson_interval(0.5, 0)))
+
+
+def test_wilson_interval_covers_the_truth_about_95_percent_of_the_time() -> None:
+    rng = np.random.default_rng(2)
+    shares = rng.binomial(64, 0.9, size=4000) / 64
+    hits = [low <= 0.9 <= high for low, high in (wilson_interval(s, 64) for s in shares)]
+    assert 0.92 <= np.mean(hits) <= 0.98
