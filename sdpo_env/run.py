@@ -25,6 +25,7 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -410,11 +411,12 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
                   if r.get(f"sdpo/advantage_abs_mean_{kind}") is not None]
         if values:
             signal_split[f"advantage_abs_mean_{kind}"] = float(np.mean(values))
-    phase_end = {}
+    phase_end, end_rows = {}, []
     for p in scenario.phases:
         at_end = [r for r in rows if r["phase"] == p.index and r["interaction"] == min(p.end, n)]
         if at_end:
             phase_end[str(p.index)] = {k: at_end[-1].get(k) for k in ("interaction", "persona", *HEADLINE)}
+            end_rows.append(at_end[-1])
     total = timings.get("act_s", 0) + timings.get("env_s", 0) + timings.get("observe_s", 0)
     summary: dict[str, Any] = {
         "scenario": scenario.name, "agent": config.agent, "seed": config.seed, "model": config.policy.model,
@@ -442,8 +444,26 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
                       _fmt(r.get("coverage")), _fmt(r.get("sat/all")), _fmt(r.get("ceiling")),
                       _fmt(r.get("oracle/win_rate")))
     console.print(table)
+    if any(k.startswith("sat/") and k != "sat/all" for r in end_rows for k in r):
+        console.print(_preference_table(end_rows))
     console.print(f"run folder: {folder.path}  ({summary['timings']['total_s']:.0f} s; "
                   f"{summary['timings']['interaction_s_mean']:.3f} s per interaction)")
+
+
+def _preference_table(end_rows: list[dict[str, Any]]) -> Table:
+    """Each preference's satisfaction at the end of each phase: the policy's share with its 95% interval, and the
+    base's."""
+    table = Table(title="each preference at the end of each phase (share of held-out answers)", box=box.SIMPLE,
+                  pad_edge=False, collapse_padding=True)
+    for column in ("after", "persona", "preference", "policy [95% CI]", "base"):  # after n interactions
+        table.add_column(column, justify="left" if column in ("persona", "preference") else "right")
+    for row in end_rows:
+        for name in (k.removeprefix("sat/") for k in row if k.startswith("sat/") and k != "sat/all"):
+            interval = (f" [{_fmt(row[f'sat_low/{name}'])}, {_fmt(row[f'sat_high/{name}'])}]"
+                        if f"sat_low/{name}" in row else "")
+            table.add_row(str(row["interaction"]), str(row["persona"]), name, _fmt(row[f"sat/{name}"]) + interval,
+                          _fmt(row.get(f"base_sat/{name}")))
+    return table
 
 
 def _status(latest: dict[str, Any], step_s: float) -> str:

@@ -56,9 +56,10 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_run_writes_the_run_folder(model_dir, scenario_file, tmp_path) -> None:
+def test_run_writes_the_run_folder(model_dir, scenario_file, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     assert main(args_for(model_dir, scenario_file, out)) == 0
+    printed = capsys.readouterr().out
     for name in ("config.yaml", "interactions.jsonl", "metrics.jsonl", "summary.json", "winrate.png",
                  "preferences.png", "checkpoint.pt", "adapter/adapter_config.json"):
         assert (out / name).is_file(), name
@@ -73,6 +74,15 @@ def test_run_writes_the_run_folder(model_dir, scenario_file, tmp_path) -> None:
     assert "sat/concise" in metrics[0] and "sat/detailed" in metrics[-1]
     for row, name in ((metrics[0], "concise"), (metrics[-1], "detailed")):  # a prompt is one observation
         assert (row[f"sat_low/{name}"], row[f"sat_high/{name}"]) == wilson_interval(row[f"sat/{name}"], 6)
+    # the final tables: each preference at the end of each phase, the policy's share with its interval and the base's
+    ends = [r for r in metrics if (r["interaction"], r["phase"]) in {(8, 0), (16, 1)}]
+    table = printed[printed.index("each preference at the end of each phase"):].splitlines()
+    shown = [" ".join(line.split()) for line in table if line.strip().startswith(("8 ", "16 "))]
+    expected = [f"{r['interaction']} {r['persona']} {name} {r[f'sat/{name}']:.2f} [{r[f'sat_low/{name}']:.2f}, "
+                f"{r[f'sat_high/{name}']:.2f}] {r[f'base_sat/{name}']:.2f}"
+                for r in ends for name in (k.removeprefix("sat/") for k in r if k.startswith("sat/") and k != "sat/all")
+                ]
+    assert len(expected) >= 2 and shown == expected
     assert "sdpo/loss" in metrics[1] and "env/reward" in metrics[1]
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["policy"]["model"] == str(model_dir)
