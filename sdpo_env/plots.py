@@ -78,9 +78,9 @@ def plot_preferences(rows: Sequence[dict[str, Any]], phases: Sequence[dict[str, 
         color = f"C{i % 10}"
         for j, seg in enumerate(_by_phase(rows)):
             ax.plot(*_series(seg, f"sat/{name}"), "o-", color=color, markersize=3, label=name if j == 0 else None)
-            xs, lows = _series(seg, f"sat_low/{name}")
-            if xs and xs == _series(seg, f"sat_high/{name}")[0]:  # the 95% interval, where logged
-                ax.fill_between(xs, lows, _series(seg, f"sat_high/{name}")[1], color=color, alpha=0.08, linewidth=0)
+            (xs, lows), (high_xs, highs) = _series(seg, f"sat_low/{name}"), _series(seg, f"sat_high/{name}")
+            if xs and xs == high_xs:  # the 95% interval, where logged
+                ax.fill_between(xs, lows, highs, color=color, alpha=0.08, linewidth=0)
             ax.plot(*_series(seg, f"base_sat/{name}"), "--", color=color, alpha=0.5)
     for j, seg in enumerate(_by_phase(rows)):
         ax.plot(*_series(seg, "sat/all"), "k-", linewidth=1.5, alpha=0.6,

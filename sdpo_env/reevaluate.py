@@ -38,7 +38,7 @@ from sdpo_env.config import COMMAND_LINE, command_line_config, option, resolve_c
 from sdpo_env.errors import ConfigError, Problem
 from sdpo_env.evaluation import evaluation_seed, phases_to_judge
 from sdpo_env.judges import JUDGES
-from sdpo_env.judges.evaluate import WinRateEvaluator
+from sdpo_env.judges.evaluate import WinRateEvaluator, interval_text
 from sdpo_env.llm.setup import LLMComponents, check_keys
 from sdpo_env.prompts import load_prompts
 from sdpo_env.run import load_policy, run_scenario
@@ -155,10 +155,7 @@ def _print(console: Console, row: dict[str, Any], logged: dict[str, Any] | None,
 def _with_interval(row: dict[str, Any], key: str) -> str:
     """``row[key]``, and for a preference's satisfaction its 95% interval (``sat_low/``, ``sat_high/``) if logged."""
     name = key.removeprefix("sat/")
-    low, high = row.get(f"sat_low/{name}"), row.get(f"sat_high/{name}")
-    if key == name or low is None or high is None:
-        return _fmt(row.get(key))
-    return f"{_fmt(row.get(key))} [{low:.2f}, {high:.2f}]"
+    return _fmt(row.get(key)) + ("" if key == name or key not in row else interval_text(row, name))
 
 
 def _fmt(value: Any) -> str:

@@ -55,7 +55,7 @@ from sdpo_env.errors import (
 from sdpo_env.evaluation import Evaluation, WorkerStopped, evaluate_job, evaluation_worker, in_background
 from sdpo_env.judges import JUDGES
 from sdpo_env.judges.base import PairwiseJudge
-from sdpo_env.judges.evaluate import WinRateEvaluator
+from sdpo_env.judges.evaluate import WinRateEvaluator, interval_text
 from sdpo_env.llm.setup import LLMComponents, check_keys
 from sdpo_env.plots import plot_preferences, plot_win_rate
 from sdpo_env.policy import ChatPolicy, Sampling
@@ -459,10 +459,8 @@ def _preference_table(end_rows: list[dict[str, Any]]) -> Table:
         table.add_column(column, justify="left" if column in ("persona", "preference") else "right")
     for row in end_rows:
         for name in (k.removeprefix("sat/") for k in row if k.startswith("sat/") and k != "sat/all"):
-            interval = (f" [{_fmt(row[f'sat_low/{name}'])}, {_fmt(row[f'sat_high/{name}'])}]"
-                        if f"sat_low/{name}" in row else "")
-            table.add_row(str(row["interaction"]), str(row["persona"]), name, _fmt(row[f"sat/{name}"]) + interval,
-                          _fmt(row.get(f"base_sat/{name}")))
+            table.add_row(str(row["interaction"]), str(row["persona"]), name,
+                          _fmt(row[f"sat/{name}"]) + interval_text(row, name), _fmt(row.get(f"base_sat/{name}")))
     return table
 
 

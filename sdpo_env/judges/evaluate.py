@@ -91,6 +91,12 @@ def wilson_interval(share: float, n: int, z: float = 1.96) -> tuple[float, float
     return max(0.0, float(centre - half)), min(1.0, float(centre + half))
 
 
+def interval_text(row: dict[str, Any], name: str) -> str:
+    """`` [low, high]``: the 95% interval of preference ``name``'s satisfaction in a metrics row; empty if absent."""
+    low, high = row.get(f"sat_low/{name}"), row.get(f"sat_high/{name}")
+    return "" if low is None or high is None else f" [{low:.2f}, {high:.2f}]"
+
+
 def logprob_win_rate(judgements: Sequence[Judgement], n: int) -> float | None:
     """The policy's expected score (win 1, tie 0.5) under the judge's label probabilities, over the judgements that
     carry them; the first ``n`` have the policy as A, the rest as B. ``None`` when no judgement has probabilities."""
