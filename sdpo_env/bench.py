@@ -323,6 +323,7 @@ def columns(phases: Sequence[PhaseInfo], threshold: float) -> list[tuple[str, st
     for p in phases:
         cols.append((f"end/p{p.index}/win_rate", f"win @{p.end} (p{p.index})", "rate"))
         cols.append((f"end/p{p.index}/win_rate_excl_ties", f"excl. ties @{p.end}", "rate"))
+        cols.append((f"end/p{p.index}/sat_min", f"worst pref @{p.end}", "rate"))
     cols.append(("auc", "AUC", "rate"))
     for p in phases:
         title = f"to {threshold:g}" if p.index == 0 else f"p{p.index} recovery"
@@ -376,9 +377,10 @@ def report(bench: BenchConfig, scenario: Any, runs: Sequence[PlannedRun], out: P
     console.print(table)
     md += ["", f"Run folders: `{out}/<learner>/seed<k>`. `reach`: interactions from the phase start to the first "
            f"evaluation with win rate >= {bench.threshold:g} (`never` if none; `(k/n seeds)` when only some seeds "
-           "got there, averaged over those). AUC: mean win rate over the run (area under the curve per phase). "
-           "Retention: change of the earlier preferences' satisfaction from the end of their phase to the end of the "
-           "run. s / interaction: acting, environment and learning, without evaluations. Definitions: "
+           "got there, averaged over those). Worst pref: the satisfaction of the least satisfied preference in force "
+           "at the phase's end (share of held-out answers). AUC: mean win rate over the run (area under the curve "
+           "per phase). Retention: change of the earlier preferences' satisfaction from the end of their phase to "
+           "the end of the run. s / interaction: acting, environment and learning, without evaluations. Definitions: "
            "`sdpo_env/bench_metrics.py`.", "", "![curves](curves.png)", ""]
     (out / "results.md").write_text("\n".join(md), encoding="utf-8")
     keys = [key for key, _, _ in cols]

@@ -4,6 +4,8 @@ Per run (:func:`run_metrics`), from the evaluation rows (``interaction``, ``phas
 
 - ``end/p<k>/win_rate`` and ``end/p<k>/win_rate_excl_ties``: at the last evaluation of phase k (for a phase change,
   the row judged under phase k's preferences); ``final/...``: the run's last evaluation;
+- ``end/p<k>/sat_min``: there, the satisfaction ``sat/<name>`` of the least satisfied preference in force (what the
+  user gets on the weakest point; ``None`` without rule-checked preferences);
 - ``auc``: area under the win-rate curve divided by the interactions it spans (the mean win rate over the run;
   each phase is integrated on its own, so the drop at a flip is not smeared across it);
 - ``reach/p<k>``: interactions from the start of phase k to its first evaluation with ``win_rate >= threshold``
@@ -98,6 +100,9 @@ def run_metrics(rows: Sequence[Mapping[str, Any]], phases: Sequence[PhaseInfo], 
         at_end = [r for r in rows if r["phase"] == p.index and r["interaction"] == p.end]
         for key in ("win_rate", "win_rate_excl_ties"):
             out[f"end/p{p.index}/{key}"] = _number(at_end[-1].get(key)) if at_end else None
+        found = [_number(at_end[-1].get(f"sat/{name}")) for name in p.preferences] if at_end else []
+        shares = [v for v in found if v is not None]
+        out[f"end/p{p.index}/sat_min"] = min(shares) if shares else None
         reached = [r["interaction"] for r in rows if r["phase"] == p.index
                    and (_number(r.get("win_rate")) or 0.0) >= threshold]
         out[f"reach/p{p.index}"] = float(min(reached) - p.start) if reached else None

@@ -80,6 +80,18 @@ def test_run_metrics_by_hand() -> None:
     assert never["reach/p0"] == 4 and never["reach/p1"] is None and never["interaction_s"] is None
 
 
+def test_the_worst_preference_at_each_phase_end() -> None:
+    data = [{"interaction": 8, "phase": 0, "win_rate": 0.9, "sat/concise": 0.84, "sat/casual": 1.0},
+            {"interaction": 8, "phase": 1, "win_rate": 0.1, "sat/detailed": 0.16},
+            {"interaction": 16, "phase": 1, "win_rate": 0.8, "sat/detailed": 0.83, "sat/casual": 0.2}]
+    phases = [PhaseInfo(0, 0, 8, "a", ("concise", "casual"), ("concise", "casual")),
+              PhaseInfo(1, 8, 16, "b", ("detailed",), ("detailed",))]
+    m = run_metrics(data, phases, threshold=0.8)
+    # phase 0 from its own row at 8, not the flipped one; phase 1 counts only the preferences in force
+    assert m["end/p0/sat_min"] == 0.84 and m["end/p1/sat_min"] == 0.83
+    assert run_metrics(SEED0, FLIP, threshold=0.8)["end/p0/sat_min"] is None  # no rule-checked preferences
+
+
 def test_retention_for_added_preferences() -> None:
     phases = [PhaseInfo(0, 0, 4, "no_emojis", ("no_emojis",), ("no_emojis",)),
               PhaseInfo(1, 4, 8, "+praise", ("no_emojis", "praise"), ("praise",))]
@@ -121,6 +133,7 @@ def test_bench_aggregates_finished_run_folders_without_loading_a_model(tmp_path)
     table = (out / "results.md").read_text()
     assert "| none | 2/2 | 0.80 ± 1.27 |" in table and "| 4 (1/2 seeds) |" in table
     assert "| icl_oracle | 0/2 | - |" in table
+    assert "worst pref @8" in table and none["end/p0/sat_min_n"] == "0"  # these rows carry no satisfaction
     assert len(read_csv(out / "runs.csv")) == 2 and (out / "curves.png").stat().st_size > 10_000
 
 
