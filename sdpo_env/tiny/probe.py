@@ -260,7 +260,7 @@ def table(figures: dict) -> str:
                   for text, share in shares.items() if share < TARGETS["hindsight_min"])
     lines += [f"  phrasing {name:<33}{share:>10.2f}  {text!r}" for share, name, text in weak]
     s, h = figures["signal"], figures["signal_held_out"]
-    held_out_label = ("signal on held-out prompts: |A| rel / unrel" if figures.get("prompts", "eval") == "eval"
+    held_out_label = ("signal on held-out prompts: |A| rel / unrel" if figures["prompts"] == "eval"
                       else "signal, second draw: |A| rel / unrel")
     lines += [
         f"{'room (min share / max share)':<44}{figures['room_min']:>6.2f}/{figures['room_max']:.2f}  "

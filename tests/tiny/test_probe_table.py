@@ -7,6 +7,7 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
+from sdpo_env.hindsight import DEFAULT_TEMPLATE
 from sdpo_env.prompts import load_prompts
 from sdpo_env.tiny import probe as probe_module
 from sdpo_env.tiny.probe import _phrasing_shares, preferences, table, verdicts
@@ -22,7 +23,7 @@ def shipped_like() -> dict:
         "signal_held_out": {"n_triples": 200, "abs_relevant": 0.3, "abs_unrelated": 0.01, "ratio": 30.0,
                             "relevant_negative": 0.5, "unrelated_negative": 0.4},
         "room_min": 0.46, "room_max": 0.67, "unrelated_max_shift": 0.07, "hindsight_min": 0.75,
-        "oracle_mean": 0.96, "fluency": 0.996, "n_samples": 1408,
+        "oracle_mean": 0.96, "fluency": 0.996, "n_samples": 1408, "prompts": "eval",
     }
     figures["pass"] = verdicts(figures)
     return figures
@@ -89,7 +90,8 @@ class Recorder:
 
     def generate(self, conversations):
         users = [next(m["content"] for m in c if m["role"] == "user") for c in conversations]
-        Recorder.questions += [text.split("\n\n=== HINDSIGHT")[0] for text in users]  # the question alone
+        block = DEFAULT_TEMPLATE.partition("{follow_up}")[0]
+        Recorder.questions += [text.partition(block)[0] for text in users]  # the question alone
         return [("word " * 80, True) for _ in conversations]
 
     def token_logprobs(self, conversations, answers):
