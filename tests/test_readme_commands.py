@@ -73,7 +73,7 @@ def readme_commands() -> list[str]:
             if start >= 0 and not line.lstrip().startswith("#"):
                 commands.append(line[start:].strip())
     prose = re.sub(r"```.*?```", "", text, flags=re.S)
-    commands += [" ".join(span.split()) for span in re.findall(r"`(python -m sdpo_env[^`]*)`", prose)]
+    commands += [" ".join(span.split()) for span in re.findall(r"`(python -m sdpo_env\.\w[^`]*)`", prose)]
     return commands
 
 
@@ -117,10 +117,17 @@ def test_the_readme_command_is_valid(command: str, monkeypatch: pytest.MonkeyPat
     pytest.fail(f"{command!r} returned {code!r} before its options were checked (see the error above)")
 
 
-def test_a_wrong_option_in_a_command_fails_the_check(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for command in ("python -m sdpo_env.run scenario=flip agent.learning_rate=1e-3",
-                    "python -m sdpo_env.bench scenario=flip agents=[sdpo,nobody] seeds=2",
-                    "python -m sdpo_env.tiny.refine --out /tmp/x --focus lists=sometimes",
-                    "python -m sdpo_env.tiny.probe --per-complaints 128"):
-        with pytest.raises(pytest.fail.Exception):
-            test_the_readme_command_is_valid(command, monkeypatch, tmp_path)
+@pytest.mark.parametrize(("good", "bad"), [
+    ("python -m sdpo_env.run scenario=flip agent.lr=1e-3",
+     "python -m sdpo_env.run scenario=flip agent.learning_rate=1e-3"),
+    ("python -m sdpo_env.bench scenario=flip agents=[sdpo,none] seeds=2",
+     "python -m sdpo_env.bench scenario=flip agents=[sdpo,nobody] seeds=2"),
+    ("python -m sdpo_env.tiny.refine --out /tmp/x --focus lists=false",
+     "python -m sdpo_env.tiny.refine --out /tmp/x --focus lists=sometimes"),
+    ("python -m sdpo_env.tiny.probe --per-complaint 8", "python -m sdpo_env.tiny.probe --per-complaints 8"),
+])
+def test_a_wrong_option_in_a_command_fails_the_check(good: str, bad: str, monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    test_the_readme_command_is_valid(good, monkeypatch, tmp_path)
+    with pytest.raises(pytest.fail.Exception):
+        test_the_readme_command_is_valid(bad, monkeypatch, tmp_path)
