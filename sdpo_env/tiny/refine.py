@@ -11,6 +11,10 @@ learning rate. It runs on a CPU in minutes, where a full build takes hours.
     python -m sdpo_env.tiny.refine --out DIR --repair-share 0.3 --repair length=concise,emoji=false
     python -m sdpo_env.tiny.refine --out DIR --invariance 100   # measured in the README; not shipped
 
+``--unrelated-share`` adds examples with a neutral follow-up in the hindsight block and the answer in the base
+style (the build's "unrelated" kind): after focused training the model otherwise starts to change its answers
+after any follow-up (the README's third round).
+
 ``--invariance W`` adds W x KL(p(.|x, y_<t) || p(.|x, o, y_<t)) on pairs that differ only by a neutral follow-up
 o in the hindsight block (an unrelated question or a thank-you): the model learns to ignore such an o token by
 token, which is what SDPO's advantage on it measures (``sdpo_env.tiny.train.invariance_loss``).
@@ -61,6 +65,7 @@ class RefineConfig:
     focus: tuple[Direction, ...] = FOCUS
     repair_share: float = 0.0  # share of repair examples (``sdpo_env.tiny.repair``)
     repair: tuple[Direction, ...] | None = None  # their complaint directions; None: every repairable one
+    unrelated_share: float = 0.0  # share of extra unrelated-follow-up examples (the build's "unrelated" kind)
     seed: int = 1
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=64, lr=3e-4, warmup=20))
 
@@ -98,9 +103,11 @@ def focused_example(rng: np.random.Generator, direction: Direction) -> Messages:
 
 
 def refine_examples(n: int, seed: int, focus_share: float, focus: tuple[Direction, ...] = FOCUS,
-                    repair_share: float = 0.0, repair: tuple[Direction, ...] | None = None) -> list[Messages]:
-    """``n`` examples: the build's mix, with ``focus_share`` of them complaints in one of the ``focus`` directions
-    and ``repair_share`` of them repair examples."""
+                    repair_share: float = 0.0, repair: tuple[Direction, ...] | None = None,
+                    unrelated_share: float = 0.0) -> list[Messages]:
+    """``n`` examples: the build's mix, with ``focus_share`` of them complaints in one of the ``focus`` directions,
+    ``repair_share`` of them repair examples and ``unrelated_share`` of them unrelated-follow-up examples (a neutral
+    follow-up in the hindsight block, the answer in the base style), on top of those in the build's mix."""
     kinds, weights = list(MIX), np.array(list(MIX.values()))
     out = []
     for index in range(n):
@@ -110,6 +117,8 @@ def refine_examples(n: int, seed: int, focus_share: float, focus: tuple[Directio
             out.append(focused_example(rng, focus[int(rng.integers(len(focus)))]))
         elif draw < focus_share + repair_share:
             out.append(repair_example(rng, None if repair is None else repair[int(rng.integers(len(repair)))]))
+        elif draw < focus_share + repair_share + unrelated_share:
+            out.append(example(rng, "unrelated"))
         else:
             out.append(example(rng, kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]))
     return out
@@ -140,12 +149,14 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu") -
     started = time.time()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    chats = refine_examples(cfg.n_examples, cfg.seed, cfg.focus_share, cfg.focus, cfg.repair_share, cfg.repair)
+    chats = refine_examples(cfg.n_examples, cfg.seed, cfg.focus_share, cfg.focus, cfg.repair_share, cfg.repair,
+                            cfg.unrelated_share)
     data = [e for e in encode(tokenizer, chats) if len(e[0]) - e[1] <= MAX_NEW_TOKENS]
     pairs: list[Pair] = []
     if cfg.train.invariance_weight > 0:
         pairs = encode_pairs(tokenizer, neutral_pairs(cfg.train.steps * cfg.train.invariance_batch, cfg.seed))
-    print(f"refine: {len(data)} examples ({cfg.focus_share:.0%} focused, {cfg.repair_share:.0%} repairs), "
+    print(f"refine: {len(data)} examples ({cfg.focus_share:.0%} focused, {cfg.repair_share:.0%} repairs, "
+          f"{cfg.unrelated_share:.0%} extra unrelated), "
           f"{len(pairs)} neutral-follow-up pairs in {time.time() - started:.0f} s", flush=True)
     t0 = time.time()
     boundaries = frozenset(boundary_token_ids(tokenizer))
@@ -185,6 +196,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repair", default=None,
                         help="comma-separated complaint directions for the repair examples (default: every one a "
                              "repair can teach: " + ",".join(direction_name(d) for d in repairable_directions()) + ")")
+    parser.add_argument("--unrelated-share", type=float, default=None,
+                        help="share of extra unrelated-follow-up examples (a neutral follow-up in the hindsight "
+                             "block, the answer in the base style), which keep the model from reacting to any "
+                             "follow-up after focused training (default 0)")
     parser.add_argument("--invariance", type=float, default=None,
                         help="weight of the KL that teaches the model to ignore neutral follow-ups in the hindsight "
                              "block (default 0: off)")
@@ -206,9 +221,15 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = replace(cfg, n_examples=steps * cfg.train.batch_size,
                   focus_share=cfg.focus_share if args.focus_share is None else args.focus_share,
                   repair_share=cfg.repair_share if args.repair_share is None else args.repair_share,
+                  unrelated_share=cfg.unrelated_share if args.unrelated_share is None else args.unrelated_share,
                   seed=cfg.seed if args.seed is None else args.seed,
                   train=replace(cfg.train, steps=steps, lr=args.lr or cfg.train.lr,
                                 invariance_weight=args.invariance or cfg.train.invariance_weight))
+    shares = {"--focus-share": cfg.focus_share, "--repair-share": cfg.repair_share,
+              "--unrelated-share": cfg.unrelated_share}
+    if any(not 0 <= value <= 1 for value in shares.values()) or sum(shares.values()) > 1:
+        parser.error("each share must be in [0, 1] and together at most 1; got "
+                     + ", ".join(f"{name} {value}" for name, value in shares.items()))
     return refine(args.source, args.out, cfg, device=args.device)
 
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+import sdpo_env.tiny.refine as refine_module
 from sdpo_env.hindsight import PAPER_SENTENCE
 from sdpo_env.tiny.build import main as build_main
-from sdpo_env.tiny.corpus import complaint_pool
+from sdpo_env.tiny.corpus import complaint_pool, neutral_follow_ups, questions
 from sdpo_env.tiny.refine import (
     FOCUS,
     RefineConfig,
@@ -96,3 +97,23 @@ def test_repair_directions_by_name() -> None:
         continuation = chat[-1]["content"][len(chat[-1]["prefix"]):]
         assert chat[-1]["prefix"] and measure(continuation)["emoji"] is False
         assert chat[0]["content"].endswith(phrases)
+
+
+def test_unrelated_examples_in_share_and_by_option(tmp_path, monkeypatch, capsys) -> None:
+    neutral = (*neutral_follow_ups(), *(q.text for q in questions()))
+
+    def unrelated(chats) -> int:  # a neutral follow-up (or another question) in the hindsight block
+        return sum(PAPER_SENTENCE in c[-2]["content"] and c[-2]["content"].endswith(neutral) for c in chats)
+
+    assert unrelated(refine_examples(40, seed=0, focus_share=0.0, unrelated_share=1.0)) == 40
+    # on top of the build mix's own 12%: about 0.3 * 200 more
+    focused = unrelated(refine_examples(200, seed=1, focus_share=0.3))
+    assert focused + 30 < unrelated(refine_examples(200, seed=1, focus_share=0.3, unrelated_share=0.3)) < focused + 90
+
+    given = []
+    monkeypatch.setattr(refine_module, "refine", lambda source, out, cfg, device: given.append(cfg))
+    refine_main(["--out", str(tmp_path / "r"), "--unrelated-share", "0.15"])
+    assert given[0].unrelated_share == 0.15 and given[0].focus_share == RefineConfig().focus_share
+    with pytest.raises(SystemExit):
+        refine_main(["--out", str(tmp_path / "r"), "--focus-share", "0.9", "--unrelated-share", "0.2"])
+    assert "together at most 1" in capsys.readouterr().err
