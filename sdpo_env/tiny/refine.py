@@ -12,8 +12,8 @@ learning rate. It runs on a CPU in minutes, where a full build takes hours.
     python -m sdpo_env.tiny.refine --out DIR --invariance 100   # measured in the README; not shipped
 
 ``--unrelated-share`` adds examples with a neutral follow-up in the hindsight block and the answer in the base
-style (the build's "unrelated" kind): after focused training the model otherwise starts to change its answers
-after any follow-up (the README's third round).
+style (the build's "unrelated" kind), meant to keep a model trained on complaints from changing its answers after
+any follow-up (measured in the README's third refinement round).
 
 ``--invariance W`` adds W x KL(p(.|x, y_<t) || p(.|x, o, y_<t)) on pairs that differ only by a neutral follow-up
 o in the hindsight block (an unrelated question or a thank-you): the model learns to ignore such an o token by
@@ -198,8 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "repair can teach: " + ",".join(direction_name(d) for d in repairable_directions()) + ")")
     parser.add_argument("--unrelated-share", type=float, default=None,
                         help="share of extra unrelated-follow-up examples (a neutral follow-up in the hindsight "
-                             "block, the answer in the base style), which keep the model from reacting to any "
-                             "follow-up after focused training (default 0)")
+                             "block, the answer in the base style), meant to keep a model trained on complaints from "
+                             "changing its answers after any follow-up (default 0)")
     parser.add_argument("--invariance", type=float, default=None,
                         help="weight of the KL that teaches the model to ignore neutral follow-ups in the hindsight "
                              "block (default 0: off)")
