@@ -15,6 +15,10 @@ learning rate. It runs on a CPU in minutes, where a full build takes hours.
 style (the build's "unrelated" kind), meant to keep a model trained on complaints from changing its answers after
 any follow-up (measured in the README's third refinement round).
 
+``--phrasing TEXT`` (repeatable) with ``--phrasing-share`` (0.3) trains on complaints worded exactly as given, each
+answered in the direction whose phrasings hold it: the probe's ``--per-phrasing`` shows the misses sitting in a few
+wordings, which the build draws no more often than the rest.
+
 ``--invariance W`` adds W x KL(p(.|x, y_<t) || p(.|x, o, y_<t)) on pairs that differ only by a neutral follow-up
 o in the hindsight block (an unrelated question or a thank-you): the model learns to ignore such an o token by
 token, which is what SDPO's advantage on it measures (``sdpo_env.tiny.train.invariance_loss``).
@@ -23,6 +27,7 @@ token, which is what SDPO's advantage on it measures (``sdpo_env.tiny.train.inva
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import time
 from collections.abc import Iterable
@@ -66,6 +71,8 @@ class RefineConfig:
     repair_share: float = 0.0  # share of repair examples (``sdpo_env.tiny.repair``)
     repair: tuple[Direction, ...] | None = None  # their complaint directions; None: every repairable one
     unrelated_share: float = 0.0  # share of extra unrelated-follow-up examples (the build's "unrelated" kind)
+    phrasing_share: float = 0.0  # share of complaints worded as one of ``phrasings`` (their own direction each)
+    phrasings: tuple[str, ...] = ()
     seed: int = 1
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=64, lr=3e-4, warmup=20))
 
@@ -92,22 +99,44 @@ def parse_direction(text: str, allowed: Iterable[Direction] | None = None) -> Di
     return known[text.strip().lower()]
 
 
-def focused_example(rng: np.random.Generator, direction: Direction) -> Messages:
-    """A complaint about one ``direction`` in the hindsight block; the answer satisfies it, other axes at base."""
+def phrasing_direction(text: str) -> Direction:
+    """The complaint direction whose phrasings include ``text`` (exactly, as in a persona's ``follow_ups``).
+
+    Raises:
+        ValueError: no direction has that phrasing; the message names the closest ones.
+    """
+    for direction, phrases in complaint_pool().items():
+        if text in phrases:
+            return direction
+    every = [f for phrases in complaint_pool().values() for f in phrases]
+    close = difflib.get_close_matches(text, every, n=3, cutoff=0.5)
+    raise ValueError(f"{text!r} is not a complaint phrasing of any direction (a persona's follow_ups or "
+                     "sdpo_env.tiny.corpus.EXTRA_FOLLOW_UPS)" + (f"; closest: {close}" if close else ""))
+
+
+def focused_example(rng: np.random.Generator, direction: Direction, phrase: str | None = None) -> Messages:
+    """A complaint about one ``direction`` in the hindsight block (worded as ``phrase``, or as one of the
+    direction's phrasings at random); the answer satisfies it, other axes at base."""
     question = questions()[int(rng.integers(len(questions())))]
-    phrases = complaint_pool()[direction]
-    messages = hindsight_messages([{"role": "user", "content": question.text}],
-                                  phrases[int(rng.integers(len(phrases)))])
+    if phrase is None:
+        phrases = complaint_pool()[direction]
+        phrase = phrases[int(rng.integers(len(phrases)))]
+    messages = hindsight_messages([{"role": "user", "content": question.text}], phrase)
     axis, values = direction
     return [*messages, {"role": "assistant", "content": render_answer(rng, question, {axis: values})}]
 
 
 def refine_examples(n: int, seed: int, focus_share: float, focus: tuple[Direction, ...] = FOCUS,
                     repair_share: float = 0.0, repair: tuple[Direction, ...] | None = None,
-                    unrelated_share: float = 0.0) -> list[Messages]:
+                    unrelated_share: float = 0.0, phrasing_share: float = 0.0,
+                    phrasings: tuple[str, ...] = ()) -> list[Messages]:
     """``n`` examples: the build's mix, with ``focus_share`` of them complaints in one of the ``focus`` directions,
-    ``repair_share`` of them repair examples and ``unrelated_share`` of them unrelated-follow-up examples (a neutral
-    follow-up in the hindsight block, the answer in the base style), on top of those in the build's mix."""
+    ``repair_share`` of them repair examples, ``unrelated_share`` of them unrelated-follow-up examples (a neutral
+    follow-up in the hindsight block, the answer in the base style) on top of those in the build's mix, and
+    ``phrasing_share`` of them complaints worded as one of ``phrasings``, each answered in its own direction."""
+    if phrasing_share and not phrasings:
+        raise ValueError("phrasing_share > 0 needs at least one phrasing")
+    phrased = [(phrasing_direction(f), f) for f in phrasings]
     kinds, weights = list(MIX), np.array(list(MIX.values()))
     out = []
     for index in range(n):
@@ -119,6 +148,9 @@ def refine_examples(n: int, seed: int, focus_share: float, focus: tuple[Directio
             out.append(repair_example(rng, None if repair is None else repair[int(rng.integers(len(repair)))]))
         elif draw < focus_share + repair_share + unrelated_share:
             out.append(example(rng, "unrelated"))
+        elif draw < focus_share + repair_share + unrelated_share + phrasing_share:
+            direction, phrase = phrased[int(rng.integers(len(phrased)))]
+            out.append(focused_example(rng, direction, phrase))
         else:
             out.append(example(rng, kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]))
     return out
@@ -150,13 +182,13 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu") -
     tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     chats = refine_examples(cfg.n_examples, cfg.seed, cfg.focus_share, cfg.focus, cfg.repair_share, cfg.repair,
-                            cfg.unrelated_share)
+                            cfg.unrelated_share, cfg.phrasing_share, cfg.phrasings)
     data = [e for e in encode(tokenizer, chats) if len(e[0]) - e[1] <= MAX_NEW_TOKENS]
     pairs: list[Pair] = []
     if cfg.train.invariance_weight > 0:
         pairs = encode_pairs(tokenizer, neutral_pairs(cfg.train.steps * cfg.train.invariance_batch, cfg.seed))
     print(f"refine: {len(data)} examples ({cfg.focus_share:.0%} focused, {cfg.repair_share:.0%} repairs, "
-          f"{cfg.unrelated_share:.0%} extra unrelated), "
+          f"{cfg.unrelated_share:.0%} extra unrelated, {cfg.phrasing_share:.0%} in {len(cfg.phrasings)} phrasings), "
           f"{len(pairs)} neutral-follow-up pairs in {time.time() - started:.0f} s", flush=True)
     t0 = time.time()
     boundaries = frozenset(boundary_token_ids(tokenizer))
@@ -200,6 +232,13 @@ def main(argv: list[str] | None = None) -> dict:
                         help="share of extra unrelated-follow-up examples (a neutral follow-up in the hindsight "
                              "block, the answer in the base style), meant to keep a model trained on complaints from "
                              "changing its answers after any follow-up (default 0)")
+    parser.add_argument("--phrasing", action="append", default=[], metavar="TEXT",
+                        help="a complaint phrasing to train on more often, exactly as a persona's follow_ups or "
+                             "sdpo_env.tiny.corpus.EXTRA_FOLLOW_UPS write it (repeat the option for several; the "
+                             "probe's --per-phrasing lists the ones followed least)")
+    parser.add_argument("--phrasing-share", type=float, default=None,
+                        help="share of complaints worded as one of the --phrasing texts, each answered in its own "
+                             "direction (default 0.3 with --phrasing, else 0)")
     parser.add_argument("--invariance", type=float, default=None,
                         help="weight of the KL that teaches the model to ignore neutral follow-ups in the hindsight "
                              "block (default 0: off)")
@@ -216,20 +255,27 @@ def main(argv: list[str] | None = None) -> dict:
         if args.repair:
             repairable = repairable_directions()
             cfg = replace(cfg, repair=tuple(parse_direction(t, repairable) for t in args.repair.split(",")))
+        for text in args.phrasing:
+            phrasing_direction(text)
     except ValueError as exc:
         parser.error(str(exc))
+    phrasing_share = (0.3 if args.phrasing else 0.0) if args.phrasing_share is None else args.phrasing_share
     cfg = replace(cfg, n_examples=steps * cfg.train.batch_size,
                   focus_share=cfg.focus_share if args.focus_share is None else args.focus_share,
                   repair_share=cfg.repair_share if args.repair_share is None else args.repair_share,
                   unrelated_share=cfg.unrelated_share if args.unrelated_share is None else args.unrelated_share,
+                  phrasings=tuple(args.phrasing),
+                  phrasing_share=phrasing_share,
                   seed=cfg.seed if args.seed is None else args.seed,
                   train=replace(cfg.train, steps=steps, lr=args.lr or cfg.train.lr,
                                 invariance_weight=args.invariance or cfg.train.invariance_weight))
     shares = {"--focus-share": cfg.focus_share, "--repair-share": cfg.repair_share,
-              "--unrelated-share": cfg.unrelated_share}
+              "--unrelated-share": cfg.unrelated_share, "--phrasing-share": cfg.phrasing_share}
     if any(not 0 <= value <= 1 for value in shares.values()) or sum(shares.values()) > 1:
         parser.error("each share must be in [0, 1] and together at most 1; got "
                      + ", ".join(f"{name} {value}" for name, value in shares.items()))
+    if cfg.phrasing_share and not cfg.phrasings:
+        parser.error(f"--phrasing-share {cfg.phrasing_share} needs at least one --phrasing")
     return refine(args.source, args.out, cfg, device=args.device)
 
 

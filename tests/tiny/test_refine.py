@@ -19,6 +19,7 @@ from sdpo_env.tiny.refine import (
     direction_name,
     focused_example,
     parse_direction,
+    phrasing_direction,
     refine,
     refine_examples,
 )
@@ -117,3 +118,32 @@ def test_unrelated_examples_in_share_and_by_option(tmp_path, monkeypatch, capsys
     with pytest.raises(SystemExit):
         refine_main(["--out", str(tmp_path / "r"), "--focus-share", "0.9", "--unrelated-share", "0.2"])
     assert "together at most 1" in capsys.readouterr().err
+
+
+def test_phrasing_examples_use_the_given_wordings_each_in_its_direction(tmp_path, monkeypatch, capsys) -> None:
+    wordings = ("no outro please", "Turn the bullet points into connected sentences.")
+    assert [phrasing_direction(w) for w in wordings] == [("closing", (False,)), ("lists", (False,))]
+    chats = refine_examples(60, seed=0, focus_share=0.0, phrasing_share=1.0, phrasings=wordings)
+    for chat in chats:
+        wording = next(w for w in wordings if chat[-2]["content"].endswith(w))
+        axis, values = phrasing_direction(wording)
+        assert measure(chat[-1]["content"])[axis] in values, (wording, chat[-1]["content"])
+    assert {w: sum(c[-2]["content"].endswith(w) for c in chats) for w in wordings} == {w: pytest.approx(30, abs=12)
+                                                                                       for w in wordings}
+    # at share 0 the draws are the ones without the option, so earlier refinements reproduce
+    assert refine_examples(50, seed=2, focus_share=0.3, phrasings=wordings) == refine_examples(50, seed=2,
+                                                                                              focus_share=0.3)
+    with pytest.raises(ValueError, match="closest: \\['no outro please'"):
+        phrasing_direction("no outro pls")
+
+    given = []
+    monkeypatch.setattr(refine_module, "refine", lambda source, out, cfg, device: given.append(cfg))
+    refine_main(["--out", str(tmp_path / "r"), "--phrasing", wordings[0], "--phrasing", wordings[1]])
+    refine_main(["--out", str(tmp_path / "r"), "--phrasing", wordings[0], "--phrasing-share", "0.5"])
+    assert [(c.phrasings, c.phrasing_share) for c in given] == [(wordings, 0.3), (wordings[:1], 0.5)]
+    for bad, message in ((["--phrasing", "no outro pls"], "not a complaint phrasing"),
+                         (["--phrasing-share", "0.2"], "needs at least one --phrasing"),
+                         (["--phrasing", wordings[0], "--focus-share", "0.8"], "together at most 1")):
+        with pytest.raises(SystemExit):
+            refine_main(["--out", str(tmp_path / "r"), *bad])
+        assert message in capsys.readouterr().err
