@@ -3,12 +3,18 @@
 Exit codes: 0 done, 2 bad input (our ``SdpoEnvError``, printed as one plain ``error:`` message, no traceback),
 130 interrupted. Long loops checkpoint on Ctrl-C themselves (``StopRequest``); this catches the interrupt anywhere
 else, such as while a model loads, and prints ``interrupted`` instead of a traceback.
+
+SIGTERM (``kill PID``, ``timeout``, a batch scheduler's time limit) counts as a Ctrl-C: a run checkpoints and stops,
+a bench asks its runs to do the same and waits for them, so no run goes on writing to its folder unsupervised.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from rich.console import Console
 
@@ -31,6 +37,8 @@ def command_main(doc: str | None, argv: Sequence[str] | None, body: Callable[[li
     if any(a in ("-h", "--help") for a in args):
         print(doc or "")  # verbatim: rich markup would eat bracketed text such as agents=[sdpo,none]
         return 0
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only there can handlers be set
+    previous = signal.signal(signal.SIGTERM, terminate_as_interrupt) if in_main_thread else None
     try:
         return body(args, console)
     except SdpoEnvError as exc:
@@ -39,3 +47,16 @@ def command_main(doc: str | None, argv: Sequence[str] | None, body: Callable[[li
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def terminate_as_interrupt(signum: int, frame: Any) -> None:
+    """A SIGTERM handler that does what Ctrl-C does at that moment: calls the SIGINT handler in force (a loop's
+    checkpointing one, or Python's, which raises ``KeyboardInterrupt``); nothing where SIGINT is ignored."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    elif handler == signal.SIG_DFL:
+        raise KeyboardInterrupt

@@ -336,7 +336,8 @@ def test_a_failing_run_stops_the_grid_and_shows_its_output(model_dir, scenario_f
     assert "none seed 1 exited with" in text and "seed1.log" in text
 
 
-def test_ctrl_c_with_jobs_checkpoints_every_running_run(model_dir, scenario_file, tmp_path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; kill PID or a scheduler's limit
+def test_ctrl_c_with_jobs_checkpoints_every_running_run(model_dir, scenario_file, tmp_path, signum) -> None:
     out = tmp_path / "bench"
     # Long enough that neither run finishes before the interrupt on a loaded machine (at 400, none ran in 15 s and
     # did), short enough that a broken interrupt fails the test in minutes (none: ~0.04 s per interaction).
@@ -353,7 +354,7 @@ def test_ctrl_c_with_jobs_checkpoints_every_running_run(model_dir, scenario_file
             if started("none") and started("sdpo"):
                 break
             time.sleep(0.1)
-        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signum)  # the bench's process alone: its runs hear it from the bench
 
     thread = threading.Thread(target=interrupt_when_started)
     thread.start()

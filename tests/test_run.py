@@ -234,6 +234,23 @@ def test_ctrl_c_checkpoints_and_exits_cleanly(model_dir, scenario_file, tmp_path
     assert yaml.safe_load((out / "config.yaml").read_text())["eval"]["background"] == other
 
 
+@pytest.mark.slow
+def test_sigterm_to_the_run_alone_checkpoints_like_ctrl_c(model_dir, scenario_file, tmp_path) -> None:
+    # kill PID, timeout, a scheduler's time limit: the signal reaches the run's process only, not its worker
+    out = tmp_path / "terminated"
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = _spawn(args_for(model_dir, scenario_file, out, "eval.background=always"), log)
+        _wait_for_lines(out / "interactions.jsonl", 5, proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 130
+        _wait_until_the_group_is_gone(proc.pid)  # the run closed its worker on the way out
+    text = (tmp_path / "log.txt").read_text()
+    assert f"python -m sdpo_env.run resume={out}" in text and "Traceback" not in text
+    assert 5 <= len(read_jsonl(out / "interactions.jsonl")) < 16
+    assert main([f"resume={out}"]) == 0
+    assert len(read_jsonl(out / "interactions.jsonl")) == 16
+
+
 def test_errors_name_the_problem(model_dir, scenario_file, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     assert main(args_for(model_dir, scenario_file, out, "n_interactions=2", "eval.every=1")) == 0
