@@ -54,9 +54,11 @@ def command_main(doc: str | None, argv: Sequence[str] | None, body: Callable[[li
 
 def terminate_as_interrupt(signum: int, frame: Any) -> None:
     """A SIGTERM handler that does what Ctrl-C does at that moment: calls the SIGINT handler in force (a loop's
-    checkpointing one, or Python's, which raises ``KeyboardInterrupt``); nothing where SIGINT is ignored."""
+    checkpointing one, or Python's, which raises ``KeyboardInterrupt``); nothing where SIGINT is ignored. With no
+    Python handler in force (SIG_DFL, or one set outside Python) it raises ``KeyboardInterrupt``, so SIGTERM still
+    stops the command."""
     handler = signal.getsignal(signal.SIGINT)
     if callable(handler):
         handler(signal.SIGINT, frame)
-    elif handler == signal.SIG_DFL:
+    elif handler != signal.SIG_IGN:
         raise KeyboardInterrupt

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
 from sdpo_env import bench, heatmap, offline, reevaluate, run
-from sdpo_env.cli import command_main
+from sdpo_env.cli import command_main, terminate_as_interrupt
 from sdpo_env.errors import SdpoEnvError
 
 COMMANDS = {"run": run, "bench": bench, "offline": offline, "heatmap": heatmap, "reevaluate": reevaluate}
@@ -26,6 +29,34 @@ def test_ctrl_c_outside_a_loop_exits_130_with_the_message(capsys) -> None:
 
     assert command_main("doc", [], body, interrupted="stopped; nothing written") == 130
     assert capsys.readouterr().err == "stopped; nothing written\n"
+
+
+def test_sigterm_during_a_command_is_its_ctrl_c_and_the_old_handler_comes_back(capsys) -> None:
+    def body(args, console):
+        os.kill(os.getpid(), signal.SIGTERM)  # Python's SIGINT handler in force: the interrupt is raised here
+        raise AssertionError("SIGTERM did not stop the command")
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert command_main("doc", [], body, interrupted="stopped by SIGTERM") == 130
+    assert capsys.readouterr().err == "stopped by SIGTERM\n"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("sigint", ["loop", "ignored", "default"])
+def test_sigterm_does_what_ctrl_c_would(sigint) -> None:
+    heard = []
+    handler = {"loop": lambda signum, frame: heard.append(signum), "ignored": signal.SIG_IGN,
+               "default": signal.SIG_DFL}[sigint]
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        if sigint == "default":
+            with pytest.raises(KeyboardInterrupt):
+                terminate_as_interrupt(signal.SIGTERM, None)
+        else:
+            terminate_as_interrupt(signal.SIGTERM, None)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert heard == ([signal.SIGINT] if sigint == "loop" else [])
 
 
 def test_other_errors_are_not_swallowed() -> None:

@@ -17,7 +17,8 @@ any follow-up (measured in the README's third refinement round).
 
 ``--phrasing TEXT`` (repeatable) with ``--phrasing-share`` (0.3) trains on complaints worded exactly as given, each
 answered in the direction whose phrasings hold it: the probe's ``--per-phrasing`` shows the misses sitting in a few
-wordings, which the build draws no more often than the rest.
+wordings, which the build draws no more often than the rest of their direction's (measured in the README's fourth
+refinement round).
 
 ``--invariance W`` adds W x KL(p(.|x, y_<t) || p(.|x, o, y_<t)) on pairs that differ only by a neutral follow-up
 o in the hindsight block (an unrelated question or a thank-you): the model learns to ignore such an o token by
