@@ -135,6 +135,8 @@ def test_phrasing_examples_use_the_given_wordings_each_in_its_direction(tmp_path
                                                                                               focus_share=0.3)
     with pytest.raises(ValueError, match="closest: \\['no outro please'"):
         phrasing_direction("no outro pls")
+    with pytest.raises(ValueError, match="needs at least one phrasing"):  # before any draw, whatever the draws
+        refine_examples(5, seed=0, focus_share=0.0, phrasing_share=0.01)
 
     given = []
     monkeypatch.setattr(refine_module, "refine", lambda source, out, cfg, device: given.append(cfg))
