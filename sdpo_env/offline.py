@@ -176,10 +176,13 @@ def prepare(args: Sequence[str]) -> tuple[OfflineConfig, RunFolder, bool, LogSta
         saved = {k: v for k, v in folder.read_config().items() if k != "stop_after_steps"}
         config = resolve([(str(folder.config), saved), (COMMAND_LINE, {k: v for k, v in cli.items()
                                                                         if k != "resume"})])
-        return config, folder, True, data_stats(config)
+        stats = data_stats(config)
+        folder.claim("resume")  # the run may still be going in another process
+        return config, folder, True, stats
     config = resolve([(COMMAND_LINE, cli)])
     stats = data_stats(config)
     folder = RunFolder(config.out_dir or f"runs/{datetime.now():%Y%m%d-%H%M%S}-offline-{config.method}")
+    folder.claim("out_dir")  # a run started there that has no checkpoint yet would otherwise be overwritten
     if folder.checkpoint.is_file():
         raise ConfigError([Problem(COMMAND_LINE, "out_dir", f"{folder.path} already holds a run; continue it with "
                                                             f"resume={folder.path} or choose another out_dir")])
@@ -331,7 +334,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def train(args: list[str], console: Console) -> int:
         from sdpo_env.offline_run import run  # the loop; kept apart from the config and the math above
 
-        return run(*prepare(args), console)
+        config, folder, resuming, stats = prepare(args)
+        try:
+            return run(config, folder, resuming, stats, console)
+        finally:
+            folder.release()
 
     # Ctrl-C inside the training loop checkpoints (StopRequest); elsewhere (loading, scanning the file) it ends here.
     return command_main(__doc__, argv, train, interrupted="interrupted outside the training loop (no checkpoint "

@@ -148,6 +148,7 @@ def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
         overrides = {k: v for k, v in cli.items() if k != "resume"}
         config = resolve_config([(str(folder.config), folder.read_config()), (COMMAND_LINE, overrides)])
         check_keys(config)
+        folder.claim("resume")  # before anything is written: the run may still be going in another process
         if overrides:
             folder.write_config(config_to_dict(config))  # part of the run's settings now
         warn_missing_options(config.agent, resolved_learner_options(config.agent, source=config.source_of), folder)
@@ -157,6 +158,7 @@ def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
     config.agent = resolved_learner_options(config.agent, source=config.source_of)
     check_keys(config)
     folder = RunFolder(config.out_dir or f"runs/{datetime.now():%Y%m%d-%H%M%S}-{scenario.name}")
+    folder.claim("out_dir")  # a run started there that has no checkpoint yet would otherwise be overwritten
     if folder.checkpoint.is_file():
         raise ConfigError([Problem(COMMAND_LINE, "out_dir", f"{folder.path} already holds a run; continue it with "
                                                             f"resume={folder.path} or choose another out_dir")])
@@ -229,6 +231,7 @@ def run(args: Sequence[str], console: Console) -> int:
 
 def _run(args: Sequence[str], console: Console, cleanup: ExitStack) -> int:
     config, scenario, folder, resuming = prepare(args)
+    cleanup.callback(folder.release)
     n = config.n_interactions or scenario.n_interactions
     policy = load_policy(config)
     learner = make_learner(config.agent, policy, seed=config.seed)

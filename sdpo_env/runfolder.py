@@ -4,7 +4,9 @@ Layout: ``config.yaml`` (resolved), ``interactions.jsonl`` (one line per interac
 per evaluation), ``summary.json``, ``checkpoint.pt``, ``snapshots/t<T>.pt`` (the learner's state at each persona
 change), ``adapter/`` (peft format) and the plots. Lines are flushed as they are written, so a crash loses nothing
 already logged; a checkpoint records how many lines it covers, and a resume truncates the logs back to it before
-continuing.
+continuing. ``.lock`` marks the folder as being written (``RunFolder.claim``): a second process that would write the
+same folder (the same ``out_dir``, or a resume of a run still going) stops with an error instead of interleaving its
+lines and checkpoints with the first's.
 """
 
 from __future__ import annotations
@@ -13,11 +15,23 @@ import json
 import math
 import os
 import re
+import socket
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 import yaml
+
+from sdpo_env.config import COMMAND_LINE
+from sdpo_env.errors import ConfigError, Problem
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; folders are not guarded there
+    fcntl = None  # type: ignore[assignment]
+
+_CLAIMED: dict[Path, IO[str]] = {}  # folders this process writes -> their open, locked .lock file
 
 
 def _clean(value: Any) -> Any:
@@ -55,6 +69,49 @@ class RunFolder:
         self.snapshots = self.path / "snapshots"
         self.summary = self.path / "summary.json"
         self.config = self.path / "config.yaml"
+        self.lock = self.path / ".lock"
+
+    def claim(self, key: str) -> None:
+        """Marks the folder as written by this process until it calls ``release`` or ends, however it ends.
+
+        An advisory lock (``flock``) on ``.lock``: the system drops it when the process dies, even by SIGKILL, so a
+        crashed run never leaves a stale claim. Claiming a folder this process already holds does nothing.
+
+        Args:
+            key: The command-line key that named the folder (``out_dir`` or ``resume``), for the error.
+
+        Raises:
+            ConfigError: another process holds the folder; the message names it (pid and host).
+        """
+        where = self.path.resolve()
+        if where in _CLAIMED or fcntl is None:
+            return
+        handle = self.lock.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process that has not written its pid yet"
+            handle.close()
+            busy = (f"{self.path} is being written by another process ({holder}); wait for it to end, or stop it "
+                    f"(Ctrl-C or SIGTERM write a checkpoint) and then resume={self.path}")
+            raise ConfigError([Problem(COMMAND_LINE, key, busy)]) from None
+        except OSError as exc:  # a file system without locks (some network mounts): run unguarded, and say so
+            handle.close()
+            warnings.warn(f"{self.path}: cannot lock {self.lock.name} ({exc}); nothing stops a second process from "
+                          "writing this run folder at the same time", stacklevel=2)
+            return
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        _CLAIMED[where] = handle
+
+    def release(self) -> None:
+        """Lets other processes write the folder again (after ``claim``)."""
+        handle = _CLAIMED.pop(self.path.resolve(), None)
+        if handle is not None:
+            handle.close()  # closing the only descriptor drops the lock
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.config.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")

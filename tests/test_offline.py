@@ -17,6 +17,7 @@ from sdpo_env.offline import SHIPPED_LOGS, main, resolve
 from sdpo_env.policy import ChatPolicy
 from sdpo_env.sdpo import selective_log_softmax
 from sdpo_env.tiny import TINY_DIR
+from tests.test_runfolder import holding
 
 # 16 tuples, micro-batches of 4, 2 per optimizer step: 2 steps per epoch, 4 in all.
 SMALL = ["data=sample", "train.max_tuples=16", "train.batch_size=4", "train.grad_accum=2", "train.epochs=2",
@@ -119,3 +120,17 @@ def test_a_resumed_run_keeps_its_settings(tmp_path, capsys) -> None:
     assert code == 130
     assert main([f"resume={out}", "train.lr=1"]) == 2
     assert "train: a resumed run keeps the settings in its config.yaml" in capsys.readouterr().err
+
+
+def test_a_folder_another_process_writes_is_refused(tmp_path, capsys) -> None:
+    code, out = train(tmp_path, "r", "stop_after_steps=1")
+    assert code == 130
+    holder = holding(out)  # e.g. the same command still running in another terminal
+    try:
+        assert main([f"resume={out}"]) == 2
+        assert f"resume: {out} is being written by another process (pid {holder.pid} on " in capsys.readouterr().err
+        assert main([*SMALL, f"out_dir={out}"]) == 2
+        assert f"out_dir: {out} is being written by another process (pid {holder.pid} on " in capsys.readouterr().err
+    finally:
+        holder.communicate("")
+    assert main([f"resume={out}"]) == 0

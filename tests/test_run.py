@@ -251,6 +251,23 @@ def test_sigterm_to_the_run_alone_checkpoints_like_ctrl_c(model_dir, scenario_fi
     assert len(read_jsonl(out / "interactions.jsonl")) == 16
 
 
+@pytest.mark.slow
+def test_a_folder_a_run_is_writing_is_refused_to_a_second_process(model_dir, scenario_file, tmp_path, capsys) -> None:
+    out = tmp_path / "busy"
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = _spawn(args_for(model_dir, scenario_file, out), log)
+        _wait_for_lines(out / "interactions.jsonl", 1, proc)  # likely before its first checkpoint (at 3)
+        assert main(args_for(model_dir, scenario_file, out)) == 2  # the same out_dir again
+        assert f"out_dir: {out} is being written by another process (pid {proc.pid} on " in capsys.readouterr().err
+        _wait_for_lines(out / "interactions.jsonl", 4, proc)  # past a checkpoint: a resume would find one
+        assert main([f"resume={out}"]) == 2
+        assert f"resume: {out} is being written by another process (pid {proc.pid} on " in capsys.readouterr().err
+        assert proc.wait(timeout=300) == 0
+    assert [r["interaction"] for r in read_jsonl(out / "interactions.jsonl")] == list(range(16))  # untouched
+    assert main(args_for(model_dir, scenario_file, out)) == 2  # free now: the usual answer for a finished run
+    assert f"{out} already holds a run; continue it with resume={out}" in capsys.readouterr().err
+
+
 def test_errors_name_the_problem(model_dir, scenario_file, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     assert main(args_for(model_dir, scenario_file, out, "n_interactions=2", "eval.every=1")) == 0
