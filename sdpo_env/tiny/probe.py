@@ -25,11 +25,20 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from sdpo_env import decoding
@@ -54,6 +63,7 @@ class Sampler:
         self.model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() as a model decorator
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.sampled: Callable[[int], None] = lambda k: None  # told how many answers each batch sampled
 
     def _prompt_ids(self, messages: Messages) -> list[int]:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -76,6 +86,7 @@ class Sampler:
                 ended = eos in row
                 tokens = row[: row.index(eos)] if ended else row
                 out.append((str(self.tokenizer.decode(tokens, skip_special_tokens=True)), ended))
+            self.sampled(len(prompts))
         return out
 
     @torch.no_grad()
@@ -139,11 +150,26 @@ def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     prompts = load_prompts(prompt_pool)
-    unrelated_pool = personas()[0].unrelated_pool
 
     def draw(k: int, pool: Sequence[Prompt] = prompts) -> list[Messages]:
         return [[dict(m) for m in pool[int(i)].messages] for i in rng.integers(len(pool), size=k)]
 
+    total = (3 * n + len(preferences()) * n_per_complaint + len(personas()) * n_per_persona
+             + sum(len(p.follow_ups) for p in preferences().values()) * n_per_phrasing)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("answers sampled", total=total)
+        sampler.sampled = lambda k: bar.advance(task, k)
+        return _measure(sampler, draw, n, n_per_complaint, n_triples, n_per_persona, n_per_phrasing, rng,
+                        prompt_pool, lambda stage: bar.update(task, description=stage))
+
+
+def _measure(sampler: Sampler, draw: Callable[..., list[Messages]], n: int, n_per_complaint: int, n_triples: int,
+             n_per_persona: int, n_per_phrasing: int, rng: np.random.Generator, prompt_pool: str,
+             stage: Callable[[str], None]) -> dict:
+    """The measurements of :func:`probe`, in the order that fixes each seed's draws; ``stage`` names each one."""
+    unrelated_pool = personas()[0].unrelated_pool
+    stage("room: answers without hindsight")
     base_convs = draw(n)
     base = sampler.generate(base_convs)
     fluent = [well_formed(t, e) for t, e in base]
@@ -151,6 +177,7 @@ def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 
 
     unrelated_convs = [hindsight_messages(c, unrelated_pool[int(rng.integers(len(unrelated_pool)))])
                        for c in base_convs]
+    stage("unrelated follow-ups")
     unrelated = sampler.generate(unrelated_convs)
     fluent += [well_formed(t, e) for t, e in unrelated]
     shifted = shares([t for t, _ in unrelated])
@@ -158,6 +185,7 @@ def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 
 
     hindsight: dict[str, float] = {}
     for name, pref in preferences().items():
+        stage(f"hindsight: {name}")
         convs = [hindsight_messages(c, pref.follow_ups[int(rng.integers(len(pref.follow_ups)))])
                  for c in draw(n_per_complaint)]
         samples = sampler.generate(convs)
@@ -166,14 +194,17 @@ def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 
 
     oracle: dict[str, float] = {}
     for persona in personas():
+        stage(f"oracle: {persona.name}")
         convs = [[{"role": "system", "content": persona.profile}, *c] for c in draw(n_per_persona)]
         samples = sampler.generate(convs)
         fluent += [well_formed(t, e) for t, e in samples]
         oracle[persona.name] = float(np.mean([all(persona.satisfaction(t).values()) for t, _ in samples]))
 
+    stage("signal: held-out prompts")
     held_out_signal = _signal(sampler, base_convs, [t for t, _ in base], n_triples, rng, unrelated_pool)
     # the signal where SDPO computes it: every shipped scenario's users send the train pool's prompts (drawn last,
     # so the other figures stay as they were for a seed)
+    stage("signal: interaction prompts")
     interaction_convs = draw(n, load_prompts("train"))
     interaction = sampler.generate(interaction_convs)
     signal = _signal(sampler, interaction_convs, [t for t, _ in interaction], n_triples, rng, unrelated_pool)
@@ -188,6 +219,7 @@ def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 
     }
     figures["room_max"] = max(room.values())
     if n_per_phrasing:  # drawn last, so the other figures stay as they were for a seed
+        stage("hindsight per phrasing")
         figures["phrasings"] = {
             name: _phrasing_shares(sampler, pref, draw(n_per_phrasing * len(pref.follow_ups)))
             for name, pref in preferences().items()}
