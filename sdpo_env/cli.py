@@ -13,7 +13,8 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -37,18 +38,29 @@ def command_main(doc: str | None, argv: Sequence[str] | None, body: Callable[[li
     if any(a in ("-h", "--help") for a in args):
         print(doc or "")  # verbatim: rich markup would eat bracketed text such as agents=[sdpo,none]
         return 0
-    in_main_thread = threading.current_thread() is threading.main_thread()  # only there can handlers be set
-    previous = signal.signal(signal.SIGTERM, terminate_as_interrupt) if in_main_thread else None
     try:
-        return body(args, console)
+        with sigterm_as_ctrl_c():
+            return body(args, console)
     except SdpoEnvError as exc:
         print(f"error: {exc}", file=sys.stderr)  # plain print: rich would re-wrap the lines users copy
         return 2
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()  # only there can signal handlers be set
+
+
+@contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """Within the block SIGTERM does what Ctrl-C does (:func:`terminate_as_interrupt`); afterwards what it did."""
+    previous = signal.signal(signal.SIGTERM, terminate_as_interrupt) if _in_main_thread() else None
+    try:
+        yield
     finally:
-        if in_main_thread:
+        if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
@@ -62,3 +74,24 @@ def terminate_as_interrupt(signum: int, frame: Any) -> None:
         handler(signal.SIGINT, frame)
     elif handler != signal.SIG_IGN:
         raise KeyboardInterrupt
+
+
+class StopRequest:
+    """Ctrl-C sets a flag that the loop honours at the next consistent point; a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self) -> StopRequest:
+        # Outside the main thread no handler can be set: Ctrl-C then stops as Python's default does.
+        self._previous = signal.signal(signal.SIGINT, self._handle) if _in_main_thread() else None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)

@@ -16,13 +16,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from sdpo_env.cli import StopRequest
 from sdpo_env.judges import JUDGES
 from sdpo_env.judges.evaluate import WinRateEvaluator
 from sdpo_env.logs import LogStats
 from sdpo_env.offline import OfflineConfig, OfflineTrainer, config_dict, micro_batches, plan, policy_for
 from sdpo_env.personas import load_persona
 from sdpo_env.prompts import load_prompts
-from sdpo_env.run import StopRequest
 from sdpo_env.runfolder import RunFolder
 
 EVAL_KEYS = ("win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "sat/all", "valid_rate",

@@ -14,7 +14,6 @@ each persona change, for ``python -m sdpo_env.reevaluate ... at=T``). Ctrl-C che
 
 from __future__ import annotations
 
-import signal
 import time
 import warnings
 from collections import defaultdict
@@ -33,7 +32,7 @@ from rich.table import Table
 from agents import make_learner, set_persona
 from agents.base import OnlineLearner, Transition, resolved_learner_options
 from agents.icl_oracle import InContextOracle
-from sdpo_env.cli import command_main
+from sdpo_env.cli import StopRequest, command_main
 from sdpo_env.config import (
     COMMAND_LINE,
     RunConfig,
@@ -66,25 +65,6 @@ from sdpo_env.scenarios import Scenario, load_scenario
 # What a resumed run may change: neither changes what it computes (a budget stops it, the worker is another process).
 RESUME_OVERRIDES = ("budget_usd", "eval.background")
 HEADLINE = ("win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "sat/all", "ceiling", "valid_rate")
-
-
-class StopRequest:
-    """Ctrl-C sets a flag that the loop honours at the next consistent point; a second Ctrl-C stops at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def __enter__(self) -> StopRequest:
-        self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        signal.signal(signal.SIGINT, self._previous)
 
 
 class Interruption:

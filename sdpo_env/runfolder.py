@@ -47,7 +47,8 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _save_atomically(state: dict[str, Any], path: Path) -> None:
+def save_atomically(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` through a temporary file: a crash mid-write leaves the previous file intact."""
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -139,7 +140,7 @@ class RunFolder:
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Writes the checkpoint atomically: a crash mid-write leaves the previous one intact."""
-        _save_atomically(state, self.checkpoint)
+        save_atomically(state, self.checkpoint)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         return _load(self.checkpoint) if self.checkpoint.is_file() else None
@@ -147,7 +148,7 @@ class RunFolder:
     def save_snapshot(self, t: int, learner_state: dict[str, Any]) -> None:
         """Keeps the learner's state after ``t`` interactions (a persona change), for judging it again later."""
         self.snapshots.mkdir(exist_ok=True)
-        _save_atomically({"t": t, "learner": learner_state}, self.snapshots / f"t{t}.pt")
+        save_atomically({"t": t, "learner": learner_state}, self.snapshots / f"t{t}.pt")
 
     def snapshot_points(self) -> list[int]:
         """The interactions the run kept a snapshot of, in order."""

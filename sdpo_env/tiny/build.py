@@ -3,6 +3,11 @@
     python -m sdpo_env.tiny.build                 # the shipped build stage, into sdpo_env/tiny/checkpoint
     python -m sdpo_env.tiny.build --out /tmp/tiny --seed 1
     python -m sdpo_env.tiny.build --mini --out /tmp/mini   # a miniature version in seconds (tests)
+    python -m sdpo_env.tiny.build --out /tmp/tiny --seed 1 --resume   # continue it after Ctrl-C or a crash
+
+Training saves its state in ``<out>/train_state.pt`` every ``--save-every`` seconds and on Ctrl-C or SIGTERM;
+``--resume`` (with the command the build was started with) continues it and ends with the same weights as a build
+that never stopped. ``--stop-after-steps N`` saves and stops after N steps, to split a build over several sessions.
 
 Deterministic from its seed on a given device (the corpus is identical everywhere; float arithmetic differs
 slightly between CPU and GPU). The shipped checkpoint is this build refined twice by ``sdpo_env.tiny.refine``
@@ -19,19 +24,26 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer
 from transformers import GenerationConfig
 
 from sdpo_env.tiny import TINY_DIR
 from sdpo_env.tiny.corpus import corpus
 from sdpo_env.tiny.train import (
     MINI,
+    STATE_FILE,
     ModelSize,
+    Saving,
     TrainConfig,
+    add_resume_options,
     boundary_token_ids,
     build_model,
     build_tokenizer,
+    check_resume,
     encode,
+    run_resumable,
     train,
+    wrap_tokenizer,
 )
 
 MAX_NEW_TOKENS = 192  # the policy's default; every training answer must fit
@@ -65,16 +77,29 @@ def make_corpus(n: int, seed: int, workers: int) -> list:
         return [ex for part in pool.map(_chunk, jobs) for ex in part]
 
 
-def build(cfg: BuildConfig, out: Path, *, device: str | None = None, workers: int | None = None) -> dict:
-    """Builds and saves the model into ``out``; returns what happened (also written to ``out/build_info.json``)."""
+def build(cfg: BuildConfig, out: Path, *, device: str | None = None, workers: int | None = None,
+          resume: bool = False, stop_after_steps: int | None = None, save_every_s: float = 300.0) -> dict:
+    """Builds and saves the model into ``out``; returns what happened (also written to ``out/build_info.json``).
+
+    Training saves its state in ``out/train_state.pt`` (see :class:`sdpo_env.tiny.train.Saving`); ``resume``
+    continues from it. Raises ``ResumeRefused`` before any work when the folder holds an unfinished build and
+    ``resume`` is off, or ``resume`` does not fit what is there; ``TrainingStopped`` when training stops early.
+    """
     started = time.time()
+    saving = Saving(out / STATE_FILE, {"build": asdict(cfg)}, every_s=save_every_s,
+                    stop_after_steps=stop_after_steps)
+    saved = check_resume(saving, resume)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     workers = workers if workers is not None else max(1, min(16, multiprocessing.cpu_count()))
     chats = make_corpus(cfg.n_examples, cfg.seed, workers if cfg.n_examples > CHUNK else 1)
     t_corpus = time.time() - started
     print(f"corpus: {len(chats)} chats in {t_corpus:.0f} s", flush=True)
-    texts = [m["content"] for chat in chats[:20_000] for m in chat]
-    tokenizer = build_tokenizer(texts, cfg.size.vocab_size)
+    if saved is None:
+        texts = [m["content"] for chat in chats[:20_000] for m in chat]
+        tokenizer = build_tokenizer(texts, cfg.size.vocab_size)
+    else:  # the very tokenizer the saved weights were trained with
+        tokenizer = wrap_tokenizer(Tokenizer.from_str(saved["carry"]["tokenizer"]))
+    saving = replace(saving, carry={"tokenizer": tokenizer.backend_tokenizer.to_str()})
     encoded = encode(tokenizer, chats)
     kept = [(ids, n) for ids, n in encoded if len(ids) - n <= MAX_NEW_TOKENS]
     answer_tokens = sorted(len(ids) - n for ids, n in encoded)
@@ -84,11 +109,12 @@ def build(cfg: BuildConfig, out: Path, *, device: str | None = None, workers: in
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: Llama, {n_params / 1e6:.2f}M parameters; training on {dev}", flush=True)
     t0 = time.time()
+    out.mkdir(parents=True, exist_ok=True)
     loss = train(model, kept, tokenizer.pad_token_id, cfg.train, seed=cfg.seed, device=dev,
                  log=lambda line: print(line, flush=True), boundaries=frozenset(boundary_token_ids(tokenizer)),
-                 eos_id=tokenizer.eos_token_id)
+                 eos_id=tokenizer.eos_token_id, saving=saving)
     t_train = time.time() - t0
-    out.mkdir(parents=True, exist_ok=True)
+    first = saved["step"] if saved else 0
     model.to("cpu").to(torch.float32)  # type: ignore[arg-type]  # transformers types .to() as a model decorator
     model.generation_config = GenerationConfig(
         do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=MAX_NEW_TOKENS,
@@ -100,9 +126,12 @@ def build(cfg: BuildConfig, out: Path, *, device: str | None = None, workers: in
     info = {"seed": cfg.seed, "n_examples": len(chats), "n_trained_on": len(kept), "parameters": n_params,
             "final_loss": round(loss, 4), "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(),
             "corpus_s": round(t_corpus, 1), "train_s": round(t_train, 1),
-            "train_s_per_step": round(t_train / cfg.train.steps, 4), "total_s": round(time.time() - started, 1),
-            "size": asdict(cfg.size), "train": asdict(cfg.train)}
+            "train_s_per_step": round(t_train / (cfg.train.steps - first), 4),
+            "total_s": round(time.time() - started, 1), "size": asdict(cfg.size), "train": asdict(cfg.train)}
+    if saved:
+        info["resumed_at_step"] = first  # the timings are this last session's
     (out / "build_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    saving.path.unlink(missing_ok=True)  # the model is saved: nothing left to resume
     print(f"done: final loss {loss:.4f}, {info['total_s']:.0f} s in all; saved to {out}", flush=True)
     return info
 
@@ -124,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="override the loss weight of tokens after a line or sentence boundary and of EOS")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--workers", type=int, default=None, help="processes generating the corpus")
+    add_resume_options(parser)
     args = parser.parse_args(argv)
     cfg = MINI_BUILD if args.mini else BuildConfig()
     train_over = {"steps": args.steps, "first_token_weight": args.first_token_weight,
@@ -133,7 +163,9 @@ def main(argv: list[str] | None = None) -> dict:
     train_cfg = replace(cfg.train, **{k: v for k, v in train_over.items() if v is not None})
     size = replace(cfg.size, **{k: v for k, v in size_over.items() if v is not None})
     cfg = BuildConfig(n_examples=args.examples or cfg.n_examples, seed=args.seed, size=size, train=train_cfg)
-    return build(cfg, args.out, device=args.device, workers=args.workers)
+    return run_resumable(parser, lambda: build(cfg, args.out, device=args.device, workers=args.workers,
+                                               resume=args.resume, stop_after_steps=args.stop_after_steps,
+                                               save_every_s=args.save_every))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ answered in the direction whose phrasings hold it: the probe's ``--per-phrasing`
 wordings, which the build draws no more often than the rest of their direction's (measured in the README's fourth
 refinement round).
 
+Like the build, a refinement saves its training state in ``<out>/train_state.pt`` (``--save-every``, and on Ctrl-C
+or SIGTERM) and continues it with the same command and ``--resume``; ``--stop-after-steps N`` stops it on purpose.
+
 ``--invariance W`` adds W x KL(p(.|x, y_<t) || p(.|x, o, y_<t)) on pairs that differ only by a neutral follow-up
 o in the hindsight block (an unrelated question or a thank-you): the model learns to ignore such an o token by
 token, which is what SDPO's advantage on it measures (``sdpo_env.tiny.train.invariance_loss``).
@@ -53,7 +56,18 @@ from sdpo_env.tiny.corpus import (
     render_answer,
 )
 from sdpo_env.tiny.repair import repair_example, repairable_directions
-from sdpo_env.tiny.train import Pair, TrainConfig, boundary_token_ids, encode, train
+from sdpo_env.tiny.train import (
+    STATE_FILE,
+    Pair,
+    Saving,
+    TrainConfig,
+    add_resume_options,
+    boundary_token_ids,
+    check_resume,
+    encode,
+    run_resumable,
+    train,
+)
 
 # The complaint directions the build (before any refinement) followed least often (probe, 32 samples each):
 # questions back 0.59, no emojis 0.69, detailed 0.78, concise 0.84. The shipped checkpoint is that build refined
@@ -177,9 +191,19 @@ def encode_pairs(tokenizer: PreTrainedTokenizerFast, chats: list[tuple[Messages,
     return [(a, b) for a, b in zip(plain, moved) if len(a[0]) - a[1] <= MAX_NEW_TOKENS]
 
 
-def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu") -> dict:
-    """Refines the model in ``source`` and saves it into ``out``; returns what happened (also in build_info.json)."""
+def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu", resume: bool = False,
+           stop_after_steps: int | None = None, save_every_s: float = 300.0) -> dict:
+    """Refines the model in ``source`` and saves it into ``out``; returns what happened (also in build_info.json).
+
+    Training saves its state in ``out/train_state.pt`` and ``resume`` continues from it, as in
+    :func:`sdpo_env.tiny.build.build` (same errors).
+    """
     started = time.time()
+    settings = {**asdict(cfg), "focus": [direction_name(d) for d in cfg.focus],
+                "repair": None if cfg.repair is None else [direction_name(d) for d in cfg.repair],
+                "source": str(source)}
+    saving = Saving(out / STATE_FILE, {"refine": settings}, every_s=save_every_s, stop_after_steps=stop_after_steps)
+    saved = check_resume(saving, resume)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     chats = refine_examples(cfg.n_examples, cfg.seed, cfg.focus_share, cfg.focus, cfg.repair_share, cfg.repair,
@@ -193,21 +217,22 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu") -
           f"{len(pairs)} neutral-follow-up pairs in {time.time() - started:.0f} s", flush=True)
     t0 = time.time()
     boundaries = frozenset(boundary_token_ids(tokenizer))
+    out.mkdir(parents=True, exist_ok=True)
     loss = train(model, data, tokenizer.pad_token_id, cfg.train,  # type: ignore[arg-type]  # a LlamaForCausalLM
                  seed=cfg.seed, device=torch.device(device), log=lambda line: print(line, flush=True),
-                 boundaries=boundaries, eos_id=tokenizer.eos_token_id, pairs=pairs, log_every=50)
+                 boundaries=boundaries, eos_id=tokenizer.eos_token_id, pairs=pairs, log_every=50, saving=saving)
     model.to("cpu")  # type: ignore[arg-type]  # transformers types .to() as a model decorator
-    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)  # with its generation_config.json
     tokenizer.save_pretrained(out)
     info_path = source / "build_info.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
-    stage = {**asdict(cfg), "focus": [direction_name(d) for d in cfg.focus],
-             "repair": None if cfg.repair is None else [direction_name(d) for d in cfg.repair], "source": str(source),
-             "final_loss": round(loss, 4), "device": device, "threads": torch.get_num_threads(),
+    stage = {**settings, "final_loss": round(loss, 4), "device": device, "threads": torch.get_num_threads(),
              "train_s": round(time.time() - t0, 1), "total_s": round(time.time() - started, 1)}
+    if saved:
+        stage["resumed_at_step"] = saved["step"]  # the timings are this last session's
     info["refines"] = [*info.get("refines", []), stage]  # every stage since the build, oldest first
     (out / "build_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    saving.path.unlink(missing_ok=True)  # the model is saved: nothing left to resume
     print(f"done: final loss {loss:.4f}, {stage['total_s']:.0f} s; saved to {out}", flush=True)
     return info
 
@@ -245,6 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
                              "block (default 0: off)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default="cpu")
+    add_resume_options(parser)
     args = parser.parse_args(argv)
     cfg = RefineConfig()
     if args.invariance is not None and args.invariance < 0:
@@ -277,7 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
                      + ", ".join(f"{name} {value}" for name, value in shares.items()))
     if cfg.phrasing_share and not cfg.phrasings:
         parser.error(f"--phrasing-share {cfg.phrasing_share} needs at least one --phrasing")
-    return refine(args.source, args.out, cfg, device=args.device)
+    return run_resumable(parser, lambda: refine(args.source, args.out, cfg, device=args.device, resume=args.resume,
+                                                stop_after_steps=args.stop_after_steps, save_every_s=args.save_every))
 
 
 if __name__ == "__main__":

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from sdpo_env.cli import StopRequest, sigterm_as_ctrl_c
+from sdpo_env.runfolder import save_atomically
 
 BOS, EOS, PAD = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 # ChatML, as in Qwen2: <|im_start|>role\ncontent<|im_end|>\n, generation prompt <|im_start|>assistant\n.
@@ -45,6 +52,11 @@ def build_tokenizer(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenize
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, BOS, EOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     bpe.train_from_iterator(texts, trainer=trainer)
+    return wrap_tokenizer(bpe)
+
+
+def wrap_tokenizer(bpe: Tokenizer) -> PreTrainedTokenizerFast:
+    """The trained ``bpe`` as a transformers tokenizer with the special tokens and the chat template."""
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=None, eos_token=EOS, pad_token=PAD,
                                         unk_token=None, model_max_length=1024, clean_up_tokenization_spaces=False)
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -193,14 +205,126 @@ def _bucketed_batches(data: Sequence[tuple[list[int], int]], batch_size: int,
     return [batches[int(i)] for i in rng.permutation(len(batches))]
 
 
+STATE_FILE = "train_state.pt"  # an unfinished training's state, in the output folder; gone once the model is saved
+
+
+@dataclass(frozen=True)
+class Saving:
+    """Where and when :func:`train` saves its state, so that a stopped or crashed training continues exactly.
+
+    Attributes:
+        path: The state file (``<out>/train_state.pt``); :func:`train` resumes from it when it exists.
+        settings: The whole configuration of the build or refinement, stored with the state and compared on a
+            resume (:func:`check_resume`).
+        every_s: Seconds between saves; a crash loses at most that much training.
+        stop_after_steps: Save and stop (``TrainingStopped``) once this many steps are done: a long build split
+            over several sessions, e.g. on a machine lent for minutes at a time.
+        carry: Saved with the state as they are, for the caller to read back on a resume.
+    """
+
+    path: Path
+    settings: dict[str, Any]
+    every_s: float = 300.0
+    stop_after_steps: int | None = None
+    carry: dict[str, Any] = field(default_factory=dict)  # saved with the state for the caller (e.g. the tokenizer)
+
+
+class ResumeRefused(ValueError):
+    """A training state that must not be continued (or overwritten); the message says why and what to do."""
+
+
+class TrainingStopped(Exception):
+    """Training stopped early (Ctrl-C, SIGTERM or ``stop_after_steps``) with its state saved; resume continues it."""
+
+    def __init__(self, step: int, steps: int, path: Path):
+        super().__init__(f"stopped after step {step} of {steps}; the state is saved in {path}")
+        self.step, self.steps, self.path = step, steps, path
+
+
+def add_resume_options(parser: argparse.ArgumentParser) -> None:
+    """``--resume``, ``--stop-after-steps`` and ``--save-every``, for a command that trains with :class:`Saving`."""
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the unfinished training in --out (give the options it was started with)")
+    parser.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
+                        help="save the training state and stop after N steps (continue later with --resume)")
+    parser.add_argument("--save-every", type=float, default=300.0, metavar="SECONDS",
+                        help="seconds between saves of the training state (default 300)")
+
+
+def run_resumable(parser: argparse.ArgumentParser, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Runs a training command: SIGTERM acts as Ctrl-C, a refused resume is a usage error (exit 2), and a
+    training stopped with its state saved exits with 130 and says how to continue."""
+    try:
+        with sigterm_as_ctrl_c():
+            return work()
+    except ResumeRefused as exc:
+        parser.error(str(exc))
+    except TrainingStopped as stopped:
+        print(f"{stopped}; continue with the same command and --resume", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def read_state(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A state :func:`train` saved (our own file: it holds numpy generator states and lists)."""
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+def check_resume(saving: Saving, resume: bool) -> dict[str, Any] | None:
+    """The saved state to continue (None for a fresh start), or ``ResumeRefused`` that says why not.
+
+    Refused: an unfinished training in the folder without ``resume`` (it would be overwritten), ``resume`` with
+    nothing to resume, and a state saved with other settings (each differing one named, saved and given).
+    """
+    if not saving.path.is_file():
+        if resume:
+            raise ResumeRefused(f"--resume: {saving.path.parent} holds no unfinished training ({saving.path.name})")
+        return None
+    saved = read_state(saving.path)
+    where = f"{saving.path.parent} holds an unfinished training (step {saved['step']} of {saved['steps']})"
+    if not resume:
+        raise ResumeRefused(f"{where}; continue it with the same command and --resume, or choose another --out")
+    given = _flat(saving.settings)
+    differ = [f"{key}: {_flat_get(saved['settings'], key)!r} saved, {value!r} now" for key, value in given
+              if _flat_get(saved["settings"], key) != value]
+    if differ:
+        raise ResumeRefused(f"--resume: {where} made with other settings; give the command it was started with "
+                         "(" + "; ".join(differ) + ")")
+    return saved
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``[("train.steps", 5000), ...]``: the leaves of a nested dict with dotted keys."""
+    items: list[tuple[str, Any]] = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            items += _flat(value, f"{prefix}{key}.")
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
+
+
+def _flat_get(settings: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        if not isinstance(settings, dict) or key not in settings:
+            return None
+        settings = settings[key]
+    return settings
+
+
 def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id: int, cfg: TrainConfig, *,
           seed: int, device: torch.device, log: Callable[[str], None] = print,
           boundaries: frozenset[int] = frozenset(), eos_id: int | None = None,
-          pairs: Sequence[Pair] = (), log_every: int = 200) -> float:
+          pairs: Sequence[Pair] = (), log_every: int = 200, saving: Saving | None = None) -> float:
     """Trains ``model`` in place; returns the mean loss per answer token over the last 100 steps.
 
     With ``pairs`` and ``cfg.invariance_weight`` > 0, each step adds :func:`invariance_loss` on
     ``cfg.invariance_batch`` of them, drawn from a stream of their own (the answer batches stay the same).
+
+    With ``saving``, the state (weights, optimizer, the epoch's remaining batches, every random stream and the
+    recent losses) is saved every ``saving.every_s`` seconds and when Ctrl-C or SIGTERM stops the training (at the
+    end of the step in progress; ``TrainingStopped`` then says where). If the state file exists, training continues
+    from it: an interrupted training ends with the same weights as one that never stopped. Without ``saving``,
+    Ctrl-C stops at the end of the step with ``KeyboardInterrupt``.
     """
     rng = np.random.default_rng(seed)
     pair_rng = np.random.default_rng([seed, 11])
@@ -221,39 +345,73 @@ def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id
     use_bf16 = device.type == "cuda"
     recent: list[float] = []
     shifts: list[float] = []
-    start = time.time()
     batches = _bucketed_batches(data, cfg.batch_size, rng)
-    for step in range(cfg.steps):
-        if not batches:
-            batches = _bucketed_batches(data, cfg.batch_size, rng)
-        chosen = [data[i] for i in batches.pop()]
-        ids, mask, weights = batch_tensors(chosen, pad_id, first_token_weight=cfg.first_token_weight, device=device,
-                                           decision_weight=cfg.decision_weight, boundaries=boundaries, eos_id=eos_id)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            scored = weights[:, 1:] > 0  # (B, T-1): positions whose next token is an answer token
-            logits = _answer_logits(model, ids, mask, scored)  # (N, V)
-        nll = torch.nn.functional.cross_entropy(logits.float(), ids[:, 1:][scored], reduction="none")  # (N,)
-        loss = (nll * weights[:, 1:][scored]).sum() / (cfg.batch_size * cfg.tokens_per_example)
-        total = loss
-        if use_pairs:
-            chosen_pairs = [pairs[int(i)] for i in pair_rng.integers(len(pairs), size=cfg.invariance_batch)]
+    first = 0
+    if saving is not None and saving.path.is_file():
+        state = read_state(saving.path, device)
+        if state["n_data"] != len(data) or state["steps"] != cfg.steps:
+            raise ResumeRefused(f"{saving.path} was saved for {state['n_data']} examples and {state['steps']} steps, "
+                             f"not {len(data)} and {cfg.steps}")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        rng.bit_generator.state, pair_rng.bit_generator.state = state["rng"], state["pair_rng"]
+        torch.set_rng_state(state["torch_rng"].cpu())  # map_location moved it to the device
+        first, batches, recent, shifts = state["step"], state["batches"], state["recent"], state["shifts"]
+        log(f"resuming at step {first}/{cfg.steps} from {saving.path}")
+
+    def save(done: int) -> None:
+        assert saving is not None
+        save_atomically({"step": done, "steps": cfg.steps, "n_data": len(data), "settings": saving.settings,
+                         "carry": saving.carry, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "rng": rng.bit_generator.state, "pair_rng": pair_rng.bit_generator.state,
+                         "torch_rng": torch.get_rng_state(), "batches": batches, "recent": recent, "shifts": shifts},
+                        saving.path)
+
+    start = saved_at = time.time()
+    with StopRequest() as stop:
+        for step in range(first, cfg.steps):
+            if not batches:
+                batches = _bucketed_batches(data, cfg.batch_size, rng)
+            chosen = [data[i] for i in batches.pop()]
+            ids, mask, weights = batch_tensors(chosen, pad_id, first_token_weight=cfg.first_token_weight,
+                                               device=device, decision_weight=cfg.decision_weight,
+                                               boundaries=boundaries, eos_id=eos_id)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                shift = pair_divergence(model, chosen_pairs, pad_id, device)
-            total = loss + cfg.invariance_weight * shift
-            shifts.append(shift.item())
-            shifts = shifts[-100:]
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        # Reported per answer token (weighted mean), comparable across batch sizes.
-        recent.append(loss.item() * cfg.batch_size * cfg.tokens_per_example / float(weights.sum()))
-        recent = recent[-100:]
-        if step % log_every == 0 or step == cfg.steps - 1:
-            invariance = f"  neutral-follow-up KL {np.mean(shifts):.4f}" if shifts else ""
-            log(f"step {step:5d}/{cfg.steps}  loss {np.mean(recent):.4f}{invariance}  lr {lr_at(step):.2e}  "
-                f"{(time.time() - start) / (step + 1):.3f} s/step")
+                scored = weights[:, 1:] > 0  # (B, T-1): positions whose next token is an answer token
+                logits = _answer_logits(model, ids, mask, scored)  # (N, V)
+            nll = torch.nn.functional.cross_entropy(logits.float(), ids[:, 1:][scored], reduction="none")  # (N,)
+            loss = (nll * weights[:, 1:][scored]).sum() / (cfg.batch_size * cfg.tokens_per_example)
+            total = loss
+            if use_pairs:
+                chosen_pairs = [pairs[int(i)] for i in pair_rng.integers(len(pairs), size=cfg.invariance_batch)]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    shift = pair_divergence(model, chosen_pairs, pad_id, device)
+                total = loss + cfg.invariance_weight * shift
+                shifts.append(shift.item())
+                shifts = shifts[-100:]
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            # Reported per answer token (weighted mean), comparable across batch sizes.
+            recent.append(loss.item() * cfg.batch_size * cfg.tokens_per_example / float(weights.sum()))
+            recent = recent[-100:]
+            if step % log_every == 0 or step == cfg.steps - 1:
+                invariance = f"  neutral-follow-up KL {np.mean(shifts):.4f}" if shifts else ""
+                per_step = (time.time() - start) / (step + 1 - first)
+                log(f"step {step:5d}/{cfg.steps}  loss {np.mean(recent):.4f}{invariance}  lr {lr_at(step):.2e}  "
+                    f"{per_step:.3f} s/step, about {per_step * (cfg.steps - step - 1) / 60:.0f} min to go")
+            done = step + 1
+            pause = saving is not None and done == saving.stop_after_steps
+            if done < cfg.steps and (stop.requested or pause):
+                if saving is None:
+                    raise KeyboardInterrupt
+                save(done)
+                raise TrainingStopped(done, cfg.steps, saving.path)
+            if saving is not None and done < cfg.steps and time.time() - saved_at >= saving.every_s:
+                save(done)
+                saved_at = time.time()
     model.eval()
     return float(np.mean(recent))

@@ -112,7 +112,7 @@ def test_unrelated_examples_in_share_and_by_option(tmp_path, monkeypatch, capsys
     assert focused + 30 < unrelated(refine_examples(200, seed=1, focus_share=0.3, unrelated_share=0.3)) < focused + 90
 
     given = []
-    monkeypatch.setattr(refine_module, "refine", lambda source, out, cfg, device: given.append(cfg))
+    monkeypatch.setattr(refine_module, "refine", lambda source, out, cfg, **_: given.append(cfg))
     refine_main(["--out", str(tmp_path / "r"), "--unrelated-share", "0.15"])
     assert given[0].unrelated_share == 0.15 and given[0].focus_share == RefineConfig().focus_share
     with pytest.raises(SystemExit):
@@ -139,7 +139,7 @@ def test_phrasing_examples_use_the_given_wordings_each_in_its_direction(tmp_path
         refine_examples(5, seed=0, focus_share=0.0, phrasing_share=0.01)
 
     given = []
-    monkeypatch.setattr(refine_module, "refine", lambda source, out, cfg, device: given.append(cfg))
+    monkeypatch.setattr(refine_module, "refine", lambda source, out, cfg, **_: given.append(cfg))
     refine_main(["--out", str(tmp_path / "r"), "--phrasing", wordings[0], "--phrasing", wordings[1]])
     refine_main(["--out", str(tmp_path / "r"), "--phrasing", wordings[0], "--phrasing-share", "0.5"])
     assert [(c.phrasings, c.phrasing_share) for c in given] == [(wordings, 0.3), (wordings[:1], 0.5)]
