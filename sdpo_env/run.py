@@ -140,6 +140,7 @@ def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
     folder = RunFolder(config.out_dir or f"runs/{datetime.now():%Y%m%d-%H%M%S}-{scenario.name}")
     folder.claim("out_dir")  # a run started there that has no checkpoint yet would otherwise be overwritten
     if folder.checkpoint.is_file():
+        folder.release()
         raise ConfigError([Problem(COMMAND_LINE, "out_dir", f"{folder.path} already holds a run; continue it with "
                                                             f"resume={folder.path} or choose another out_dir")])
     return config, scenario, folder, False

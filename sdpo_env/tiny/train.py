@@ -245,10 +245,16 @@ def add_resume_options(parser: argparse.ArgumentParser) -> None:
     """``--resume``, ``--stop-after-steps`` and ``--save-every``, for a command that trains with :class:`Saving`."""
     parser.add_argument("--resume", action="store_true",
                         help="continue the unfinished training in --out (give the options it was started with)")
-    parser.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
+    parser.add_argument("--stop-after-steps", type=_positive, default=None, metavar="N",
                         help="save the training state and stop after N steps (continue later with --resume)")
     parser.add_argument("--save-every", type=float, default=300.0, metavar="SECONDS",
                         help="seconds between saves of the training state (default 300)")
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of steps, at least 1; got {text!r}")
+    return int(text)
 
 
 def run_resumable(parser: argparse.ArgumentParser, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -261,6 +267,10 @@ def run_resumable(parser: argparse.ArgumentParser, work: Callable[[], dict[str, 
         parser.error(str(exc))
     except TrainingStopped as stopped:
         print(f"{stopped}; continue with the same command and --resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        print(f"interrupted; a training state saved before ({STATE_FILE} in the output folder, if there) continues "
+              "with the same command and --resume", file=sys.stderr)
         raise SystemExit(130) from None
 
 
