@@ -12,7 +12,8 @@ Examples::
 Every (learner, seed) is an ordinary run folder, ``<out>/<learner>/seed<k>``, made by the runner in this process,
 seed by seed (with ``jobs=N``: N runs at a time, each in its own process with CPU cores // N threads). Same
 scenario, prompts, judge, seed and budget for every learner. Run it again to continue: finished
-runs are skipped, interrupted ones resume from their checkpoint. Any other ``key=value`` is a run setting applied to
+runs are skipped, interrupted ones resume from their checkpoint, and runs another process is running (a second
+bench over the same grid) are left to it. Any other ``key=value`` is a run setting applied to
 every run; an ``agent.<option>=value`` goes to the learners that have that option. Then the runs are aggregated per
 learner (mean and 95% CI over seeds; see ``sdpo_env/bench_metrics.py``) into a table in the terminal,
 ``results.md``, ``results.csv`` (one row per learner), ``runs.csv`` (one row per run) and ``curves.png``.
@@ -46,7 +47,7 @@ from sdpo_env.bench_metrics import PhaseInfo, Stat, aggregate_runs, mean_curve, 
 from sdpo_env.cli import command_main
 from sdpo_env.config import COMMAND_LINE, config_to_dict, load_run_config, parse_overrides, resolve_config
 from sdpo_env.errors import ConfigError, Problem, SdpoEnvError, did_you_mean
-from sdpo_env.runfolder import RunFolder
+from sdpo_env.runfolder import HANDED_OVER, RunFolder
 from sdpo_env.schema import build, option
 
 BENCH_KEYS = ("scenario", "agents", "seeds", "out", "threshold", "run", "jobs", "threads")
@@ -193,21 +194,50 @@ def _differences(stored: Any, expected: Any, prefix: str = "") -> list[str]:
     return out
 
 
+def _claim(folder: RunFolder) -> str | None:
+    """Claims a run's folder for this bench; returns who holds it instead (``pid N on HOST``), if another process
+    does: another bench over the same grid, or a run started by hand. The grid's runs are then shared out."""
+    try:
+        folder.claim("out_dir")
+    except ConfigError:
+        return folder.lock.read_text(encoding="utf-8").strip() or "another process"
+    return None
+
+
+def _skipped(holder: str | None) -> str:
+    return f"being run by another process ({holder}), skipped" if holder else "finished, skipped"
+
+
+def _elsewhere(n: int, console: Console) -> None:
+    if n:
+        console.print(f"[yellow]{n} run(s) were being run by another process and were skipped; run the same "
+                      "command again once they finish to include them.[/]")
+
+
 def execute(runs: Sequence[PlannedRun], console: Console) -> int:
-    """Runs the grid in order: finished runs skipped, interrupted ones resumed. Returns 0, or 130 on Ctrl-C."""
+    """Runs the grid in order: finished runs skipped, interrupted ones resumed, runs another process is running
+    skipped. Returns 0, or 130 on Ctrl-C."""
+    elsewhere = 0
     for i, r in enumerate(runs, 1):
         folder = RunFolder(r.folder)
-        if folder.summary.is_file():
-            console.print(f"[dim]{i}/{len(runs)} {r.agent} seed {r.seed}: finished, skipped[/]")
+        holder = _claim(folder)
+        if holder or folder.summary.is_file():
+            console.print(f"[dim]{i}/{len(runs)} {r.agent} seed {r.seed}: {_skipped(holder)}[/]")
+            elsewhere += bool(holder)
+            folder.release()
             continue
         resume = folder.checkpoint.is_file()
         console.rule(f"{i}/{len(runs)} {r.agent} seed {r.seed}" + (" (resumed)" if resume else ""))
         started = time.perf_counter()
-        code = runner.run([f"resume={r.folder}"] if resume else r.args, console)
+        try:
+            code = runner.run([f"resume={r.folder}"] if resume else r.args, console)
+        finally:
+            folder.release()
         if code != 0:
             console.print(f"[yellow]bench stopped during {r.folder}; run the same command again to continue.[/]")
             return code
         console.print(f"{r.agent} seed {r.seed}: {time.perf_counter() - started:.0f} s")
+    _elsewhere(elsewhere, console)
     return 0
 
 
@@ -227,6 +257,7 @@ def execute_parallel(runs: Sequence[PlannedRun], console: Console, *, jobs: int,
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # plug-in learners import as they do here
     running: dict[subprocess.Popen, tuple[PlannedRun, Any, TaskID, Path]] = {}  # run, log, progress, its jsonl
     failed: tuple[PlannedRun, int] | None = None
+    elsewhere = 0
     console.print(f"{len(pending)} runs to do, {jobs} at a time, {threads} threads each")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as progress:
@@ -235,12 +266,26 @@ def execute_parallel(runs: Sequence[PlannedRun], console: Console, *, jobs: int,
             while pending or running:
                 while pending and len(running) < jobs and failed is None:
                     r = pending.pop(0)
-                    resume = RunFolder(r.folder).checkpoint.is_file()
-                    r.folder.parent.mkdir(parents=True, exist_ok=True)
+                    folder = RunFolder(r.folder)
+                    holder = _claim(folder)
+                    if holder or folder.summary.is_file():  # another process runs it, or has just finished it
+                        console.print(f"[dim]{r.agent} seed {r.seed}: {_skipped(holder)}[/]")
+                        elsewhere += bool(holder)
+                        folder.release()
+                        progress.advance(overall)
+                        continue
+                    resume = folder.checkpoint.is_file()
                     log = (r.folder.parent / f"{r.folder.name}.log").open("a", encoding="utf-8")
                     args = [f"resume={r.folder}"] if resume else r.args
-                    process = subprocess.Popen([sys.executable, "-m", "sdpo_env.run", *args], stdout=log,
-                                               stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                    claim = folder.hand_over()  # the run adopts the claim: the folder is never free in between
+                    handed = {} if claim is None else {HANDED_OVER: str(claim)}
+                    try:
+                        process = subprocess.Popen([sys.executable, "-m", "sdpo_env.run", *args], stdout=log,
+                                                   stderr=subprocess.STDOUT, env={**env, **handed},
+                                                   start_new_session=True, pass_fds=() if claim is None else (claim,))
+                    finally:
+                        if claim is not None:
+                            os.close(claim)
                     label = f"{r.agent} seed {r.seed}" + (" (resumed)" if resume else "")
                     running[process] = (r, log, progress.add_task(label, total=n_interactions),
                                         RunFolder(r.folder).interactions)
@@ -288,6 +333,7 @@ def execute_parallel(runs: Sequence[PlannedRun], console: Console, *, jobs: int,
         for line in tail:
             console.print(f"  {line}", markup=False, highlight=False)
         return code
+    _elsewhere(elsewhere, console)
     return 0
 
 

@@ -6,7 +6,8 @@ change), ``adapter/`` (peft format) and the plots. Lines are flushed as they are
 already logged; a checkpoint records how many lines it covers, and a resume truncates the logs back to it before
 continuing. ``.lock`` marks the folder as being written (``RunFolder.claim``): a second process that would write the
 same folder (the same ``out_dir``, or a resume of a run still going) stops with an error instead of interleaving its
-lines and checkpoints with the first's.
+lines and checkpoints with the first's. A bench claims a run's folder before it starts the run and hands the claim
+over (``hand_over``), so two benches over one grid never start the same run.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ except ImportError:  # Windows: no advisory locks; folders are not guarded there
     fcntl = None  # type: ignore[assignment]
 
 _CLAIMED: dict[Path, IO[str]] = {}  # folders this process writes -> their open, locked .lock file
+HANDED_OVER = "SDPO_ENV_RUN_FOLDER_LOCK"  # env: the descriptor of a claim a parent handed to this process
 
 
 def _clean(value: Any) -> Any:
@@ -87,6 +89,11 @@ class RunFolder:
         where = self.path.resolve()
         if where in _CLAIMED or fcntl is None:
             return
+        handle = self._handed_over()
+        if handle is not None:  # the parent (a bench) claimed it for this process: no moment when it is free
+            self._write_holder(handle)
+            _CLAIMED[where] = handle
+            return
         handle = self.lock.open("a+", encoding="utf-8")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -102,11 +109,45 @@ class RunFolder:
             warnings.warn(f"{self.path}: cannot lock {self.lock.name} ({exc}); nothing stops a second process from "
                           "writing this run folder at the same time", stacklevel=2)
             return
+        self._write_holder(handle)
+        _CLAIMED[where] = handle
+
+    @staticmethod
+    def _write_holder(handle: IO[str]) -> None:
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         handle.flush()
-        _CLAIMED[where] = handle
+
+    def hand_over(self) -> int | None:
+        """Gives up this process's claim (``claim`` first) to a child process it is about to start.
+
+        Returns a descriptor of the locked ``.lock`` file for ``subprocess.Popen(pass_fds=[fd], env={HANDED_OVER:
+        str(fd), ...})``; the child's ``claim`` adopts it, so the folder is never free between the two. Close the
+        descriptor here once the child has started: the lock then lives as long as the child. None where there is
+        no lock to hand over (no claim held: Windows, or a file system without locks).
+        """
+        handle = _CLAIMED.pop(self.path.resolve(), None)
+        if handle is None:
+            return None
+        fd = os.dup(handle.fileno())  # the same open file, hence the same lock
+        handle.close()
+        os.set_inheritable(fd, True)
+        return fd
+
+    def _handed_over(self) -> IO[str] | None:
+        """The descriptor ``hand_over`` passed to this process for this folder, if any, opened as a file."""
+        given = os.environ.get(HANDED_OVER)
+        if not given or not self.lock.is_file():
+            return None
+        try:
+            same = os.path.samestat(os.fstat(int(given)), os.stat(self.lock))
+        except (OSError, ValueError):
+            return None
+        if not same:
+            return None
+        del os.environ[HANDED_OVER]  # adopted once; nothing this process starts inherits the claim
+        return os.fdopen(int(given), "a+", encoding="utf-8")
 
     def release(self) -> None:
         """Lets other processes write the folder again (after ``claim``)."""

@@ -22,6 +22,7 @@ from sdpo_env.bench import main
 from sdpo_env.bench_metrics import PhaseInfo, area_under_curve, mean_ci, run_metrics
 from sdpo_env.runfolder import RunFolder
 from tests.models import build_random_model
+from tests.test_runfolder import holding
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -321,6 +322,26 @@ def test_threads_apply_to_the_serial_grid(model_dir, scenario_file, tmp_path, mo
         assert torch.get_num_threads() == 2  # and the process got its own back
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_two_benches_share_a_grid(model_dir, scenario_file, tmp_path, capsys, jobs) -> None:
+    out = tmp_path / "bench"
+    args = [*grid_args(model_dir, scenario_file, out, ["none"], seeds=2), f"jobs={jobs}", "threads=1"]
+    other = holding(out / "none" / "seed0")  # another bench (or a run by hand) is running seed 0
+    try:
+        assert main(args) == 0
+        text = capsys.readouterr().out
+        assert f"none seed 0: being run by another process (pid {other.pid} on " in text
+        assert "1 run(s) were being run by another process and were skipped" in text
+        assert not (out / "none" / "seed0" / "config.yaml").exists()  # nothing written into its folder
+        assert (out / "none" / "seed1" / "summary.json").is_file()
+        assert {r["seeds_done"] for r in read_csv(out / "results.csv")} == {"1"}
+    finally:
+        other.communicate("")
+    assert main(args) == 0  # once it is free, the next call runs it
+    assert (out / "none" / "seed0" / "summary.json").is_file()
+    assert {r["seeds_done"] for r in read_csv(out / "results.csv")} == {"2"}
 
 
 def test_a_failing_run_stops_the_grid_and_shows_its_output(model_dir, scenario_file, tmp_path, capsys) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sdpo_env.errors import ConfigError
-from sdpo_env.runfolder import RunFolder
+from sdpo_env.runfolder import HANDED_OVER, RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLD = ("import sys; from sdpo_env.runfolder import RunFolder; RunFolder(sys.argv[1]).claim('out_dir'); "
@@ -68,4 +69,23 @@ def test_this_process_may_claim_again_and_others_may_claim_after_release(tmp_pat
         assert "is being written by another process" in _claim_elsewhere(folder.path)
     finally:
         folder.release()
+    assert _claim_elsewhere(folder.path) == "claimed\n"
+
+
+def test_a_claim_handed_to_a_child_is_never_free_in_between(tmp_path) -> None:
+    folder = RunFolder(tmp_path / "run")
+    folder.claim("out_dir")
+    fd = folder.hand_over()  # as a bench does before it starts a run
+    assert "is being written by another process" in _claim_elsewhere(folder.path)  # still held, through fd
+    try:
+        child = subprocess.Popen([sys.executable, "-c", HOLD, str(folder.path)], cwd=ROOT, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, pass_fds=(fd,),
+                                 env={**os.environ, HANDED_OVER: str(fd)})
+    finally:
+        os.close(fd)
+    assert child.stdout is not None and child.stdout.readline() == "claimed\n"  # it adopted the claim
+    try:
+        assert f"another process (pid {child.pid} on " in _claim_elsewhere(folder.path)  # and holds it alone
+    finally:
+        child.communicate("")
     assert _claim_elsewhere(folder.path) == "claimed\n"
