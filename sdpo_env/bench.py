@@ -194,18 +194,21 @@ def _differences(stored: Any, expected: Any, prefix: str = "") -> list[str]:
     return out
 
 
-def _claim(folder: RunFolder) -> str | None:
-    """Claims a run's folder for this bench; returns who holds it instead (``pid N on HOST``), if another process
-    does: another bench over the same grid, or a run started by hand. The grid's runs are then shared out."""
+def _take(folder: RunFolder, label: str, console: Console) -> str | None:
+    """Claims a run's folder for this bench. None: the bench runs it. Otherwise it is skipped, with a line saying
+    why: ``"elsewhere"`` (another process holds it: a second bench over the same grid, or a run started by hand, so
+    the grid's runs are shared out) or ``"finished"``."""
     try:
         folder.claim("out_dir")
     except ConfigError:
-        return folder.lock.read_text(encoding="utf-8").strip() or "another process"
+        holder = folder.lock.read_text(encoding="utf-8").strip() or "another process"
+        console.print(f"[dim]{label}: being run by another process ({holder}), skipped[/]")
+        return "elsewhere"
+    if folder.summary.is_file():
+        folder.release()
+        console.print(f"[dim]{label}: finished, skipped[/]")
+        return "finished"
     return None
-
-
-def _skipped(holder: str | None) -> str:
-    return f"being run by another process ({holder}), skipped" if holder else "finished, skipped"
 
 
 def _elsewhere(n: int, console: Console) -> None:
@@ -220,11 +223,9 @@ def execute(runs: Sequence[PlannedRun], console: Console) -> int:
     elsewhere = 0
     for i, r in enumerate(runs, 1):
         folder = RunFolder(r.folder)
-        holder = _claim(folder)
-        if holder or folder.summary.is_file():
-            console.print(f"[dim]{i}/{len(runs)} {r.agent} seed {r.seed}: {_skipped(holder)}[/]")
-            elsewhere += bool(holder)
-            folder.release()
+        skipped = _take(folder, f"{i}/{len(runs)} {r.agent} seed {r.seed}", console)
+        if skipped:
+            elsewhere += skipped == "elsewhere"
             continue
         resume = folder.checkpoint.is_file()
         console.rule(f"{i}/{len(runs)} {r.agent} seed {r.seed}" + (" (resumed)" if resume else ""))
@@ -267,11 +268,9 @@ def execute_parallel(runs: Sequence[PlannedRun], console: Console, *, jobs: int,
                 while pending and len(running) < jobs and failed is None:
                     r = pending.pop(0)
                     folder = RunFolder(r.folder)
-                    holder = _claim(folder)
-                    if holder or folder.summary.is_file():  # another process runs it, or has just finished it
-                        console.print(f"[dim]{r.agent} seed {r.seed}: {_skipped(holder)}[/]")
-                        elsewhere += bool(holder)
-                        folder.release()
+                    skipped = _take(folder, f"{r.agent} seed {r.seed}", console)  # another process may have it
+                    if skipped:
+                        elsewhere += skipped == "elsewhere"
                         progress.advance(overall)
                         continue
                     resume = folder.checkpoint.is_file()

@@ -293,9 +293,9 @@ def check_resume(saving: Saving, resume: bool) -> dict[str, Any] | None:
     where = f"{saving.path.parent} holds an unfinished training (step {saved['step']} of {saved['steps']})"
     if not resume:
         raise ResumeRefused(f"{where}; continue it with the same command and --resume, or choose another --out")
-    given = _flat(saving.settings)
-    differ = [f"{key}: {_flat_get(saved['settings'], key)!r} saved, {value!r} now" for key, value in given
-              if _flat_get(saved["settings"], key) != value]
+    before = dict(_flat(saved["settings"]))
+    differ = [f"{key}: {before.get(key)!r} saved, {value!r} now" for key, value in _flat(saving.settings)
+              if before.get(key) != value]
     if differ:
         raise ResumeRefused(f"--resume: {where} made with other settings; give the command it was started with "
                          "(" + "; ".join(differ) + ")")
@@ -311,14 +311,6 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
         else:
             items.append((f"{prefix}{key}", value))
     return items
-
-
-def _flat_get(settings: dict[str, Any], dotted: str) -> Any:
-    for key in dotted.split("."):
-        if not isinstance(settings, dict) or key not in settings:
-            return None
-        settings = settings[key]
-    return settings
 
 
 def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id: int, cfg: TrainConfig, *,
