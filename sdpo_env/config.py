@@ -9,14 +9,14 @@ value and what is allowed::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sdpo_env.errors import ConfigError, Problem
+from sdpo_env.errors import ConfigError, Problem, SdpoEnvError
 from sdpo_env.schema import build, option, to_dict
 
 T = TypeVar("T")
@@ -239,7 +239,9 @@ def resolve_config(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> RunConfig
     """Builds a :class:`RunConfig` from ``(source, data)`` layers, later layers winning.
 
     Raises:
-        ConfigError: every problem across all layers, each naming the layer that set the bad value.
+        ConfigError: every problem across all layers, each naming the layer that set the bad value; the
+            learner's own options (``agent.lr``, ...) are checked against the learner ``agent.name`` names.
+        UnknownNameError, SdpoEnvError: the learner cannot be found and nothing else is wrong.
     """
     merged: dict[str, Any] = {"agent": dict(RunConfig().agent)}  # free-form sections merge over their defaults
     origin: dict[str, str] = {}
@@ -260,10 +262,32 @@ def resolve_config(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> RunConfig
 
     problems: list[Problem] = []
     config = build(RunConfig, merged, source=source_of, problems=problems)
+    if not any(p.key == "agent" or p.key.startswith("agent.") for p in problems):
+        problems += _learner_problems(config.agent, source_of, alone=not problems)
     if problems:
         raise ConfigError(problems)
     config.sources = {k: source_of(k) for k in flatten(merged)}
     return config
+
+
+def _learner_problems(agent: Mapping[str, Any], source_of: Callable[[str], str], *, alone: bool) -> list[Problem]:
+    """The problems in the learner's own options (``agent.*``), to be listed with the rest of the configuration's.
+
+    Raises:
+        UnknownNameError, SdpoEnvError: ``alone`` and the learner cannot be found (its own error, with suggestions);
+            with other problems it becomes one of them.
+    """
+    from agents.base import learner_config  # local: the learners import torch
+
+    try:
+        learner_config(agent, source=source_of)
+    except ConfigError as exc:
+        return exc.problems
+    except SdpoEnvError as exc:
+        if alone:
+            raise
+        return [Problem(source_of("agent.name"), "agent.name", str(exc))]
+    return []
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sdpo_env.config import RunConfig, load_run_config, parse_overrides, resolve_config
-from sdpo_env.errors import ConfigError
+from sdpo_env.errors import ConfigError, UnknownNameError
 
 
 def test_defaults_then_scenario_then_command_line(write_yaml) -> None:
@@ -68,20 +68,31 @@ def test_persona_override_applies(tmp_path) -> None:
 def test_agent_options_merge_over_the_default_learner() -> None:
     config = resolve_config([("command line", {"agent": {"lr": 0.01}})])
     assert config.agent == {"name": "sdpo", "lr": 0.01}
-    config = resolve_config([("s.yaml", {"agent": {"lr": 0.01}}), ("command line", {"agent": "none"})])
-    assert config.agent == {"name": "none", "lr": 0.01}  # make_learner then reports that 'none' takes no options
+    config = resolve_config([("s.yaml", {"agent": {"lr": 0.01}}), ("command line", {"agent": "dpo_hindsight"})])
+    assert config.agent == {"name": "dpo_hindsight", "lr": 0.01}
+    with pytest.raises(ConfigError, match=r"s\.yaml: agent\.lr: learner 'none' takes no options"):
+        resolve_config([("s.yaml", {"agent": {"lr": 0.01}}), ("command line", {"agent": "none"})])
 
 
-def test_bad_learner_options_name_the_file_that_set_them(write_yaml) -> None:
-    from agents.base import learner_config
-
+def test_bad_learner_options_are_listed_with_the_rest_naming_the_file_that_set_them(write_yaml) -> None:
     path = write_yaml({"name": "s", "phases": [{"start": 0, "end": 4, "persona": "no_emojis"}],
                        "defaults": {"agent": {"lr": -1.0}}})
-    config, _ = load_run_config([f"scenario={path}", "agent.teachr=base"])
     with pytest.raises(ConfigError) as caught:
-        learner_config(config.agent, source=config.source_of)
-    assert f"{path}: agent.lr: got -1.0; must be > 0.0" in str(caught.value)
-    assert "command line: agent.teachr: unknown key. Did you mean 'teacher'?" in str(caught.value)
+        load_run_config([f"scenario={path}", "agent.teachr=base", "eval.evry=3"])
+    text = str(caught.value)
+    assert text.startswith("3 problem(s) in the configuration:")
+    assert f"{path}: agent.lr: got -1.0; must be > 0.0" in text
+    assert "command line: agent.teachr: unknown key. Did you mean 'teacher'?" in text
+    assert "command line: eval.evry: unknown key. Did you mean 'every'?" in text
+
+
+def test_an_unknown_learner_is_its_own_error_alone_and_one_problem_among_others() -> None:
+    with pytest.raises(UnknownNameError, match=r"unknown learner 'sdp'\. Did you mean 'sdpo'"):
+        load_run_config(["scenario=flip", "agent=sdp"])
+    with pytest.raises(ConfigError) as caught:
+        load_run_config(["scenario=flip", "agent=sdp", "seed=-1"])
+    assert str(caught.value).startswith("2 problem(s) in the configuration:")
+    assert "command line: agent.name: unknown learner 'sdp'. Did you mean 'sdpo'?" in str(caught.value)
 
 
 def test_internal_fields_cannot_be_set() -> None:
