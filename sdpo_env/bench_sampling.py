@@ -45,12 +45,17 @@ def hf_generate() -> Iterator[None]:
             os.environ["SDPO_ENV_HF_GENERATE"] = before
 
 
-def bench(folder: str, *, batch_size: int, max_new_tokens: int, rounds: int) -> dict[str, float]:
-    """Per-step times of both ways (median over rounds), their ratio, and the share of rounds with equal tokens."""
+def load(folder: str, *, max_new_tokens: int) -> ChatPolicy:
+    """The model with a LoRA adapter, as a run samples from it; exits if the lean loop does not mirror it."""
     sampling = Sampling(max_new_tokens=max_new_tokens)
     policy = ChatPolicy.load(folder, device="cpu", lora=LoraSettings(), sampling=sampling)
     if not decoding.supports(policy.model, temperature=1.0, top_k=0, top_p=1.0):
         raise SystemExit(f"{folder}: the lean loop does not mirror this model; generate would run both times")
+    return policy
+
+
+def bench(policy: ChatPolicy, *, batch_size: int, rounds: int) -> dict[str, float]:
+    """Per-step times of both ways (median over rounds), their ratio, and the share of rounds with equal tokens."""
     conversations = [list(p.messages) for p in load_prompts("eval")[:batch_size]]
     per_step: dict[str, list[float]] = {"lean": [], "generate": []}
     same = 0
@@ -89,8 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models:
         folder = random_model_folder(name, resolve_model_path("tiny")) if name in SHAPES else name
         try:
+            policy = load(folder, max_new_tokens=args.max_new_tokens)  # once: every batch size samples from it
             for size in args.batch_sizes:
-                r = bench(folder, batch_size=size, max_new_tokens=args.max_new_tokens, rounds=args.rounds)
+                r = bench(policy, batch_size=size, rounds=args.rounds)
                 table.add_row(name, f"{r['parameters_m']:.1f}", str(size), f"{r['generate_ms']:.2f}",
                               f"{r['lean_ms']:.2f}", f"{r['ratio']:.2f}", f"{r['same_tokens']:.0%}")
                 console.print(name, size, {k: round(v, 3) for k, v in r.items()})
