@@ -17,6 +17,9 @@ them on the interaction prompts instead):
 - oracle: share of samples that satisfy every check of a persona given its profile as system prompt (>= 85%);
 - fluency: share of well-formed samples: ended by EOS within 192 tokens, at least 5 words, no loop (>= 97%).
 
+``--adapter RUN_FOLDER`` measures a run's final policy instead (its LoRA adapter merged into ``--model``): how far
+the policy moved, and whether, as its own hindsight teacher, it still follows complaints.
+
 ``--per-phrasing K`` adds the hindsight figure per phrasing: K samples for each follow-up of each preference, and
 the table lists the phrasings followed in under 90% of them (a preference's misses often sit in a few phrasings).
 """
@@ -26,10 +29,12 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from peft import PeftModel
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -42,6 +47,7 @@ from rich.progress import (
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from sdpo_env import decoding
+from sdpo_env.errors import SdpoEnvError
 from sdpo_env.hindsight import hindsight_messages
 from sdpo_env.personas import Preference
 from sdpo_env.prompts import Prompt, load_prompts
@@ -54,12 +60,24 @@ TARGETS = {"room_min": 0.20, "room_max": 0.80, "hindsight_min": 0.90, "unrelated
            "signal_ratio_min": 5.0, "signal_negative_min": 0.90, "oracle_min": 0.85, "fluency_min": 0.97}
 
 
+def adapter_folder(path: str | Path) -> Path:
+    """A peft adapter folder, or a run folder's ``adapter/`` (the final policy of a run)."""
+    path = Path(path)
+    for folder in (path, path / "adapter"):
+        if (folder / "adapter_config.json").is_file():
+            return folder
+    raise SdpoEnvError(f"--adapter {path}: no adapter_config.json there or in {path / 'adapter'}; give a run folder "
+                       "(a finished run saves its adapter in <run>/adapter) or a peft adapter folder")
+
+
 class Sampler:
     """Batched sampling and per-token log-probs of a causal LM with a chat template."""
 
-    def __init__(self, model_dir: str, device: str = "cpu", batch_size: int = 64):
+    def __init__(self, model_dir: str, device: str = "cpu", batch_size: int = 64, adapter: str | None = None):
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(model_dir)
         self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        if adapter is not None:
+            self.model = PeftModel.from_pretrained(self.model, adapter_folder(adapter)).merge_and_unload()
         self.model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() as a model decorator
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -141,12 +159,13 @@ def preferences() -> dict[str, Preference]:
 
 def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 32, n_triples: int = 200,
           n_per_persona: int = 16, n_per_phrasing: int = 0, seed: int = 0, device: str = "cpu",
-          batch_size: int = 64, prompt_pool: str = "eval") -> dict:
+          batch_size: int = 64, prompt_pool: str = "eval", adapter: str | None = None) -> dict:
     """Runs every measurement; returns the figures (see the module docstring) and whether each meets its target.
 
     ``prompt_pool`` is the pool the figures other than the interaction signal are measured on (``"eval"``: held out;
-    ``"train"``: the interaction prompts)."""
-    sampler = Sampler(str(model_dir or TINY_DIR), device, batch_size)
+    ``"train"``: the interaction prompts). ``adapter``: a LoRA adapter (or a run folder holding one) merged into the
+    model first, so the figures are those of a trained policy (and of that policy as its own hindsight teacher)."""
+    sampler = Sampler(str(model_dir or TINY_DIR), device, batch_size, adapter)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     prompts = load_prompts(prompt_pool)
@@ -320,6 +339,9 @@ def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point: prints the table, returns the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model folder (default: the shipped checkpoint)")
+    parser.add_argument("--adapter", default=None,
+                        help="a run folder (its final policy: <run>/adapter) or a peft adapter folder, merged into "
+                             "--model before measuring; give the --model the run trained")
     parser.add_argument("--n", type=int, default=256,
                         help="samples for the base and unrelated shares, and answers for the interaction signal")
     parser.add_argument("--per-complaint", type=int, default=32, help="samples per complained preference")
@@ -333,9 +355,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
+    if args.adapter is not None:
+        try:
+            adapter_folder(args.adapter)
+        except SdpoEnvError as exc:
+            parser.error(str(exc))
     figures = probe(args.model, n=args.n, n_per_complaint=args.per_complaint, n_triples=args.triples,
                     n_per_persona=args.per_persona, n_per_phrasing=args.per_phrasing, seed=args.seed,
-                    device=args.device, batch_size=args.batch_size, prompt_pool=args.prompts)
+                    device=args.device, batch_size=args.batch_size, prompt_pool=args.prompts, adapter=args.adapter)
     print(table(figures))
     return figures
 

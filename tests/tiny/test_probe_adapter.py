@@ -1,0 +1,51 @@
+"""``probe --adapter``: a run's final policy is measured as one model, its LoRA adapter merged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sdpo_env.policy import ChatPolicy, LoraSettings
+from sdpo_env.tiny.probe import Sampler, adapter_folder, main
+from tests.models import build_random_model
+
+X = [{"role": "user", "content": "How do I water basil?"}]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A random model and a run folder whose adapter moves it (B != 0, as after training)."""
+    model_dir = build_random_model(tmp_path_factory.mktemp("model"))
+    policy = ChatPolicy.load(str(model_dir), device="cpu", lora=LoraSettings(r=4, alpha=8.0))
+    with torch.no_grad():
+        for layer in policy.lora_layers().values():
+            layer.lora_B["default"].weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    run = tmp_path_factory.mktemp("run")
+    policy.save_adapter(run / "adapter")
+    return model_dir, run, policy
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0]
+
+
+def test_the_sampler_computes_the_adapted_policy(trained) -> None:
+    model_dir, run, policy = trained
+    ids = policy.encode(X)
+    adapted = _logits(policy.model, ids)
+    with policy.base_model():
+        base = _logits(policy.model, ids)
+    for given in (run, run / "adapter"):  # a run folder or the adapter folder itself
+        merged = _logits(Sampler(str(model_dir), adapter=str(given)).model, ids)
+        torch.testing.assert_close(merged, adapted, atol=1e-4, rtol=1e-4)
+    assert (adapted - base).abs().max() > 0.1  # the adapter does move the model
+    torch.testing.assert_close(_logits(Sampler(str(model_dir)).model, ids), base, atol=1e-5, rtol=1e-5)
+
+
+def test_a_folder_without_an_adapter_is_refused_before_any_work(trained, tmp_path, capsys) -> None:
+    assert adapter_folder(trained[1]) == trained[1] / "adapter"
+    with pytest.raises(SystemExit) as stopped:
+        main(["--model", str(trained[0]), "--adapter", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert f"--adapter {tmp_path}: no adapter_config.json there or in {tmp_path / 'adapter'}" in capsys.readouterr().err
