@@ -9,6 +9,7 @@ penalises what it makes less likely. SDPO never reads the environment's reward.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import time
 import warnings
@@ -36,6 +37,8 @@ from sdpo_env.sdpo import (
     topk_divergence_loss,
 )
 from sdpo_env.teachers import TEACHERS, EmaTeacher, teacher_view
+
+RESAMPLE_STREAM = 1 << 40  # extra_samples draw their generation seeds from here on, apart from the acts' (0, 1, ...)
 
 
 @dataclass
@@ -82,6 +85,11 @@ class SDPOConfig:
                                "re-adapts worse: README, 'Learning only from follow-ups that carry a signal'); "
                                "0 decays on every update", min=0.0)
     center_advantages: bool = option(False, "subtract each sequence's mean advantage")
+    extra_samples: int = option(0, "at each update, sample this many more answers to each interaction's prompt "
+                                "from the current policy and learn from them under the same follow-up (more "
+                                "samples of the same reverse-KL gradient; the paper learns from the answer the user "
+                                "saw only; on the flip it learned phase 1 sooner and ended lower: README, 'What to "
+                                "expect'); 0 = off", min=0)
     ratio_clip: float | None = option(None, "PPO-style importance-ratio clip epsilon (pg loss); null = off", gt=0.0)
     aggregation: str = option("token_mean", "how token losses are combined: token_mean and sequence_mean divide "
                               f"an answer's gradient by its length, token_sum (sum / {SUM_TOKENS} tokens) does "
@@ -147,7 +155,7 @@ class SDPOLearner:
             self.optimizer = torch.optim.SGD(self.params, lr=config.lr)
         self.ema = EmaTeacher(policy, config.ema_decay) if config.teacher == "ema" else None
         self.buffer: collections.deque[Transition] = collections.deque(maxlen=config.batch_size)
-        self.n_acts = self.n_updates = self.n_skipped = self.since_update = 0
+        self.n_acts = self.n_updates = self.n_skipped = self.since_update = self.n_resamples = 0
         self._ids: dict[str, list[int]] = {}  # response text -> sampled token ids (exact, no re-tokenisation)
         self._warned: set[str] = set()
 
@@ -195,6 +203,8 @@ class SDPOLearner:
         """One SDPO update on ``batch``: teacher forward (no grad), student forward/backward, optimizer step."""
         c = self.config
         policy = self.policy
+        if c.extra_samples:
+            batch = [*batch, *self.resample(batch)]
         cut = [self.is_cut(t.response) for t in batch]
         cut_share = sum(cut) / len(batch)
         if c.truncated == "skip" and cut_share:
@@ -280,6 +290,21 @@ class SDPOLearner:
             metrics["sdpo/entropy"] = ((entropy * mask).sum() / n_tokens).item()
         return metrics
 
+    def resample(self, batch: Sequence[Transition]) -> list[Transition]:
+        """``extra_samples`` new answers to each interaction's prompt, each paired with that interaction's follow-up.
+
+        The follow-up reacted to the answer the user saw, but the hindsight policy conditions on the prompt and the
+        follow-up only, so any answer the policy samples for the prompt is scored against the same teacher.
+        """
+        k = self.config.extra_samples
+        conversations = [t.messages for t in batch for _ in range(k)]
+        samples = self.policy.generate(conversations, seed=sampling_seed(self.seed, RESAMPLE_STREAM + self.n_resamples))
+        self.n_resamples += 1
+        for s in samples:
+            self._ids[s.text] = s.ids
+        sources = [t for t in batch for _ in range(k)]
+        return [dataclasses.replace(t, response=s.text) for t, s in zip(sources, samples)]
+
     def _step(self, loss: torch.Tensor, batch: Sequence[Transition], *, decay: bool = True) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
@@ -335,7 +360,7 @@ class SDPOLearner:
             "buffer": [t.to_dict() for t in self.buffer],
             "ids": dict(self._ids),
             "counters": {"n_acts": self.n_acts, "n_updates": self.n_updates, "n_skipped": self.n_skipped,
-                         "since_update": self.since_update},
+                         "since_update": self.since_update, "n_resamples": self.n_resamples},
             "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 

@@ -98,6 +98,7 @@ def test_schedule_update_every_and_batch(model_dir) -> None:
     {"ratio_clip": 0.2}, {"advantage_threshold": 0.01}, {"signal_gate": 0.01}, {"decay_gate": 0.01}, {"kl_coef": 0.1},
     {"teacher": "base"}, {"teacher": "ema"},
     {"aggregation": "sequence_mean", "batch_size": 2}, {"optimizer": "sgd", "lr": 1.0, "weight_decay": 1e-3},
+    {"extra_samples": 2},
 ])
 def test_every_option_trains(model_dir, options) -> None:
     learner = make(model_dir, **options)
@@ -186,7 +187,8 @@ def test_empty_follow_up_warns(model_dir) -> None:
         learner.observe(transitions)
 
 
-def test_resume_continues_exactly(model_dir) -> None:
+@pytest.mark.parametrize("options", [{"teacher": "ema"}, {"extra_samples": 1}])
+def test_resume_continues_exactly(model_dir, options) -> None:
     def run(learner, n):
         out = []
         for _ in range(n):
@@ -195,14 +197,31 @@ def test_resume_continues_exactly(model_dir) -> None:
             out.append(responses)
         return out
 
-    straight = make(model_dir, lr=0.02, batch_size=3, teacher="ema")
+    straight = make(model_dir, lr=0.02, batch_size=3, **options)
     run(straight, 3)
     state = copy.deepcopy(straight.state_dict())
     expected = run(straight, 3)
-    resumed = make(model_dir, lr=0.02, batch_size=3, teacher="ema")
+    resumed = make(model_dir, lr=0.02, batch_size=3, **options)
     resumed.load_state_dict(state)
     assert run(resumed, 3) == expected
     for a, b in zip(straight.params, resumed.params):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_extra_samples_are_fresh_answers_learned_under_the_same_follow_up(model_dir) -> None:
+    resampling, twin = make(model_dir, extra_samples=2), make(model_dir, extra_samples=2)
+    _, (seen,) = interact(resampling, conversations=(X,))
+    extras = twin.resample([seen])  # the same state and stream: the answers the update will sample
+    assert [(t.messages, t.follow_up, t.info) for t in extras] == [(X, seen.follow_up, seen.info)] * 2
+    assert extras[0].response != extras[1].response and all(t.response in twin._ids for t in extras)
+    assert [t.response for t in twin.resample([seen])] != [t.response for t in extras]  # the stream moves on
+
+    metrics = resampling.observe([seen])  # one update on the seen answer and two fresh ones
+    plain = make(model_dir, batch_size=3)
+    plain._ids = {**resampling._ids}
+    plain_metrics = plain.observe([seen, *extras])
+    assert metrics["sdpo/loss"] == plain_metrics["sdpo/loss"] and resampling.n_resamples == 1
+    for a, b in zip(resampling.params, plain.params):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
