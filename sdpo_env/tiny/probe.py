@@ -17,8 +17,9 @@ them on the interaction prompts instead):
 - oracle: share of samples that satisfy every check of a persona given its profile as system prompt (>= 85%);
 - fluency: share of well-formed samples: ended by EOS within 192 tokens, at least 5 words, no loop (>= 97%).
 
-``--adapter RUN_FOLDER`` measures a run's final policy instead (its LoRA adapter merged into ``--model``): how far
-the policy moved, and whether, as its own hindsight teacher, it still follows complaints.
+``--adapter RUN_FOLDER`` measures a run's final policy instead (its LoRA adapter merged into the model the run
+trained, read from its config.yaml): how far the policy moved, and whether, as its own hindsight teacher, it still
+follows complaints.
 
 ``--per-phrasing K`` adds the hindsight figure per phrasing: K samples for each follow-up of each preference, and
 the table lists the phrasings followed in under 90% of them (a preference's misses often sit in a few phrasings).
@@ -51,7 +52,7 @@ from sdpo_env.errors import SdpoEnvError
 from sdpo_env.hindsight import hindsight_messages
 from sdpo_env.personas import Preference
 from sdpo_env.prompts import Prompt, load_prompts
-from sdpo_env.tiny import TINY_DIR
+from sdpo_env.tiny import TINY_DIR, resolve_model_path
 from sdpo_env.tiny.corpus import personas
 
 MAX_NEW_TOKENS = 192
@@ -68,6 +69,17 @@ def adapter_folder(path: str | Path) -> Path:
             return folder
     raise SdpoEnvError(f"--adapter {path}: no adapter_config.json there or in {path / 'adapter'}; give a run folder "
                        "(a finished run saves its adapter in <run>/adapter) or a peft adapter folder")
+
+
+def trained_model(run: str | Path) -> str | None:
+    """The model a run folder's adapter was trained on (``policy.model`` in its config.yaml), or None."""
+    config = Path(run) / "config.yaml"
+    if not config.is_file():
+        return None
+    from omegaconf import OmegaConf  # local: only --adapter reads a run's configuration
+
+    model = OmegaConf.select(OmegaConf.load(config), "policy.model")
+    return resolve_model_path(str(model)) if model is not None else None
 
 
 class Sampler:
@@ -341,7 +353,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", default=None, help="model folder (default: the shipped checkpoint)")
     parser.add_argument("--adapter", default=None,
                         help="a run folder (its final policy: <run>/adapter) or a peft adapter folder, merged into "
-                             "--model before measuring; give the --model the run trained")
+                             "the model before measuring (a run folder's model comes from its config.yaml unless "
+                             "--model is given)")
     parser.add_argument("--n", type=int, default=256,
                         help="samples for the base and unrelated shares, and answers for the interaction signal")
     parser.add_argument("--per-complaint", type=int, default=32, help="samples per complained preference")
@@ -360,6 +373,12 @@ def main(argv: list[str] | None = None) -> dict:
             adapter_folder(args.adapter)
         except SdpoEnvError as exc:
             parser.error(str(exc))
+        trained = trained_model(args.adapter)
+        if args.model is None and trained is not None:
+            args.model = trained
+            print(f"model: {trained} (policy.model in {Path(args.adapter) / 'config.yaml'})")
+        elif trained is not None and resolve_model_path(args.model) != trained:
+            print(f"warning: --model {args.model}, but the run trained {trained}; the adapter may not fit it")
     figures = probe(args.model, n=args.n, n_per_complaint=args.per_complaint, n_triples=args.triples,
                     n_per_persona=args.per_persona, n_per_phrasing=args.per_phrasing, seed=args.seed,
                     device=args.device, batch_size=args.batch_size, prompt_pool=args.prompts, adapter=args.adapter)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import sdpo_env.tiny.probe as probe_module
 from sdpo_env.policy import ChatPolicy, LoraSettings
 from sdpo_env.tiny.probe import Sampler, adapter_folder, main
 from tests.models import build_random_model
@@ -49,3 +50,20 @@ def test_a_folder_without_an_adapter_is_refused_before_any_work(trained, tmp_pat
         main(["--model", str(trained[0]), "--adapter", str(tmp_path)])
     assert stopped.value.code == 2
     assert f"--adapter {tmp_path}: no adapter_config.json there or in {tmp_path / 'adapter'}" in capsys.readouterr().err
+
+
+def test_a_run_folder_names_its_own_model(trained, monkeypatch, capsys) -> None:
+    model_dir, run, _ = trained
+    (run / "config.yaml").write_text(f"policy:\n  model: {model_dir}\n")
+    given: list = []
+    monkeypatch.setattr(probe_module, "probe", lambda model, **kw: given.append((model, kw["adapter"])) or {})
+    monkeypatch.setattr(probe_module, "table", lambda figures: "")
+    main(["--adapter", str(run)])
+    assert given == [(str(model_dir), str(run))]
+    assert f"model: {model_dir} (policy.model in {run / 'config.yaml'})" in capsys.readouterr().out
+    main(["--adapter", str(run), "--model", "tiny"])  # the user's choice wins, with a warning
+    assert given[-1] == ("tiny", str(run))
+    assert f"warning: --model tiny, but the run trained {model_dir}" in capsys.readouterr().out
+    (run / "config.yaml").unlink()
+    main(["--adapter", str(run)])  # no config.yaml: the shipped model, as without --adapter
+    assert given[-1] == (None, str(run))
