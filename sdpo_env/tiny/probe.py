@@ -71,9 +71,12 @@ def adapter_folder(path: str | Path) -> Path:
                        "(a finished run saves its adapter in <run>/adapter) or a peft adapter folder")
 
 
-def trained_model(run: str | Path) -> str | None:
-    """The model a run folder's adapter was trained on (``policy.model`` in its config.yaml), or None."""
-    config = Path(run) / "config.yaml"
+def trained_model(adapter: str | Path) -> str | None:
+    """The model a run's adapter was trained on (``policy.model`` in the run's config.yaml), or None.
+
+    ``adapter`` is a run folder or its ``adapter/`` folder; a peft folder outside a run names no model here.
+    """
+    config = adapter_folder(adapter).parent / "config.yaml"
     if not config.is_file():
         return None
     from omegaconf import OmegaConf  # local: only --adapter reads a run's configuration
@@ -376,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict:
         trained = trained_model(args.adapter)
         if args.model is None and trained is not None:
             args.model = trained
-            print(f"model: {trained} (policy.model in {Path(args.adapter) / 'config.yaml'})")
+            print(f"model: {trained} (policy.model in {adapter_folder(args.adapter).parent / 'config.yaml'})")
         elif trained is not None and resolve_model_path(args.model) != trained:
             print(f"warning: --model {args.model}, but the run trained {trained}; the adapter may not fit it")
     figures = probe(args.model, n=args.n, n_per_complaint=args.per_complaint, n_triples=args.triples,

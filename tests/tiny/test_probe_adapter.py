@@ -61,6 +61,8 @@ def test_a_run_folder_names_its_own_model(trained, monkeypatch, capsys) -> None:
     main(["--adapter", str(run)])
     assert given == [(str(model_dir), str(run))]
     assert f"model: {model_dir} (policy.model in {run / 'config.yaml'})" in capsys.readouterr().out
+    main(["--adapter", str(run / "adapter")])  # the run's adapter folder itself: the same run
+    assert given[-1] == (str(model_dir), str(run / "adapter"))
     main(["--adapter", str(run), "--model", "tiny"])  # the user's choice wins, with a warning
     assert given[-1] == ("tiny", str(run))
     assert f"warning: --model tiny, but the run trained {model_dir}" in capsys.readouterr().out
