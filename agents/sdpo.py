@@ -296,13 +296,12 @@ class SDPOLearner:
         The follow-up reacted to the answer the user saw, but the hindsight policy conditions on the prompt and the
         follow-up only, so any answer the policy samples for the prompt is scored against the same teacher.
         """
-        k = self.config.extra_samples
-        conversations = [t.messages for t in batch for _ in range(k)]
-        samples = self.policy.generate(conversations, seed=sampling_seed(self.seed, RESAMPLE_STREAM + self.n_resamples))
+        sources = [t for t in batch for _ in range(self.config.extra_samples)]
+        samples = self.policy.generate([t.messages for t in sources],
+                                       seed=sampling_seed(self.seed, RESAMPLE_STREAM + self.n_resamples))
         self.n_resamples += 1
         for s in samples:
             self._ids[s.text] = s.ids
-        sources = [t for t in batch for _ in range(k)]
         return [dataclasses.replace(t, response=s.text) for t, s in zip(sources, samples)]
 
     def _step(self, loss: torch.Tensor, batch: Sequence[Transition], *, decay: bool = True) -> dict[str, float]:

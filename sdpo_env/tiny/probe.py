@@ -52,6 +52,7 @@ from sdpo_env.errors import SdpoEnvError
 from sdpo_env.hindsight import hindsight_messages
 from sdpo_env.personas import Preference
 from sdpo_env.prompts import Prompt, load_prompts
+from sdpo_env.runfolder import RunFolder
 from sdpo_env.tiny import TINY_DIR, resolve_model_path
 from sdpo_env.tiny.corpus import personas
 
@@ -71,24 +72,18 @@ def adapter_folder(path: str | Path) -> Path:
                        "(a finished run saves its adapter in <run>/adapter) or a peft adapter folder")
 
 
-def trained_model(adapter: str | Path) -> str | None:
-    """The model a run's adapter was trained on (``policy.model`` in the run's config.yaml), or None.
-
-    ``adapter`` is a run folder or its ``adapter/`` folder; a peft folder outside a run names no model here.
-    """
-    config = adapter_folder(adapter).parent / "config.yaml"
-    if not config.is_file():
+def trained_model(folder: Path) -> str | None:
+    """The model an adapter folder's run trained (``policy.model`` in the run's config.yaml), or None outside a run."""
+    if not (folder.parent / "config.yaml").is_file():
         return None
-    from omegaconf import OmegaConf  # local: only --adapter reads a run's configuration
-
-    model = OmegaConf.select(OmegaConf.load(config), "policy.model")
+    model = RunFolder(folder.parent).read_config().get("policy", {}).get("model")
     return resolve_model_path(str(model)) if model is not None else None
 
 
 class Sampler:
     """Batched sampling and per-token log-probs of a causal LM with a chat template."""
 
-    def __init__(self, model_dir: str, device: str = "cpu", batch_size: int = 64, adapter: str | None = None):
+    def __init__(self, model_dir: str, device: str = "cpu", batch_size: int = 64, adapter: str | Path | None = None):
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(model_dir)
         self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         if adapter is not None:
@@ -174,7 +169,7 @@ def preferences() -> dict[str, Preference]:
 
 def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 32, n_triples: int = 200,
           n_per_persona: int = 16, n_per_phrasing: int = 0, seed: int = 0, device: str = "cpu",
-          batch_size: int = 64, prompt_pool: str = "eval", adapter: str | None = None) -> dict:
+          batch_size: int = 64, prompt_pool: str = "eval", adapter: str | Path | None = None) -> dict:
     """Runs every measurement; returns the figures (see the module docstring) and whether each meets its target.
 
     ``prompt_pool`` is the pool the figures other than the interaction signal are measured on (``"eval"``: held out;
@@ -373,13 +368,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.adapter is not None:
         try:
-            adapter_folder(args.adapter)
+            args.adapter = adapter_folder(args.adapter)
         except SdpoEnvError as exc:
             parser.error(str(exc))
         trained = trained_model(args.adapter)
         if args.model is None and trained is not None:
             args.model = trained
-            print(f"model: {trained} (policy.model in {adapter_folder(args.adapter).parent / 'config.yaml'})")
+            print(f"model: {trained} (policy.model in {args.adapter.parent / 'config.yaml'})")
         elif trained is not None and resolve_model_path(args.model) != trained:
             print(f"warning: --model {args.model}, but the run trained {trained}; the adapter may not fit it")
     figures = probe(args.model, n=args.n, n_per_complaint=args.per_complaint, n_triples=args.triples,

@@ -59,13 +59,13 @@ def test_a_run_folder_names_its_own_model(trained, monkeypatch, capsys) -> None:
     monkeypatch.setattr(probe_module, "probe", lambda model, **kw: given.append((model, kw["adapter"])) or {})
     monkeypatch.setattr(probe_module, "table", lambda figures: "")
     main(["--adapter", str(run)])
-    assert given == [(str(model_dir), str(run))]
+    assert given == [(str(model_dir), run / "adapter")]  # the adapter folder, found once
     assert f"model: {model_dir} (policy.model in {run / 'config.yaml'})" in capsys.readouterr().out
     main(["--adapter", str(run / "adapter")])  # the run's adapter folder itself: the same run
-    assert given[-1] == (str(model_dir), str(run / "adapter"))
+    assert given[-1] == (str(model_dir), run / "adapter")
     main(["--adapter", str(run), "--model", "tiny"])  # the user's choice wins, with a warning
-    assert given[-1] == ("tiny", str(run))
+    assert given[-1] == ("tiny", run / "adapter")
     assert f"warning: --model tiny, but the run trained {model_dir}" in capsys.readouterr().out
     (run / "config.yaml").unlink()
     main(["--adapter", str(run)])  # no config.yaml: the shipped model, as without --adapter
-    assert given[-1] == (None, str(run))
+    assert given[-1] == (None, run / "adapter")
