@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from sdpo_env.hindsight import hindsight_messages
 from sdpo_env.tiny import TINY_DIR
@@ -55,6 +55,7 @@ from sdpo_env.tiny.corpus import (
     questions,
     render_answer,
 )
+from sdpo_env.tiny.grow import grown
 from sdpo_env.tiny.repair import repair_example, repairable_directions
 from sdpo_env.tiny.train import (
     STATE_FILE,
@@ -88,6 +89,8 @@ class RefineConfig:
     unrelated_share: float = 0.0  # share of extra unrelated-follow-up examples (the build's "unrelated" kind)
     phrasing_share: float = 0.0  # share of complaints worded as one of ``phrasings`` (their own direction each)
     phrasings: tuple[str, ...] = ()
+    layers: int | None = None  # grow the source to this many layers first (``sdpo_env.tiny.grow``); None: as is
+    mlp: int | None = None  # grow its MLP to this width first; None: as is
     seed: int = 1
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=300, batch_size=64, lr=3e-4, warmup=20))
 
@@ -205,7 +208,11 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu", r
     saving = Saving(out / STATE_FILE, {"refine": settings}, every_s=save_every_s, stop_after_steps=stop_after_steps)
     saved = check_resume(saving, resume)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    if cfg.layers or cfg.mlp:
+        model = grown(model, cfg.layers, cfg.mlp, seed=cfg.seed)
+        print(f"grown to {model.config.num_hidden_layers} layers, MLP width {model.config.intermediate_size}: "
+              f"{model.num_parameters():,} parameters", flush=True)
     chats = refine_examples(cfg.n_examples, cfg.seed, cfg.focus_share, cfg.focus, cfg.repair_share, cfg.repair,
                             cfg.unrelated_share, cfg.phrasing_share, cfg.phrasings)
     data = [e for e in encode(tokenizer, chats) if len(e[0]) - e[1] <= MAX_NEW_TOKENS]
@@ -235,6 +242,17 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu", r
     saving.path.unlink(missing_ok=True)  # the model is saved: nothing left to resume
     print(f"done: final loss {loss:.4f}, {stage['total_s']:.0f} s; saved to {out}", flush=True)
     return info
+
+
+def _check_growth(parser: argparse.ArgumentParser, source: Path, layers: int | None, mlp: int | None) -> None:
+    """Refuses (exit 2, before any work) a ``--layers`` or ``--mlp`` smaller than the source model's."""
+    if layers is None and mlp is None:
+        return
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    for option, size, key in (("--layers", layers, "num_hidden_layers"), ("--mlp", mlp, "intermediate_size")):
+        if size is not None and size < config[key]:
+            parser.error(f"{option} {size}: the model in {source} has {config[key]} ({key}); a refinement can "
+                         "only grow it")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -268,11 +286,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--invariance", type=float, default=None,
                         help="weight of the KL that teaches the model to ignore neutral follow-ups in the hindsight "
                              "block (default 0: off)")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="grow the model to this many layers before refining, keeping what it computes "
+                             "(sdpo_env.tiny.grow; default: as it is)")
+    parser.add_argument("--mlp", type=int, default=None,
+                        help="grow its MLP to this width before refining, keeping what it computes (default: as "
+                             "it is)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     add_resume_options(parser)
     args = parser.parse_args(argv)
     cfg = RefineConfig()
+    _check_growth(parser, args.source, args.layers, args.mlp)
     if args.invariance is not None and args.invariance < 0:
         parser.error(f"--invariance must be >= 0, got {args.invariance}")
     steps = args.steps or cfg.train.steps
@@ -293,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
                   unrelated_share=cfg.unrelated_share if args.unrelated_share is None else args.unrelated_share,
                   phrasings=tuple(args.phrasing),
                   phrasing_share=phrasing_share,
+                  layers=args.layers, mlp=args.mlp,
                   seed=cfg.seed if args.seed is None else args.seed,
                   train=replace(cfg.train, steps=steps, lr=args.lr or cfg.train.lr,
                                 invariance_weight=args.invariance or cfg.train.invariance_weight))

@@ -90,10 +90,11 @@ def test_a_build_stopped_part_way_resumes_to_the_same_model(tmp_path, capsys) ->
     assert nothing.value.code == 2 and "holds no unfinished training" in capsys.readouterr().err
 
 
-def test_a_refinement_stopped_part_way_resumes_to_the_same_model(tmp_path, capsys) -> None:
+@pytest.mark.parametrize("grow", [[], ["--layers", "3", "--mlp", "80"]], ids=["as is", "grown"])
+def test_a_refinement_stopped_part_way_resumes_to_the_same_model(tmp_path, capsys, grow) -> None:
     source = tmp_path / "mini"
     main([*MINI_ARGS, "--out", str(source)])
-    args = ["--from", str(source), "--steps", "3", "--focus-share", "0.5"]
+    args = ["--from", str(source), "--steps", "3", "--focus-share", "0.5", *grow]
     refine_main([*args, "--out", str(tmp_path / "straight")])
     with pytest.raises(SystemExit):
         refine_main([*args, "--out", str(tmp_path / "split"), "--stop-after-steps", "1"])
