@@ -56,30 +56,30 @@ def grown(model: PreTrainedModel, layers: int | None = None, mlp: int | None = N
     if mlp < old_mlp:
         raise ValueError(f"cannot grow an MLP of width {old_mlp} into {mlp}")
     plan = layer_plan(old_layers, layers)
+    sources: list[int] = []  # the old layer each new one copies: itself, or for an inserted one the layer before it
+    for kept in plan:
+        sources.append(sources[-1] if kept is None else kept)
     config.num_hidden_layers, config.intermediate_size = layers, mlp
-    torch.manual_seed(seed)
-    bigger = type(model)(config).to(model.dtype)  # type: ignore[arg-type]  # .to() typed as a decorator
-    old, new = model.state_dict(), bigger.state_dict()
-    for key, value in old.items():
-        if not key.startswith("model.layers."):
-            new[key] = value.clone()
-    source = 0
-    for index, kept in enumerate(plan):
-        source = source if kept is None else kept  # an inserted layer copies the one before it
-        for name, target in list(new.items()):
-            prefix = f"model.layers.{index}."
-            if not name.startswith(prefix):
-                continue
-            value = old[f"model.layers.{source}.{name[len(prefix):]}"]
-            if kept is None and name[len(prefix):] in ZEROED:
-                target.zero_()
-            elif value.shape == target.shape:
-                target.copy_(value)
-            elif name.endswith("mlp.down_proj.weight"):  # (hidden, mlp): new neurons write nothing
-                target.zero_()
-                target[:, :old_mlp] = value
-            else:  # gate_proj / up_proj (mlp, hidden): new neurons keep their random input weights
-                target[:old_mlp] = value
+    with torch.random.fork_rng():  # the caller's random stream stays where it was
+        torch.manual_seed(seed)
+        bigger = type(model)(config).to(model.dtype)  # type: ignore[arg-type]  # .to() typed as a decorator
+    old = model.state_dict()
+    new = {name: tensor.clone() for name, tensor in bigger.state_dict().items()}
+    for name, target in new.items():
+        if not name.startswith("model.layers."):
+            target.copy_(old[name])  # embeddings, final norm, head
+            continue
+        index, part = name.removeprefix("model.layers.").split(".", 1)
+        value = old[f"model.layers.{sources[int(index)]}.{part}"]
+        if plan[int(index)] is None and part in ZEROED:
+            target.zero_()
+        elif value.shape == target.shape:
+            target.copy_(value)
+        elif part == "mlp.down_proj.weight":  # (hidden, mlp): new neurons write nothing
+            target.zero_()
+            target[:, :old_mlp] = value
+        else:  # gate_proj / up_proj (mlp, hidden): new neurons keep their random input weights
+            target[:old_mlp] = value
     bigger.load_state_dict(new)
     bigger.generation_config = copy.deepcopy(model.generation_config)
     return bigger

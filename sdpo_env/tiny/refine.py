@@ -20,6 +20,9 @@ answered in the direction whose phrasings hold it: the probe's ``--per-phrasing`
 wordings, which the build draws no more often than the rest of their direction's (measured in the README's fourth
 refinement round).
 
+``--layers N`` and ``--mlp W`` grow the source model first (``sdpo_env.tiny.grow``: more layers, a wider MLP, the
+same logits), so the refinement trains a larger model at a CPU's cost.
+
 Like the build, a refinement saves its training state in ``<out>/train_state.pt`` (``--save-every``, and on Ctrl-C
 or SIGTERM) and continues it with the same command and ``--resume``; ``--stop-after-steps N`` stops it on purpose.
 

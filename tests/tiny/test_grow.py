@@ -58,11 +58,13 @@ def test_a_grown_model_gives_the_same_logits(layers, mlp) -> None:
                        bigger.generate(prompt, max_new_tokens=8, do_sample=False))
 
 
-def test_growing_refuses_a_smaller_mlp_and_does_not_touch_the_source() -> None:
+def test_growing_refuses_a_smaller_mlp_and_touches_neither_the_source_nor_the_random_stream() -> None:
     model = _small_llama()
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    stream = torch.get_rng_state()
     grown(model, 5, 96)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), stream)
     with pytest.raises(ValueError, match="cannot grow an MLP of width 48 into 32"):
         grown(model, mlp=32)
 
