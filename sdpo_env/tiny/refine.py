@@ -63,6 +63,7 @@ from sdpo_env.tiny.repair import repair_example, repairable_directions
 from sdpo_env.tiny.train import (
     STATE_FILE,
     Pair,
+    Refused,
     Saving,
     TrainConfig,
     add_resume_options,
@@ -197,14 +198,29 @@ def encode_pairs(tokenizer: PreTrainedTokenizerFast, chats: list[tuple[Messages,
     return [(a, b) for a, b in zip(plain, moved) if len(a[0]) - a[1] <= MAX_NEW_TOKENS]
 
 
+def check_source(source: Path, layers: int | None = None, mlp: int | None = None) -> None:
+    """Refuses (``Refused``, before any work) a source that is no model folder, and a ``layers`` or ``mlp`` smaller
+    than its model's."""
+    if not (source / "config.json").is_file():
+        raise Refused(f"--from {source}: no config.json there; give a model folder (the --out of a build or a "
+                      "refinement)")
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    for option, size, key in (("--layers", layers, "num_hidden_layers"), ("--mlp", mlp, "intermediate_size")):
+        if size is not None and size < config[key]:
+            raise Refused(f"{option} {size}: the model in {source} has {config[key]} ({key}); a refinement can only "
+                          "grow it")
+
+
 def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu", resume: bool = False,
            stop_after_steps: int | None = None, save_every_s: float = 300.0) -> dict:
     """Refines the model in ``source`` and saves it into ``out``; returns what happened (also in build_info.json).
 
     Training saves its state in ``out/train_state.pt`` and ``resume`` continues from it, as in
-    :func:`sdpo_env.tiny.build.build` (same errors).
+    :func:`sdpo_env.tiny.build.build` (same errors). A source with no model, or ``cfg.layers`` / ``cfg.mlp``
+    smaller than its model's, is refused first (:func:`check_source`).
     """
     started = time.time()
+    check_source(source, cfg.layers, cfg.mlp)
     settings = {**asdict(cfg), "focus": [direction_name(d) for d in cfg.focus],
                 "repair": None if cfg.repair is None else [direction_name(d) for d in cfg.repair],
                 "source": str(source)}
@@ -245,17 +261,6 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu", r
     saving.path.unlink(missing_ok=True)  # the model is saved: nothing left to resume
     print(f"done: final loss {loss:.4f}, {stage['total_s']:.0f} s; saved to {out}", flush=True)
     return info
-
-
-def _check_growth(parser: argparse.ArgumentParser, source: Path, layers: int | None, mlp: int | None) -> None:
-    """Refuses (exit 2, before any work) a ``--layers`` or ``--mlp`` smaller than the source model's."""
-    if layers is None and mlp is None:
-        return
-    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
-    for option, size, key in (("--layers", layers, "num_hidden_layers"), ("--mlp", mlp, "intermediate_size")):
-        if size is not None and size < config[key]:
-            parser.error(f"{option} {size}: the model in {source} has {config[key]} ({key}); a refinement can "
-                         "only grow it")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -300,7 +305,6 @@ def main(argv: list[str] | None = None) -> dict:
     add_resume_options(parser)
     args = parser.parse_args(argv)
     cfg = RefineConfig()
-    _check_growth(parser, args.source, args.layers, args.mlp)
     if args.invariance is not None and args.invariance < 0:
         parser.error(f"--invariance must be >= 0, got {args.invariance}")
     steps = args.steps or cfg.train.steps

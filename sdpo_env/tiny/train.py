@@ -229,7 +229,12 @@ class Saving:
     carry: dict[str, Any] = field(default_factory=dict)  # saved with the state for the caller (e.g. the tokenizer)
 
 
-class ResumeRefused(ValueError):
+class Refused(ValueError):
+    """Work a training command must not start: the message names the option, says why and what to do.
+    :func:`run_resumable` reports it as a usage error (exit 2)."""
+
+
+class ResumeRefused(Refused):
     """A training state that must not be continued (or overwritten); the message says why and what to do."""
 
 
@@ -258,12 +263,12 @@ def _positive(text: str) -> int:
 
 
 def run_resumable(parser: argparse.ArgumentParser, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Runs a training command: SIGTERM acts as Ctrl-C, a refused resume is a usage error (exit 2), and a
-    training stopped with its state saved exits with 130 and says how to continue."""
+    """Runs a training command: SIGTERM acts as Ctrl-C, refused work (a resume, a source) is a usage error (exit 2),
+    and a training stopped with its state saved exits with 130 and says how to continue."""
     try:
         with sigterm_as_ctrl_c():
             return work()
-    except ResumeRefused as exc:
+    except Refused as exc:
         parser.error(str(exc))
     except TrainingStopped as stopped:
         print(f"{stopped}; continue with the same command and --resume", file=sys.stderr)

@@ -90,7 +90,7 @@ def test_the_new_parts_train() -> None:
     assert old_layer.mlp.down_proj.weight[:, 48:].any()  # the new neurons now write into the residual stream
 
 
-def test_refine_grows_the_model_first_and_refuses_to_shrink_it(tmp_path, capsys) -> None:
+def test_refine_grows_the_model_first_and_refuses_to_shrink_it_or_a_folder_with_no_model(tmp_path, capsys) -> None:
     source = tmp_path / "mini"
     build_main(["--mini", "--out", str(source), "--seed", "3", "--workers", "1"])
     info = refine_main(["--from", str(source), "--out", str(tmp_path / "grown"), "--steps", "3",
@@ -106,4 +106,7 @@ def test_refine_grows_the_model_first_and_refuses_to_shrink_it(tmp_path, capsys)
         with pytest.raises(SystemExit) as refused:
             refine_main(["--from", str(source), "--out", str(tmp_path / "never"), "--steps", "3", option, size])
         assert refused.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        refine_main(["--from", str(tmp_path / "nothing"), "--out", str(tmp_path / "never"), "--steps", "3"])
+    assert refused.value.code == 2 and "nothing: no config.json there; give a model folder" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
