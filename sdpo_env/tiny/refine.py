@@ -198,17 +198,11 @@ def encode_pairs(tokenizer: PreTrainedTokenizerFast, chats: list[tuple[Messages,
     return [(a, b) for a, b in zip(plain, moved) if len(a[0]) - a[1] <= MAX_NEW_TOKENS]
 
 
-def check_source(source: Path, layers: int | None = None, mlp: int | None = None) -> None:
-    """Refuses (``Refused``, before any work) a source that is no model folder, and a ``layers`` or ``mlp`` smaller
-    than its model's."""
+def check_source(source: Path) -> None:
+    """Refuses (``Refused``, before any work) a source that is no model folder."""
     if not (source / "config.json").is_file():
         raise Refused(f"--from {source}: no config.json there; give a model folder (the --out of a build or a "
                       "refinement)")
-    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
-    for option, size, key in (("--layers", layers, "num_hidden_layers"), ("--mlp", mlp, "intermediate_size")):
-        if size is not None and size < config[key]:
-            raise Refused(f"{option} {size}: the model in {source} has {config[key]} ({key}); a refinement can only "
-                          "grow it")
 
 
 def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu", resume: bool = False,
@@ -217,10 +211,10 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu", r
 
     Training saves its state in ``out/train_state.pt`` and ``resume`` continues from it, as in
     :func:`sdpo_env.tiny.build.build` (same errors). A source with no model, or ``cfg.layers`` / ``cfg.mlp``
-    smaller than its model's, is refused first (:func:`check_source`).
+    smaller than its model's, is ``Refused`` before the corpus is drawn.
     """
     started = time.time()
-    check_source(source, cfg.layers, cfg.mlp)
+    check_source(source)
     settings = {**asdict(cfg), "focus": [direction_name(d) for d in cfg.focus],
                 "repair": None if cfg.repair is None else [direction_name(d) for d in cfg.repair],
                 "source": str(source)}
@@ -229,7 +223,10 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu", r
     tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
     model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     if cfg.layers or cfg.mlp:
-        model = grown(model, cfg.layers, cfg.mlp, seed=cfg.seed)
+        try:
+            model = grown(model, cfg.layers, cfg.mlp, seed=cfg.seed)
+        except ValueError as exc:  # a smaller size
+            raise Refused(f"{exc} (the model in {source}); --layers and --mlp can only grow it") from None
         print(f"grown to {model.config.num_hidden_layers} layers, MLP width {model.config.intermediate_size}: "
               f"{model.num_parameters():,} parameters", flush=True)
     chats = refine_examples(cfg.n_examples, cfg.seed, cfg.focus_share, cfg.focus, cfg.repair_share, cfg.repair,

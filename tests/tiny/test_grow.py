@@ -101,11 +101,12 @@ def test_refine_grows_the_model_first_and_refuses_to_shrink_it_or_a_folder_with_
     assert (config["num_hidden_layers"], config["intermediate_size"]) == (3, 96)
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "grown", dtype=torch.float32)
     assert model.config.num_hidden_layers == 3
-    for option, size, message in [("--layers", "1", "--layers 1: the model in"),
-                                  ("--mlp", "32", "has 64 (intermediate_size); a refinement can only grow it")]:
+    for option, size, message in [("--layers", "1", f"cannot grow 2 layers into 1 (the model in {source})"),
+                                  ("--mlp", "32", f"cannot grow an MLP of width 64 into 32 (the model in {source})")]:
         with pytest.raises(SystemExit) as refused:
             refine_main(["--from", str(source), "--out", str(tmp_path / "never"), "--steps", "3", option, size])
-        assert refused.value.code == 2 and message in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert refused.value.code == 2 and message in err and "--layers and --mlp can only grow it" in err
     with pytest.raises(SystemExit) as refused:
         refine_main(["--from", str(tmp_path / "nothing"), "--out", str(tmp_path / "never"), "--steps", "3"])
     assert refused.value.code == 2 and "nothing: no config.json there; give a model folder" in capsys.readouterr().err
