@@ -7,7 +7,8 @@ Figures on held-out (eval-pool) prompts, sampling at temperature 1, except the s
 them on the interaction prompts instead):
 - room: share of samples satisfying each persona preference without hindsight (wanted: 20-80%; the preferences
   cover both directions of the length, tone, level, emoji and list axes);
-- hindsight: share of samples that satisfy a complaint in the hindsight block, per persona preference (>= 90%);
+- hindsight: share of samples that satisfy a complaint in the hindsight block, per persona preference (>= 90%),
+  with the count (``115/128``: two decimals would show 0.90) and how many preferences meet the target;
 - unrelated: largest change of any style share when the hindsight block carries an unrelated follow-up (<= 10 pts);
 - signal: mean |A_t| for relevant vs unrelated follow-ups (ratio >= 5), share of relevant complaints whose summed
   advantage is negative (>= 90%), on the interaction (train-pool) prompts: every shipped scenario's users send
@@ -212,14 +213,15 @@ def _measure(sampler: Sampler, draw: Callable[..., list[Messages]], n: int, n_pe
     shifted = shares([t for t, _ in unrelated])
     shift = {k: shifted[k] - room[k] for k in room}
 
-    hindsight: dict[str, float] = {}
+    followed: dict[str, int] = {}  # answers that satisfy the complaint, of n_per_complaint
     for name, pref in preferences().items():
         stage(f"hindsight: {name}")
         convs = [hindsight_messages(c, pref.follow_ups[int(rng.integers(len(pref.follow_ups)))])
                  for c in draw(n_per_complaint)]
         samples = sampler.generate(convs)
         fluent += [well_formed(t, e) for t, e in samples]
-        hindsight[name] = float(np.mean([pref.satisfied_by(t) for t, _ in samples]))
+        followed[name] = sum(pref.satisfied_by(t) for t, _ in samples)
+    hindsight = {name: k / n_per_complaint for name, k in followed.items()}
 
     oracle: dict[str, float] = {}
     for persona in personas():
@@ -238,7 +240,8 @@ def _measure(sampler: Sampler, draw: Callable[..., list[Messages]], n: int, n_pe
     interaction = sampler.generate(interaction_convs)
     signal = _signal(sampler, interaction_convs, [t for t, _ in interaction], n_triples, rng, unrelated_pool)
     figures: dict[str, Any] = {
-        "room": room, "unrelated_shift": shift, "hindsight": hindsight, "oracle": oracle, "signal": signal,
+        "room": room, "unrelated_shift": shift, "hindsight": hindsight, "hindsight_followed": followed,
+        "n_per_complaint": n_per_complaint, "oracle": oracle, "signal": signal,
         "signal_held_out": held_out_signal,
         "room_min": min(room.values()),
         "unrelated_max_shift": max(abs(v) for v in shift.values()),
@@ -314,7 +317,8 @@ def table(figures: dict) -> str:
     ok = {True: "ok", False: "MISS"}
     lines = [f"{'figure':<44}{'value':>10}  target"]
     lines += [f"  room {k:<37}{v:>10.2f}  0.20-0.80" for k, v in figures["room"].items()]
-    lines += [f"  hindsight {k:<32}{v:>10.2f}  >= 0.90" for k, v in figures["hindsight"].items()]
+    lines += [f"  hindsight {k:<32}{v:>10.2f}  >= 0.90{_followed(figures, k)}"
+              for k, v in figures["hindsight"].items()]
     lines += [f"  unrelated shift {k:<26}{v:>+10.2f}  |x| <= 0.10" for k, v in figures["unrelated_shift"].items()]
     lines += [f"  oracle {k:<35}{v:>10.2f}" for k, v in figures["oracle"].items()]
     weak = sorted((share, name, text) for name, shares in figures.get("phrasings", {}).items()
@@ -328,6 +332,7 @@ def table(figures: dict) -> str:
         f"[{ok[figures['pass']['room']]}]",
         f"{'hindsight compliance (worst preference)':<44}{figures['hindsight_min']:>10.2f}  >= 0.90  "
         f"[{ok[figures['pass']['hindsight']]}]",
+        *_complaints_met(figures),
         f"{'unrelated follow-up: largest shift':<44}{figures['unrelated_max_shift']:>10.2f}  <= 0.10  "
         f"[{ok[figures['pass']['unrelated']]}]",
         f"{'signal: mean |A| relevant / unrelated':<44}{s['abs_relevant']:>6.3f}/{s['abs_unrelated']:.3f}  "
@@ -343,6 +348,19 @@ def table(figures: dict) -> str:
         f"[{ok[figures['pass']['fluency']]}] ({figures['n_samples']} samples)",
     ]
     return "\n".join(lines)
+
+
+def _followed(figures: dict, name: str) -> str:
+    """A hindsight line's count (``  115/128 [MISS]``): two decimals round 0.898 up to 0.90, the count does not."""
+    k, n = figures["hindsight_followed"][name], figures["n_per_complaint"]
+    return f"  {k}/{n}" + ("" if k / n >= TARGETS["hindsight_min"] else " [MISS]")
+
+
+def _complaints_met(figures: dict) -> list[str]:
+    """The summary line counting the complaints followed in at least the target share (reported, not judged)."""
+    counts, n = figures["hindsight_followed"], figures["n_per_complaint"]
+    met = sum(k / n >= TARGETS["hindsight_min"] for k in counts.values())
+    return [f"{'hindsight: complaints followed >= 0.90':<44}{met:>5} of {len(counts)}  (reported)"]
 
 
 def main(argv: list[str] | None = None) -> dict:

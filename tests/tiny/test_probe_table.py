@@ -16,7 +16,8 @@ from sdpo_env.tiny.probe import _phrasing_shares, preferences, table, verdicts
 def shipped_like() -> dict:
     """Figures shaped like ``probe``'s, with the shipped model's headline values (README)."""
     figures = {
-        "room": {"concise": 0.46, "detailed": 0.67}, "hindsight": {"concise": 0.98, "bullet_points": 0.75},
+        "room": {"concise": 0.46, "detailed": 0.67}, "hindsight": {"concise": 125 / 128, "bullet_points": 0.75},
+        "hindsight_followed": {"concise": 125, "bullet_points": 96}, "n_per_complaint": 128,
         "unrelated_shift": {"concise": 0.07, "detailed": -0.03}, "oracle": {"no_emojis": 0.96},
         "signal": {"n_triples": 200, "abs_relevant": 0.101, "abs_unrelated": 0.041, "ratio": 0.101 / 0.041,
                    "relevant_negative": 0.97, "unrelated_negative": 0.76},
@@ -41,6 +42,21 @@ def test_each_signal_figure_has_its_own_verdict() -> None:
     held_out = lines["signal on held-out prompts: |A| rel / unrel"]
     assert "0.300/0.010  ratio 30.0, summed A < 0 0.50 (0.40)" in held_out and held_out.endswith("(reported)")
     assert lines["hindsight compliance (worst preference)"].endswith("[MISS]")
+
+
+def test_the_table_counts_the_answers_that_follow_each_complaint() -> None:
+    def lines(figures: dict) -> dict[str, str]:
+        return {" ".join(line.split()[:2]).strip(): line for line in table(figures).splitlines()}
+
+    figures = shipped_like()
+    figures["hindsight_followed"]["concise"] = 115  # 0.898, which two decimals print as 0.90
+    figures["hindsight"]["concise"] = figures["hindsight_min"] = 115 / 128
+    assert lines(figures)["hindsight concise"].split()[2:] == ["0.90", ">=", "0.90", "115/128", "[MISS]"]
+    assert lines(figures)["hindsight bullet_points"].endswith("96/128 [MISS]")
+    assert lines(figures)["hindsight: complaints"].split()[-4:] == ["0", "of", "2", "(reported)"]
+    figures["hindsight_followed"]["concise"] = 116  # 0.906
+    assert lines(figures)["hindsight concise"].endswith("  116/128")
+    assert lines(figures)["hindsight: complaints"].split()[-4:] == ["1", "of", "2", "(reported)"]
 
 
 def test_room_outside_the_band_misses() -> None:
