@@ -332,7 +332,7 @@ def table(figures: dict) -> str:
         f"[{ok[figures['pass']['room']]}]",
         f"{'hindsight compliance (worst preference)':<44}{figures['hindsight_min']:>10.2f}  >= 0.90  "
         f"[{ok[figures['pass']['hindsight']]}]",
-        *_complaints_met(figures),
+        _complaints_met(figures),
         f"{'unrelated follow-up: largest shift':<44}{figures['unrelated_max_shift']:>10.2f}  <= 0.10  "
         f"[{ok[figures['pass']['unrelated']]}]",
         f"{'signal: mean |A| relevant / unrelated':<44}{s['abs_relevant']:>6.3f}/{s['abs_unrelated']:.3f}  "
@@ -356,11 +356,11 @@ def _followed(figures: dict, name: str) -> str:
     return f"  {k}/{n}" + ("" if k / n >= TARGETS["hindsight_min"] else " [MISS]")
 
 
-def _complaints_met(figures: dict) -> list[str]:
+def _complaints_met(figures: dict) -> str:
     """The summary line counting the complaints followed in at least the target share (reported, not judged)."""
     counts, n = figures["hindsight_followed"], figures["n_per_complaint"]
     met = sum(k / n >= TARGETS["hindsight_min"] for k in counts.values())
-    return [f"{'hindsight: complaints followed >= 0.90':<44}{met:>5} of {len(counts)}  (reported)"]
+    return f"{'hindsight: complaints followed >= 0.90':<44}{met:>5} of {len(counts)}  (reported)"
 
 
 def main(argv: list[str] | None = None) -> dict:
