@@ -9,7 +9,9 @@ them on the interaction prompts instead):
   cover both directions of the length, tone, level, emoji and list axes);
 - hindsight: share of samples that satisfy a complaint in the hindsight block, per persona preference (>= 90%),
   with the count (``115/128``: two decimals would show 0.90) and how many preferences meet the target;
-- unrelated: largest change of any style share when the hindsight block carries an unrelated follow-up (<= 10 pts);
+- unrelated: largest change of any style share when the hindsight block carries an unrelated follow-up (<= 10 pts),
+  with its standard error and the largest change sampling alone gives a model that does not change (about 0.09 at
+  the default ``--n 256``; ``--n 1024`` halves it);
 - signal: mean |A_t| for relevant vs unrelated follow-ups (ratio >= 5), share of relevant complaints whose summed
   advantage is negative (>= 90%), on the interaction (train-pool) prompts: every shipped scenario's users send
   those, so SDPO computes every advantage on them. The same figures on held-out prompts are reported next to them.
@@ -247,7 +249,7 @@ def _measure(sampler: Sampler, draw: Callable[..., list[Messages]], n: int, n_pe
         "unrelated_max_shift": max(abs(v) for v in shift.values()),
         "hindsight_min": min(hindsight.values()),
         "oracle_mean": float(np.mean(list(oracle.values()))),
-        "fluency": float(np.mean(fluent)), "n_samples": len(fluent), "prompts": prompt_pool,
+        "fluency": float(np.mean(fluent)), "n_samples": len(fluent), "prompts": prompt_pool, "n": n,
     }
     figures["room_max"] = max(room.values())
     if n_per_phrasing:  # drawn last, so the other figures stay as they were for a seed
@@ -334,7 +336,7 @@ def table(figures: dict) -> str:
         f"[{ok[figures['pass']['hindsight']]}]",
         _complaints_met(figures),
         f"{'unrelated follow-up: largest shift':<44}{figures['unrelated_max_shift']:>10.2f}  <= 0.10  "
-        f"[{ok[figures['pass']['unrelated']]}]",
+        f"[{ok[figures['pass']['unrelated']]}]{_shift_noise(figures)}",
         f"{'signal: mean |A| relevant / unrelated':<44}{s['abs_relevant']:>6.3f}/{s['abs_unrelated']:.3f}  "
         f"ratio {s['ratio']:.1f} >= 5 ({s['n_triples']} triples)  [{ok[figures['pass']['signal_ratio']]}]",
         f"{'signal: summed A < 0, relevant (unrelated)':<44}{s['relevant_negative']:>10.2f}  >= 0.90 "
@@ -354,6 +356,25 @@ def _followed(figures: dict, name: str) -> str:
     """A hindsight line's count (``  115/128 [MISS]``): two decimals round 0.898 up to 0.90, the count does not."""
     k, n = figures["hindsight_followed"][name], figures["n_per_complaint"]
     return f"  {k}/{n}" + ("" if k / n >= TARGETS["hindsight_min"] else " [MISS]")
+
+
+def shift_noise_floor(room: dict[str, float], n: int, draws: int = 4000) -> float:
+    """The median largest |shift| of a model that does not change at all: each share drawn twice from its base share
+    in ``room``, ``n`` answers each, the shares independently. At 256 answers and 18 shares near 0.5 it is about 0.09,
+    so one draw cannot tell a shift of 0.10 from one of 0.12; four times the answers halve it."""
+    base = np.array(list(room.values()))
+    rng = np.random.default_rng(0)
+    still = np.abs(rng.binomial(n, base, (draws, len(base))) - rng.binomial(n, base, (draws, len(base)))) / n
+    return float(np.median(still.max(1)))
+
+
+def _shift_noise(figures: dict) -> str:
+    """The largest shift's preference, its standard error, and :func:`shift_noise_floor` at the probe's ``n``."""
+    n, room, shift = figures["n"], figures["room"], figures["unrelated_shift"]
+    name = max(shift, key=lambda k: abs(shift[k]))
+    p0, p1 = room[name], room[name] + shift[name]
+    se = float(np.sqrt((p0 * (1 - p0) + p1 * (1 - p1)) / n))
+    return f"  ({name}, s.e. {se:.2f}; no shift at all gives about {shift_noise_floor(room, n):.2f} at n={n})"
 
 
 def _complaints_met(figures: dict) -> str:

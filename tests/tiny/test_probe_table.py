@@ -10,7 +10,7 @@ import pytest
 from sdpo_env.hindsight import DEFAULT_TEMPLATE
 from sdpo_env.prompts import load_prompts
 from sdpo_env.tiny import probe as probe_module
-from sdpo_env.tiny.probe import _phrasing_shares, preferences, table, verdicts
+from sdpo_env.tiny.probe import _phrasing_shares, preferences, shift_noise_floor, table, verdicts
 
 
 def shipped_like() -> dict:
@@ -24,7 +24,7 @@ def shipped_like() -> dict:
         "signal_held_out": {"n_triples": 200, "abs_relevant": 0.3, "abs_unrelated": 0.01, "ratio": 30.0,
                             "relevant_negative": 0.5, "unrelated_negative": 0.4},
         "room_min": 0.46, "room_max": 0.67, "unrelated_max_shift": 0.07, "hindsight_min": 0.75,
-        "oracle_mean": 0.96, "fluency": 0.996, "n_samples": 1408, "prompts": "eval",
+        "oracle_mean": 0.96, "fluency": 0.996, "n_samples": 1408, "prompts": "eval", "n": 256,
     }
     figures["pass"] = verdicts(figures)
     return figures
@@ -58,6 +58,28 @@ def test_the_table_counts_the_answers_that_follow_each_complaint() -> None:
     figures["hindsight"]["concise"] = 116 / 128  # 0.906
     assert lines(figures)["hindsight concise"].endswith("  116/128")
     assert lines(figures)["hindsight: complaints"].split()[-4:] == ["1", "of", "2", "(reported)"]
+
+
+def test_the_noise_floor_of_the_unrelated_shift_matches_the_normal_approximation() -> None:
+    # 18 independent shares at 0.5: each difference of two shares of n answers is about N(0, sqrt(0.5 / n)), and
+    # the median of the largest of 18 |N(0, s)| is z s with P(|Z| < z) = 0.5 ** (1 / 18), z = 2.076
+    room = {f"p{i}": 0.5 for i in range(18)}
+    assert shift_noise_floor(room, 256) == pytest.approx(2.076 * np.sqrt(0.5 / 256), abs=0.006)  # 0.092
+    assert shift_noise_floor(room, 1024) == pytest.approx(2.076 * np.sqrt(0.5 / 1024), abs=0.003)  # 0.046
+    # a share of 0 or 1 never moves by chance: one share at 0.5 among them sets the floor alone (0.6745 s)
+    assert shift_noise_floor({"a": 0.5, "b": 0.0, "c": 1.0}, 256) == pytest.approx(0.6745 * np.sqrt(0.5 / 256),
+                                                                                  abs=0.004)
+
+
+def test_the_largest_shift_is_printed_with_its_noise() -> None:
+    figures = shipped_like()
+    line = next(line for line in table(figures).splitlines() if line.startswith("unrelated follow-up"))
+    # concise: 0.46 -> 0.53 of 256 answers each, s.e. sqrt((0.46 * 0.54 + 0.53 * 0.47) / 256) = 0.044
+    assert line.endswith(f"[ok]  (concise, s.e. 0.04; no shift at all gives about "
+                         f"{shift_noise_floor(figures['room'], 256):.2f} at n=256)")
+    figures["unrelated_shift"] = {"concise": 0.02, "detailed": -0.09}
+    assert "(detailed, s.e. 0.04;" in next(line for line in table(figures).splitlines()
+                                           if line.startswith("unrelated follow-up"))
 
 
 def test_room_outside_the_band_misses() -> None:
