@@ -80,6 +80,11 @@ def test_the_largest_shift_is_printed_with_its_noise() -> None:
     figures["unrelated_shift"] = {"concise": 0.02, "detailed": -0.09}
     assert "(detailed, s.e. 0.04;" in next(line for line in table(figures).splitlines()
                                            if line.startswith("unrelated follow-up"))
+    # the s.e. takes both shares: 0.02 -> 0.50 of 256 answers gives sqrt((0.02 * 0.98 + 0.5 * 0.5) / 256) = 0.032,
+    # where the base share alone would give 0.012 and the shifted one alone 0.044
+    figures["room"], figures["unrelated_shift"] = {"emojis": 0.02}, {"emojis": 0.48}
+    noise = f"(emojis, s.e. 0.03; no shift at all gives about {shift_noise_floor(figures['room'], 256):.2f} at n=256)"
+    assert next(line for line in table(figures).splitlines() if line.startswith("unrelated follow-up")).endswith(noise)
 
 
 def test_room_outside_the_band_misses() -> None:
