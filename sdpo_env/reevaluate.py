@@ -32,14 +32,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from agents import make_learner, set_persona
+from agents import OnlineLearner, make_learner, set_persona
 from sdpo_env.cli import command_main
-from sdpo_env.config import COMMAND_LINE, command_line_config, option, resolve_config
+from sdpo_env.config import COMMAND_LINE, RunConfig, command_line_config, option, resolve_config
 from sdpo_env.errors import ConfigError, Problem
 from sdpo_env.evaluation import evaluation_seed, phases_to_judge
 from sdpo_env.judges import JUDGES
 from sdpo_env.judges.evaluate import WinRateEvaluator, interval_text
 from sdpo_env.llm.setup import LLMComponents, check_keys
+from sdpo_env.policy import ChatPolicy
 from sdpo_env.prompts import load_prompts
 from sdpo_env.run import load_policy, run_scenario
 from sdpo_env.runfolder import RunFolder
@@ -76,12 +77,7 @@ def reevaluate(config: ReevaluateConfig, console: Console) -> list[dict[str, Any
     n = run_config.n_interactions or scenario.n_interactions
     n_prompts = config.n_prompts or run_config.eval.n_prompts
     seed = run_config.seed if config.seed is None else config.seed
-    state = _policy_state(folder, config.at)
-    t = state["t"]
-
-    policy = load_policy(run_config)
-    learner = make_learner(run_config.agent, policy, seed=run_config.seed)
-    learner.load_state_dict(state["learner"])
+    t, policy, learner = learner_at(folder, run_config, config.at)
     llm = LLMComponents(run_config, folder.path)
     judge = JUDGES.get(run_config.judge.backend)(**llm.judge_kwargs())
     prompts = load_prompts(scenario.spec.prompts.eval)[:n_prompts]
@@ -120,6 +116,29 @@ def _existing_run(path: str) -> RunFolder:
         raise ConfigError([Problem(COMMAND_LINE, "run", f"{path} has no {' or '.join(missing)}; give a run folder "
                                                         "made by python -m sdpo_env.run")])
     return RunFolder(path)
+
+
+def learner_at(folder: RunFolder, run_config: RunConfig, at: int | None) -> tuple[int, ChatPolicy, OnlineLearner]:
+    """The run's learner as it was after ``at`` interactions (by default the latest checkpoint's), and its policy."""
+    state = _policy_state(folder, at)
+    policy = load_policy(run_config)
+    learner = make_learner(run_config.agent, policy, seed=run_config.seed)
+    learner.load_state_dict(state["learner"])
+    return state["t"], policy, learner
+
+
+def save_adapter_at(run: str | Path, at: int, out: Path) -> Path:
+    """Writes the adapter a run kept after ``at`` interactions to ``out`` in peft's format; returns ``out``.
+
+    Raises:
+        ConfigError: the folder is not a run, or kept no policy at ``at``.
+        SdpoEnvError: the run's learner has no adapter (``agent=none``, ``agent=icl_oracle``).
+    """
+    folder = _existing_run(str(run))
+    run_config = resolve_config([(str(folder.config), folder.read_config())])
+    _, policy, _ = learner_at(folder, run_config, at)
+    policy.save_adapter(out)
+    return out
 
 
 def _policy_state(folder: RunFolder, at: int | None) -> dict[str, Any]:

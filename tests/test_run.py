@@ -19,14 +19,17 @@ import torch
 import yaml
 from rich.console import Console
 
+import sdpo_env.tiny.probe as probe_module
 from agents.sdpo import SDPOConfig
-from sdpo_env.config import config_to_dict
+from sdpo_env.config import config_to_dict, resolve_config
 from sdpo_env.evaluation import EvaluationWorker
 from sdpo_env.judges.evaluate import wilson_interval
-from sdpo_env.reevaluate import ReevaluateConfig, reevaluate
+from sdpo_env.reevaluate import ReevaluateConfig, learner_at, reevaluate
 from sdpo_env.reevaluate import main as reevaluate_main
 from sdpo_env.run import main, prepare
+from sdpo_env.runfolder import RunFolder
 from sdpo_env.schema import to_dict
+from sdpo_env.tiny.probe import Sampler
 from tests.models import build_random_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -346,6 +349,38 @@ def test_reevaluation_repeats_the_runs_evaluation_and_scales_the_answers(model_d
     assert compared(at_change[1]) != compared(again)  # not the final policy
     assert reevaluate_main([f"run={out}", "at=5"]) == 2
     assert "kept the policy after 8, 12 interactions" in capsys.readouterr().err
+
+
+def test_the_probe_measures_the_policy_a_run_kept_at_a_persona_change(model_dir, scenario_file, tmp_path,
+                                                                      monkeypatch, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(args_for(model_dir, scenario_file, out, "n_interactions=12")) == 0
+    ids = torch.tensor([[5, 9, 17, 33, 2]])
+    folder, kept = RunFolder(out), {}
+    for at in (8, None):
+        _, policy, _ = learner_at(folder, resolve_config([(str(folder.config), folder.read_config())]), at)
+        with torch.no_grad():
+            kept[at] = policy.model(ids).logits
+
+    def measured(model, **kw) -> dict:  # the probe's own model: the run's model with the adapter it was given
+        with torch.no_grad():
+            measured.logits = Sampler(model, adapter=kw["adapter"]).model(ids).logits
+        return {}
+
+    monkeypatch.setattr(probe_module, "probe", measured)
+    monkeypatch.setattr(probe_module, "table", lambda figures: "")
+    probe_module.main(["--adapter", str(out), "--at", "8"])
+    torch.testing.assert_close(measured.logits, kept[8], atol=1e-4, rtol=1e-4)
+    assert (kept[8] - kept[None]).abs().max() > 1e-3  # the policy at the change, not the final one
+    assert f"policy: {out} after 8 interactions" in capsys.readouterr().out
+    probe_module.main(["--adapter", str(out)])
+    torch.testing.assert_close(measured.logits, kept[None], atol=1e-4, rtol=1e-4)
+
+    for argv, said in ((["--adapter", str(out), "--at", "5"], "--at 5: " + f"{out} kept the policy after 8, 12 "),
+                       (["--at", "8"], "--at 8 needs --adapter RUN_FOLDER")):
+        with pytest.raises(SystemExit) as stopped:
+            probe_module.main(argv)
+        assert stopped.value.code == 2 and said in capsys.readouterr().err
 
 
 def test_a_folder_that_is_not_a_run_is_refused_without_creating_anything(tmp_path, capsys) -> None:

@@ -22,7 +22,9 @@ them on the interaction prompts instead):
 
 ``--adapter RUN_FOLDER`` measures a run's final policy instead (its LoRA adapter merged into the model the run
 trained, read from its config.yaml): how far the policy moved, and whether, as its own hindsight teacher, it still
-follows complaints.
+follows complaints. With ``--at T`` it measures the policy the run kept after ``T`` interactions instead (a persona
+change, ``<run>/snapshots/t<T>.pt``): at a flip, whether the policy adapted to the old user still follows the new
+user's complaints in context, which is what its live teacher needs.
 
 ``--per-phrasing K`` adds the hindsight figure per phrasing: K samples for each follow-up of each preference, and
 the table lists the phrasings followed in under 90% of them (a preference's misses often sit in a few phrasings).
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,7 +54,7 @@ from rich.progress import (
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from sdpo_env import decoding
-from sdpo_env.errors import SdpoEnvError
+from sdpo_env.errors import SdpoEnvError, ValidationError
 from sdpo_env.hindsight import hindsight_messages
 from sdpo_env.personas import Preference
 from sdpo_env.prompts import Prompt, load_prompts
@@ -392,6 +395,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="a run folder (its final policy: <run>/adapter) or a peft adapter folder, merged into "
                              "the model before measuring (a run folder's model comes from its config.yaml unless "
                              "--model is given)")
+    parser.add_argument("--at", type=int, default=None,
+                        help="with --adapter RUN_FOLDER: the policy the run kept after this many interactions (a "
+                             "persona change, in <run>/snapshots/) instead of its final policy")
     parser.add_argument("--n", type=int, default=256,
                         help="samples for the base and unrelated shares, and answers for the interaction signal")
     parser.add_argument("--per-complaint", type=int, default=32, help="samples per complained preference")
@@ -416,9 +422,24 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"model: {trained} (policy.model in {args.adapter.parent / 'config.yaml'})")
         elif trained is not None and resolve_model_path(args.model) != trained:
             print(f"warning: --model {args.model}, but the run trained {trained}; the adapter may not fit it")
-    figures = probe(args.model, n=args.n, n_per_complaint=args.per_complaint, n_triples=args.triples,
-                    n_per_persona=args.per_persona, n_per_phrasing=args.per_phrasing, seed=args.seed,
-                    device=args.device, batch_size=args.batch_size, prompt_pool=args.prompts, adapter=args.adapter)
+    if args.at is not None and (args.adapter is None or not (args.adapter.parent / "config.yaml").is_file()):
+        parser.error(f"--at {args.at} needs --adapter RUN_FOLDER: a run folder (with config.yaml) whose snapshots/ "
+                     "hold the policy at that interaction")
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.at is not None:
+            from sdpo_env.reevaluate import save_adapter_at  # the run's machinery, only when asked for
+
+            run = args.adapter.parent
+            try:
+                args.adapter = save_adapter_at(run, args.at, Path(scratch) / f"adapter-t{args.at}")
+            except SdpoEnvError as exc:
+                said = [p.message for p in exc.problems] if isinstance(exc, ValidationError) else [str(exc)]
+                parser.error(f"--at {args.at}: " + "; ".join(said))
+            print(f"policy: {run} after {args.at} interactions")
+        figures = probe(args.model, n=args.n, n_per_complaint=args.per_complaint, n_triples=args.triples,
+                        n_per_persona=args.per_persona, n_per_phrasing=args.per_phrasing, seed=args.seed,
+                        device=args.device, batch_size=args.batch_size, prompt_pool=args.prompts,
+                        adapter=args.adapter)
     print(table(figures))
     return figures
 
