@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -375,6 +376,9 @@ def test_the_probe_measures_the_policy_a_run_kept_at_a_persona_change(model_dir,
     assert f"policy: {out} after 8 interactions" in capsys.readouterr().out
     probe_module.main(["--adapter", str(out)])
     torch.testing.assert_close(measured.logits, kept[None], atol=1e-4, rtol=1e-4)
+    shutil.rmtree(out / "adapter")  # as in a run still going or stopped: its snapshots are measured all the same
+    probe_module.main(["--adapter", str(out), "--at", "8"])
+    torch.testing.assert_close(measured.logits, kept[8], atol=1e-4, rtol=1e-4)
 
     for argv, said in ((["--adapter", str(out), "--at", "5"], "--at 5: " + f"{out} kept the policy after 8, 12 "),
                        (["--at", "8"], "--at 8 needs --adapter RUN_FOLDER")):

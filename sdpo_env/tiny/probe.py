@@ -78,11 +78,9 @@ def adapter_folder(path: str | Path) -> Path:
                        "(a finished run saves its adapter in <run>/adapter) or a peft adapter folder")
 
 
-def trained_model(folder: Path) -> str | None:
-    """The model an adapter folder's run trained (``policy.model`` in the run's config.yaml), or None outside a run."""
-    if not (folder.parent / "config.yaml").is_file():
-        return None
-    model = RunFolder(folder.parent).read_config().get("policy", {}).get("model")
+def trained_model(run: Path) -> str | None:
+    """The model a run folder's run trained (``policy.model`` in its config.yaml; None if the file names none)."""
+    model = RunFolder(run).read_config().get("policy", {}).get("model")
     return resolve_model_path(str(model)) if model is not None else None
 
 
@@ -411,25 +409,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
+    run: Path | None = None  # the run folder the adapter comes from (its config.yaml names the model it trained)
     if args.adapter is not None:
-        try:
-            args.adapter = adapter_folder(args.adapter)
-        except SdpoEnvError as exc:
-            parser.error(str(exc))
-        trained = trained_model(args.adapter)
-        if args.model is None and trained is not None:
-            args.model = trained
-            print(f"model: {trained} (policy.model in {args.adapter.parent / 'config.yaml'})")
-        elif trained is not None and resolve_model_path(args.model) != trained:
-            print(f"warning: --model {args.model}, but the run trained {trained}; the adapter may not fit it")
-    if args.at is not None and (args.adapter is None or not (args.adapter.parent / "config.yaml").is_file()):
-        parser.error(f"--at {args.at} needs --adapter RUN_FOLDER: a run folder (with config.yaml) whose snapshots/ "
-                     "hold the policy at that interaction")
+        given = Path(args.adapter)
+        if args.at is None:  # the final policy: <run>/adapter, or any peft adapter folder
+            try:
+                given = args.adapter = adapter_folder(given)
+            except SdpoEnvError as exc:
+                parser.error(str(exc))
+        run = next((f for f in (given, given.parent) if (f / "config.yaml").is_file()), None)
+    trained = trained_model(run) if run is not None else None
+    if args.model is None and trained is not None:
+        args.model = trained
+        print(f"model: {trained} (policy.model in {run}/config.yaml)")
+    elif trained is not None and resolve_model_path(args.model) != trained:
+        print(f"warning: --model {args.model}, but the run trained {trained}; the adapter may not fit it")
     with tempfile.TemporaryDirectory() as scratch:
         if args.at is not None:
+            if run is None:
+                parser.error(f"--at {args.at} needs --adapter RUN_FOLDER: a run folder (with config.yaml) whose "
+                             "snapshots/ hold the policy at that interaction")
             from sdpo_env.reevaluate import save_adapter_at  # the run's machinery, only when asked for
 
-            run = args.adapter.parent
             try:
                 args.adapter = save_adapter_at(run, args.at, Path(scratch) / f"adapter-t{args.at}")
             except SdpoEnvError as exc:
