@@ -363,22 +363,24 @@ def test_the_probe_measures_the_policy_a_run_kept_at_a_persona_change(model_dir,
         with torch.no_grad():
             kept[at] = policy.model(ids).logits
 
+    seen: list[torch.Tensor] = []
+
     def measured(model, **kw) -> dict:  # the probe's own model: the run's model with the adapter it was given
         with torch.no_grad():
-            measured.logits = Sampler(model, adapter=kw["adapter"]).model(ids).logits
+            seen.append(Sampler(model, adapter=kw["adapter"]).model(ids).logits)
         return {}
 
     monkeypatch.setattr(probe_module, "probe", measured)
     monkeypatch.setattr(probe_module, "table", lambda figures: "")
     probe_module.main(["--adapter", str(out), "--at", "8"])
-    torch.testing.assert_close(measured.logits, kept[8], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(seen[-1], kept[8], atol=1e-4, rtol=1e-4)
     assert (kept[8] - kept[None]).abs().max() > 1e-3  # the policy at the change, not the final one
     assert f"policy: {out} after 8 interactions" in capsys.readouterr().out
     probe_module.main(["--adapter", str(out)])
-    torch.testing.assert_close(measured.logits, kept[None], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(seen[-1], kept[None], atol=1e-4, rtol=1e-4)
     shutil.rmtree(out / "adapter")  # as in a run still going or stopped: its snapshots are measured all the same
     probe_module.main(["--adapter", str(out), "--at", "8"])
-    torch.testing.assert_close(measured.logits, kept[8], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(seen[-1], kept[8], atol=1e-4, rtol=1e-4)
 
     for argv, said in ((["--adapter", str(out), "--at", "5"], "--at 5: " + f"{out} kept the policy after 8, 12 "),
                        (["--at", "8"], "--at 8 needs --adapter RUN_FOLDER")):
