@@ -35,7 +35,7 @@ from rich.table import Table
 from agents import OnlineLearner, make_learner, set_persona
 from sdpo_env.cli import command_main
 from sdpo_env.config import COMMAND_LINE, RunConfig, command_line_config, option, resolve_config
-from sdpo_env.errors import ConfigError, Problem
+from sdpo_env.errors import ConfigError, Problem, SdpoEnvError
 from sdpo_env.evaluation import evaluation_seed, phases_to_judge
 from sdpo_env.judges import JUDGES
 from sdpo_env.judges.evaluate import WinRateEvaluator, interval_text
@@ -137,6 +137,9 @@ def save_adapter_at(run: str | Path, at: int, out: Path) -> Path:
     folder = _existing_run(str(run))
     run_config = resolve_config([(str(folder.config), folder.read_config())])
     _, policy, _ = learner_at(folder, run_config, at)
+    if not policy.has_adapter:
+        raise SdpoEnvError(f"{folder.path} ran agent={run_config.agent['name']}, which trains no adapter: its policy "
+                           "is the model itself")
     policy.save_adapter(out)
     return out
 

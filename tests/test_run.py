@@ -23,9 +23,10 @@ from rich.console import Console
 import sdpo_env.tiny.probe as probe_module
 from agents.sdpo import SDPOConfig
 from sdpo_env.config import config_to_dict, resolve_config
+from sdpo_env.errors import SdpoEnvError
 from sdpo_env.evaluation import EvaluationWorker
 from sdpo_env.judges.evaluate import wilson_interval
-from sdpo_env.reevaluate import ReevaluateConfig, learner_at, reevaluate
+from sdpo_env.reevaluate import ReevaluateConfig, learner_at, reevaluate, save_adapter_at
 from sdpo_env.reevaluate import main as reevaluate_main
 from sdpo_env.run import main, prepare
 from sdpo_env.runfolder import RunFolder
@@ -294,6 +295,8 @@ def test_baselines_run(model_dir, scenario_file, tmp_path, agent) -> None:
     metrics = read_jsonl(out / "metrics.jsonl")
     assert metrics[-1]["interaction"] == 4
     assert not (out / "adapter").exists()
+    with pytest.raises(SdpoEnvError, match=f"ran agent={agent}, which trains no adapter"):
+        save_adapter_at(out, 4, tmp_path / "adapter")
 
 
 def test_degenerate_learning_is_flagged() -> None:
