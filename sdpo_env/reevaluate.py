@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def reevaluate(config: ReevaluateConfig, console: Console) -> list[dict[str, Any]]:
     """Evaluates the run's latest checkpoint; writes and prints the figures; returns one row per judged phase."""
     folder = _existing_run(config.run)
-    run_config = resolve_config([(str(folder.config), folder.read_config())])
+    run_config = stored_config(folder)
     check_keys(run_config)
     scenario = run_scenario(run_config)
     n = run_config.n_interactions or scenario.n_interactions
@@ -118,6 +118,11 @@ def _existing_run(path: str) -> RunFolder:
     return RunFolder(path)
 
 
+def stored_config(folder: RunFolder) -> RunConfig:
+    """The run's resolved configuration, as its ``config.yaml`` holds it."""
+    return resolve_config([(str(folder.config), folder.read_config())])
+
+
 def learner_at(folder: RunFolder, run_config: RunConfig, at: int | None) -> tuple[int, ChatPolicy, OnlineLearner]:
     """The run's learner as it was after ``at`` interactions (by default the latest checkpoint's), and its policy."""
     state = _policy_state(folder, at)
@@ -135,7 +140,7 @@ def save_adapter_at(run: str | Path, at: int, out: Path) -> Path:
         SdpoEnvError: the run's learner has no adapter (``agent=none``, ``agent=icl_oracle``).
     """
     folder = _existing_run(str(run))
-    run_config = resolve_config([(str(folder.config), folder.read_config())])
+    run_config = stored_config(folder)
     _, policy, _ = learner_at(folder, run_config, at)
     if not policy.has_adapter:
         raise SdpoEnvError(f"{folder.path} ran agent={run_config.agent['name']}, which trains no adapter: its policy "

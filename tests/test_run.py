@@ -22,11 +22,11 @@ from rich.console import Console
 
 import sdpo_env.tiny.probe as probe_module
 from agents.sdpo import SDPOConfig
-from sdpo_env.config import config_to_dict, resolve_config
+from sdpo_env.config import config_to_dict
 from sdpo_env.errors import SdpoEnvError
 from sdpo_env.evaluation import EvaluationWorker
 from sdpo_env.judges.evaluate import wilson_interval
-from sdpo_env.reevaluate import ReevaluateConfig, learner_at, reevaluate, save_adapter_at
+from sdpo_env.reevaluate import ReevaluateConfig, learner_at, reevaluate, save_adapter_at, stored_config
 from sdpo_env.reevaluate import main as reevaluate_main
 from sdpo_env.run import main, prepare
 from sdpo_env.runfolder import RunFolder
@@ -362,7 +362,7 @@ def test_the_probe_measures_the_policy_a_run_kept_at_a_persona_change(model_dir,
     ids = torch.tensor([[5, 9, 17, 33, 2]])
     folder, kept = RunFolder(out), {}
     for at in (8, None):
-        _, policy, _ = learner_at(folder, resolve_config([(str(folder.config), folder.read_config())]), at)
+        _, policy, _ = learner_at(folder, stored_config(folder), at)
         with torch.no_grad():
             kept[at] = policy.model(ids).logits
 
