@@ -24,8 +24,11 @@ with ``jobs=2`` ran at one thread, so use ``OMP_NUM_THREADS=1``). The in-context
 
 from __future__ import annotations
 
+import csv
+import json
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agents import OnlineLearner, make_learner, set_persona
+from sdpo_env.bench_metrics import mean_ci
 from sdpo_env.cli import command_main
 from sdpo_env.config import COMMAND_LINE, RunConfig, command_line_config, option, resolve_config
 from sdpo_env.errors import ConfigError, Problem, SdpoEnvError
@@ -41,7 +45,7 @@ from sdpo_env.judges import JUDGES
 from sdpo_env.judges.evaluate import WinRateEvaluator, interval_text
 from sdpo_env.llm.setup import LLMComponents, check_keys
 from sdpo_env.policy import ChatPolicy
-from sdpo_env.prompts import load_prompts
+from sdpo_env.prompts import Prompt, load_prompts
 from sdpo_env.run import load_policy, run_scenario
 from sdpo_env.runfolder import RunFolder
 
@@ -62,26 +66,28 @@ class ReevaluateConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     def body(args: list[str], console: Console) -> int:
-        reevaluate(command_line_config(ReevaluateConfig, args), console)
+        config = command_line_config(ReevaluateConfig, args)
+        if not (Path(config.run) / "config.yaml").is_file() and bench_runs(Path(config.run)):
+            reevaluate_bench(config, console)
+        else:
+            reevaluate(config, console)
         return 0
 
-    return command_main(__doc__, argv, body, interrupted="interrupted; nothing was written: run it again")
+    return command_main(__doc__, argv, body, interrupted="interrupted: the evaluation under way was not written "
+                                                         "(a bench's runs judged before it were); run the same "
+                                                         "command again to continue")
 
 
 def reevaluate(config: ReevaluateConfig, console: Console) -> list[dict[str, Any]]:
     """Evaluates the run's latest checkpoint; writes and prints the figures; returns one row per judged phase."""
-    folder = _existing_run(config.run)
-    run_config = stored_config(folder)
+    job = _Job.of(_existing_run(config.run), config)
+    folder, run_config, scenario, t = job.folder, job.run_config, job.scenario, job.t
     check_keys(run_config)
-    scenario = run_scenario(run_config)
     n = run_config.n_interactions or scenario.n_interactions
-    n_prompts = config.n_prompts or run_config.eval.n_prompts
-    seed = run_config.seed if config.seed is None else config.seed
-    t, policy, learner = learner_at(folder, run_config, config.at)
+    _, policy, learner = learner_at(folder, run_config, t)
     llm = LLMComponents(run_config, folder.path)
     judge = JUDGES.get(run_config.judge.backend)(**llm.judge_kwargs())
-    prompts = load_prompts(scenario.spec.prompts.eval)[:n_prompts]
-    evaluator = WinRateEvaluator(policy, judge, prompts, samples_per_prompt=config.samples_per_prompt,
+    evaluator = WinRateEvaluator(policy, judge, job.prompts, samples_per_prompt=config.samples_per_prompt,
                                  seed=run_config.seed, bootstrap=run_config.eval.bootstrap)
     logged = {(r["interaction"], r["phase"]): r for r in folder.read_jsonl(folder.metrics)}
     rows = []
@@ -91,10 +97,10 @@ def reevaluate(config: ReevaluateConfig, console: Console) -> list[dict[str, Any
             with console.status(f"interaction {t}, phase {phase.index} ({phase.persona.name}): "
                                 f"{len(evaluator.conversations)} answers on each side"):
                 metrics, answers = evaluator.evaluate(lambda c, s: learner.answer(c, seed=s), phase.persona,
-                                                      seed=evaluation_seed(seed, t))
+                                                      seed=evaluation_seed(job.seed, t))
             rows.append({"interaction": t, "phase": phase.index, "persona": phase.persona.name,
                          "samples_per_prompt": config.samples_per_prompt,
-                         "seed": seed, **metrics,
+                         "seed": job.seed, **metrics,
                          "answers": [{"prompt": c[-1]["content"], "policy": a, "base": b}
                                      for c, a, b in zip(evaluator.conversations, answers,
                                                         evaluator.base_responses())]})
@@ -102,11 +108,133 @@ def reevaluate(config: ReevaluateConfig, console: Console) -> list[dict[str, Any
                    (run_config.eval.n_prompts * run_config.eval.samples_per_prompt, len(answers)))
     finally:
         llm.close()
-    out = folder.path / "reevaluations" / f"t{t}-k{config.samples_per_prompt}-p{len(prompts)}-s{seed}.json"
-    out.parent.mkdir(exist_ok=True)
-    folder.write_json(out, rows)
-    console.print(f"written: {out}" + (f" (LLM judge: ${llm.meter.spent_usd:.4f})" if llm.services else ""))
+    job.out.parent.mkdir(exist_ok=True)
+    folder.write_json(job.out, rows)
+    console.print(f"written: {job.out}" + (f" (LLM judge: ${llm.meter.spent_usd:.4f})" if llm.services else ""))
     return rows
+
+
+@dataclass
+class _Job:
+    """What a re-evaluation of one run judges, and the file it writes."""
+
+    folder: RunFolder
+    run_config: RunConfig
+    scenario: Any
+    t: int
+    prompts: Sequence[Prompt]
+    seed: int
+    out: Path
+
+    @classmethod
+    def of(cls, folder: RunFolder, config: ReevaluateConfig) -> _Job:
+        run_config = stored_config(folder)
+        scenario = run_scenario(run_config)
+        t = int(_policy_state(folder, config.at)["t"])
+        prompts = load_prompts(scenario.spec.prompts.eval)[: config.n_prompts or run_config.eval.n_prompts]
+        seed = run_config.seed if config.seed is None else config.seed
+        out = folder.path / "reevaluations" / f"t{t}-k{config.samples_per_prompt}-p{len(prompts)}-s{seed}.json"
+        return cls(folder, run_config, scenario, t, prompts, seed, out)
+
+
+def bench_runs(bench: Path) -> list[RunFolder]:
+    """The run folders of a bench folder (``<bench>/<learner>/seed<k>``), by learner, then seed."""
+    found = [p.parent for p in bench.glob("*/seed*/config.yaml") if re.fullmatch(r"seed\d+", p.parent.name)]
+    return [RunFolder(p) for p in sorted(found, key=lambda p: (p.parent.name, int(p.name[4:])))]
+
+
+def reevaluate_bench(config: ReevaluateConfig, console: Console) -> dict[str, list[dict[str, Any]]]:
+    """Judges every run of a bench folder again, one after another, then writes and prints a table of them all.
+
+    A run judged before with the same settings (its ``reevaluations/`` file) is read, not judged again, so an
+    interrupted command continues where it stopped. A run without the policy asked for (no checkpoint yet, or not
+    yet at ``at``) is skipped with a line saying why. Returns the rows of each run, by ``<learner>/seed<k>``."""
+    bench = Path(config.run)
+    runs = bench_runs(bench)
+    judged: dict[str, list[dict[str, Any]]] = {}
+    for i, folder in enumerate(runs, 1):
+        label = f"{folder.path.parent.name}/{folder.path.name}"
+        if not folder.checkpoint.is_file():
+            console.print(f"[yellow]{label}: no checkpoint yet (the run has not started), skipped[/]")
+            continue
+        try:
+            job = _Job.of(folder, config)
+        except ConfigError as exc:
+            console.print(f"[yellow]{label}: skipped: {exc.problems[0].message}[/]")
+            continue
+        if job.out.is_file():
+            console.print(f"[dim]{label}: judged before, read from {job.out}[/]")
+            judged[label] = json.loads(job.out.read_text(encoding="utf-8"))
+            continue
+        console.rule(f"{i}/{len(runs)} {label}, interaction {job.t}")
+        judged[label] = reevaluate(replace(config, run=str(folder.path)), console)
+    if not judged:
+        raise SdpoEnvError(f"{bench}: none of its {len(runs)} runs has the policy asked for yet; nothing was judged")
+    _bench_report(bench, config, judged, console)
+    return judged
+
+
+BENCH_COLUMNS = (("win_rate", "win rate"), ("win_rate_excl_ties", "excl. ties"), ("coverage", "coverage"),
+                 ("worst", "worst preference"), ("valid_rate", "valid"))
+
+
+def _bench_report(bench: Path, config: ReevaluateConfig, judged: dict[str, list[dict[str, Any]]],
+                  console: Console) -> None:
+    """One line per run and judged phase, then the mean ± 95% CI over seeds per learner and phase; as a table in
+    the terminal and in ``<bench>/reevaluations/<when>-k<K>.md`` and ``.csv`` (every preference's rate there)."""
+    lines = []
+    for label, rows in judged.items():
+        learner, seed = label.split("/")
+        for row in rows:
+            rates = {k.removeprefix("sat/"): v for k, v in row.items() if k.startswith("sat/") and k != "sat/all"}
+            worst = min(rates, key=lambda k: rates[k]) if rates else None
+            lines.append({"learner": learner, "seed": int(seed[4:]), "interaction": row["interaction"],
+                          "phase": row["phase"], "persona": row["persona"], "answers": len(row["answers"]),
+                          **{k: row.get(k) for k, _ in BENCH_COLUMNS if k != "worst"},
+                          "worst": rates[worst] if worst else None, "worst_preference": worst,
+                          **{f"sat/{k}": v for k, v in rates.items()}})
+    when = "final" if config.at is None else f"t{config.at}"
+    name = f"{when}-k{config.samples_per_prompt}" + (f"-p{config.n_prompts}" if config.n_prompts else "") + (
+        f"-s{config.seed}" if config.seed is not None else "")
+    title = f"{bench}: {'the final policies' if config.at is None else f'the policies after {config.at}'} judged " \
+            f"again, {config.samples_per_prompt} answers per held-out prompt"
+    head = ["learner", "seed", "interaction", "phase", "answers", *(h for _, h in BENCH_COLUMNS)]
+    per_run = [[ln["learner"], str(ln["seed"]), str(ln["interaction"]), f"{ln['phase']} ({ln['persona']})",
+                str(ln["answers"]), *(_fmt(ln[k]) + (f" {ln['worst_preference']}" if k == "worst" else "")
+                                      for k, _ in BENCH_COLUMNS)] for ln in lines]
+    groups: dict[tuple[str, int, int, str], list[dict[str, Any]]] = {}
+    for ln in lines:
+        groups.setdefault((ln["learner"], ln["interaction"], ln["phase"], ln["persona"]), []).append(ln)
+    means = []
+    for (learner, t, phase, persona), members in groups.items():
+        cells = []
+        for key, _ in BENCH_COLUMNS:
+            values = [m[key] for m in members if m[key] is not None]
+            mean, ci = mean_ci(values) if values else (None, None)
+            cells.append("-" if mean is None else f"{mean:.3f}" + (f" ± {ci:.3f}" if ci is not None else ""))
+        answers = sorted({str(m["answers"]) for m in members})
+        means.append([learner, f"{len(members)} seeds", str(t), f"{phase} ({persona})", "/".join(answers), *cells])
+    md = [f"# {title}", ""]
+    for caption, body in (("Each run", per_run), ("Mean ± 95% CI over seeds", means)):
+        table = Table(title=caption)
+        for h in head:
+            table.add_column(h, justify="left" if h in ("learner", "phase") else "right")
+        for r in body:
+            table.add_row(*r)
+        console.print(table)
+        md += [f"## {caption}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+               *("| " + " | ".join(r) + " |" for r in body), ""]
+    md.append("Worst preference: the least satisfied preference in force at that interaction (share of the judged "
+              "answers). Each run's figures and judged answers: `<learner>/seed<k>/reevaluations/`.")
+    out = bench / "reevaluations"
+    out.mkdir(exist_ok=True)
+    (out / f"{name}.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    keys = list(dict.fromkeys(k for ln in lines for k in ln))
+    with (out / f"{name}.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows({k: "" if v is None else v for k, v in ln.items()} for ln in lines)
+    console.print(f"written: {out / name}.md and .csv")
 
 
 def _existing_run(path: str) -> RunFolder:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import shutil
@@ -353,6 +354,53 @@ def test_reevaluation_repeats_the_runs_evaluation_and_scales_the_answers(model_d
     assert compared(at_change[1]) != compared(again)  # not the final policy
     assert reevaluate_main([f"run={out}", "at=5"]) == 2
     assert "kept the policy after 8, 12 interactions" in capsys.readouterr().err
+
+
+def test_a_bench_folder_is_judged_again_run_by_run_and_tabulated(model_dir, scenario_file, tmp_path, capsys) -> None:
+    bench = tmp_path / "bench"
+    for seed in (0, 1):
+        assert main(args_for(model_dir, scenario_file, bench / "sdpo" / f"seed{seed}", "n_interactions=12",
+                             f"seed={seed}")) == 0
+    (bench / "none" / "seed0").mkdir(parents=True)  # a run the bench has not started: its config, no checkpoint
+    shutil.copy(bench / "sdpo" / "seed0" / "config.yaml", bench / "none" / "seed0")
+    capsys.readouterr()
+
+    assert reevaluate_main([f"run={bench}", "samples_per_prompt=1", "at=8"]) == 0
+    printed = capsys.readouterr().out
+    assert "none/seed0: no checkpoint yet" in printed
+    with (bench / "reevaluations" / "t8-k1.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [(r["learner"], r["seed"], r["phase"]) for r in table] == [
+        ("sdpo", "0", "0"), ("sdpo", "0", "1"), ("sdpo", "1", "0"), ("sdpo", "1", "1")]
+    for r in table:  # one answer per prompt at the run's seed: each run's own evaluation at 8, exactly
+        run = bench / r["learner"] / f"seed{r['seed']}"
+        (logged,) = [m for m in read_jsonl(run / "metrics.jsonl")
+                     if (m["interaction"], m["phase"]) == (8, int(r["phase"]))]
+        assert float(r["win_rate_excl_ties"]) == pytest.approx(logged["win_rate_excl_ties"], abs=1e-12)
+        rates = {k: v for k, v in logged.items() if k.startswith("sat/") and k != "sat/all"}
+        assert float(r["worst"]) == pytest.approx(min(rates.values())) and f"sat/{r['worst_preference']}" in rates
+        assert (run / "reevaluations" / f"t8-k1-p6-s{r['seed']}.json").is_file()
+    assert table[0]["win_rate"] != table[2]["win_rate"]  # two seeds, two policies
+    mean = (float(table[1]["win_rate"]) + float(table[3]["win_rate"])) / 2
+    md = (bench / "reevaluations" / "t8-k1.md").read_text()
+    assert "| sdpo | 2 seeds | 8 | 1 (" in md and f"| {mean:.3f} ± " in md
+
+    # a run judged before is read, not judged again: the command continues an interrupted one
+    seed0 = bench / "sdpo" / "seed0" / "reevaluations" / "t8-k1-p6-s0.json"
+    rows = json.loads(seed0.read_text())
+    rows[0]["win_rate"] = 0.123456
+    seed0.write_text(json.dumps(rows))
+    (bench / "sdpo" / "seed1" / "reevaluations" / "t8-k1-p6-s1.json").unlink()
+    assert reevaluate_main([f"run={bench}", "samples_per_prompt=1", "at=8"]) == 0
+    printed = capsys.readouterr().out
+    assert "sdpo/seed0: judged before" in printed and "3/3 sdpo/seed1, interaction 8" in printed
+    with (bench / "reevaluations" / "t8-k1.csv").open() as f:
+        again = list(csv.DictReader(f))
+    assert again[0]["win_rate"] == "0.123456" and again[2:] == table[2:]
+
+    assert reevaluate_main([f"run={bench}", "at=5"]) == 2  # no run kept a policy there
+    err = capsys.readouterr()
+    assert "kept the policy after 8, 12 interactions" in err.out and "none of its 3 runs" in err.err
 
 
 def test_the_probe_measures_the_policy_a_run_kept_at_a_persona_change(model_dir, scenario_file, tmp_path,
