@@ -7,6 +7,7 @@ Examples::
     python -m sdpo_env.reevaluate run=runs/flip-s0 samples_per_prompt=1   # repeats the run's own last evaluation
     python -m sdpo_env.reevaluate run=bench/flip/sdpo/seed1 samples_per_prompt=4 seed=7
     python -m sdpo_env.reevaluate run=runs/flip-s0 at=250               # the policy at the flip (end of phase 1)
+    python -m sdpo_env.reevaluate run=bench/flip at=250                 # every run of a bench, then a table
 
 A run evaluates with ``eval.samples_per_prompt`` answers per held-out prompt (1 by default: 64 answers on the tiny
 model). That is enough to draw a curve but coarse for a single figure: the standard error of a satisfaction rate
@@ -20,6 +21,13 @@ used; the run folder is not changed except for ``reevaluations/t<T>-k<K>-p<N>-s<
 judged answer). ``seed`` picks the evaluation's answers; the default, the run's seed, with ``samples_per_prompt``
 and ``n_prompts`` as in the run, repeats the run's evaluation exactly (at the run's CPU thread count: a bench run
 with ``jobs=2`` ran at one thread, so use ``OMP_NUM_THREADS=1``). The in-context oracle is not re-evaluated.
+
+``run=`` a bench folder (``<bench>/<learner>/seed<k>``, made by ``python -m sdpo_env.bench``) judges each of its runs
+in turn with the same settings, then prints one line per run and judged phase and the mean ± 95% CI over seeds per
+learner, and writes them to ``<bench>/reevaluations/<final|t<T>>-k<K>.md`` and ``.csv`` (the csv has every
+preference's rate). A run judged before with the same settings is read from its file instead, so the same command
+continues after an interruption or a new seed; a run without the policy asked for (not started, or not yet at
+``at``) is skipped with a line saying why.
 """
 
 from __future__ import annotations
@@ -56,7 +64,8 @@ SHOWN = ("win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "val
 class ReevaluateConfig:
     """Which run to judge again and how many answers (``key=value`` on the command line)."""
 
-    run: str = option("", "the run folder (it must hold config.yaml and checkpoint.pt)", nonempty=True)
+    run: str = option("", "a run folder (it must hold config.yaml and checkpoint.pt), or a bench folder: each of its "
+                          "runs in turn", nonempty=True)
     samples_per_prompt: int = option(8, "answers per held-out prompt, on each side", min=1)
     n_prompts: int | None = option(None, "held-out prompts; default the run's eval.n_prompts", min=1)
     seed: int | None = option(None, "seeds the evaluation's answers; default the run's seed", min=0)
@@ -198,9 +207,9 @@ def _bench_report(bench: Path, config: ReevaluateConfig, judged: dict[str, list[
         f"-s{config.seed}" if config.seed is not None else "")
     title = f"{bench}: {'the final policies' if config.at is None else f'the policies after {config.at}'} judged " \
             f"again, {config.samples_per_prompt} answers per held-out prompt"
-    head = ["learner", "seed", "interaction", "phase", "answers", *(h for _, h in BENCH_COLUMNS)]
+    head = ["learner", "seed", "interaction", "phase", *(h for _, h in BENCH_COLUMNS)]
     per_run = [[ln["learner"], str(ln["seed"]), str(ln["interaction"]), f"{ln['phase']} ({ln['persona']})",
-                str(ln["answers"]), *(_fmt(ln[k]) + (f" {ln['worst_preference']}" if k == "worst" else "")
+                *(_fmt(ln[k]) + (f" {ln['worst_preference']}" if k == "worst" else "")
                                       for k, _ in BENCH_COLUMNS)] for ln in lines]
     groups: dict[tuple[str, int, int, str], list[dict[str, Any]]] = {}
     for ln in lines:
@@ -212,13 +221,13 @@ def _bench_report(bench: Path, config: ReevaluateConfig, judged: dict[str, list[
             values = [m[key] for m in members if m[key] is not None]
             mean, ci = mean_ci(values) if values else (None, None)
             cells.append("-" if mean is None else f"{mean:.3f}" + (f" ± {ci:.3f}" if ci is not None else ""))
-        answers = sorted({str(m["answers"]) for m in members})
-        means.append([learner, f"{len(members)} seeds", str(t), f"{phase} ({persona})", "/".join(answers), *cells])
+        means.append([learner, f"{len(members)} seeds", str(t), f"{phase} ({persona})", *cells])
     md = [f"# {title}", ""]
     for caption, body in (("Each run", per_run), ("Mean ± 95% CI over seeds", means)):
         table = Table(title=caption)
         for h in head:
-            table.add_column(h, justify="left" if h in ("learner", "phase") else "right")
+            table.add_column(h, justify="left" if h in ("learner", "phase") else "right", no_wrap=h != "phase",
+                             overflow="fold")
         for r in body:
             table.add_row(*r)
         console.print(table)
@@ -242,7 +251,8 @@ def _existing_run(path: str) -> RunFolder:
     missing = [name for name in ("config.yaml", "checkpoint.pt") if not (Path(path) / name).is_file()]
     if missing:
         raise ConfigError([Problem(COMMAND_LINE, "run", f"{path} has no {' or '.join(missing)}; give a run folder "
-                                                        "made by python -m sdpo_env.run")])
+                                                        "made by python -m sdpo_env.run, or a bench folder made by "
+                                                        "python -m sdpo_env.bench")])
     return RunFolder(path)
 
 
