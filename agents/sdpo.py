@@ -35,6 +35,7 @@ from sdpo_env.sdpo import (
     threshold_advantages,
     token_advantages,
     topk_divergence_loss,
+    unlearn_along_gradient,
 )
 from sdpo_env.teachers import TEACHERS, EmaTeacher, teacher_view
 
@@ -84,6 +85,10 @@ class SDPOConfig:
                                "the gradient step is taken on every update (on the flip the adapter then grows and "
                                "re-adapts worse: README, 'Learning only from follow-ups that carry a signal'); "
                                "0 decays on every update", min=0.0)
+    unlearn: float = option(0.0, "on an update whose gradient the adapter points up (<theta, g> > 0: shrinking it "
+                            "would lower the loss), also remove this share of the adapter's component along the "
+                            "gradient (sdpo_env.sdpo.unlearn_along_gradient): forget what the teacher now "
+                            "disagrees with, keep the rest; 0 = off, as in the paper", min=0.0, max=1.0)
     center_advantages: bool = option(False, "subtract each sequence's mean advantage")
     extra_samples: int = option(0, "at each update, sample this many more answers to each interaction's prompt "
                                 "from the current policy and learn from them under the same follow-up (more "
@@ -319,11 +324,16 @@ class SDPOLearner:
             self.n_skipped += 1
             warnings.warn(f"SDPO update {self.n_updates} skipped: non-finite gradient", RuntimeWarning, stacklevel=3)
             return {"sdpo/skipped_updates": float(self.n_skipped)}
+        unlearned = 0.0
+        if self.config.unlearn:
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+            unlearned = unlearn_along_gradient(self.params, grads, self.config.unlearn)
         self.apply_step(decay=decay)
         if self.ema is not None:
             self.ema.step()
         self.n_updates += 1
-        return {"sdpo/grad_norm": grad_norm, "sdpo/skipped_updates": float(self.n_skipped)}
+        return {"sdpo/grad_norm": grad_norm, "sdpo/skipped_updates": float(self.n_skipped),
+                **({"sdpo/unlearned": unlearned} if self.config.unlearn else {})}
 
     def apply_step(self, *, decay: bool = True) -> None:
         """The optimizer's step on the gradients there are, then SGD's weight decay (decoupled, as AdamW's).

@@ -18,6 +18,7 @@ the generalised Jensen-Shannon divergence with mixture ``alpha * student + (1 - 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -91,6 +92,36 @@ def signal_rows(advantages: torch.Tensor, mask: torch.Tensor, gate: float) -> to
         (B,) bool.
     """
     return ((advantages.abs() * mask) >= gate).any(-1)
+
+
+def unlearn_along_gradient(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], rho: float) -> float:
+    """Removes ``rho`` times the weights' component along the loss gradient, where the weights point up it.
+
+    With theta the weights and g their gradient, ``<theta, g> > 0`` means that moving theta towards zero along g
+    lowers the loss to first order: the adapter holds something this update's teacher disagrees with. Then
+    ``theta -= rho * <theta, g> / |g|^2 * g``, which leaves ``<theta, g>`` at ``(1 - rho)`` of its value and every
+    direction orthogonal to g as it was; otherwise nothing changes. For a LoRA pair (A, B) with delta W = s B A,
+    ``<A, dL/dA> + <B, dL/dB> = 2 <delta W, dL/d(delta W)>``: the test is on what the adapter does, not on how its
+    factors happen to be split. Scale-free: a clipped gradient removes the same.
+
+    Args:
+        params: The weights, changed in place.
+        grads: Their gradients, in the same order.
+        rho: Share of the component removed, in [0, 1].
+
+    Returns:
+        The norm removed, as a share of the weights' norm before (0 if nothing was removed).
+    """
+    with torch.no_grad():
+        dot = sum(float((w * g).sum()) for w, g in zip(params, grads, strict=True))
+        squared = sum(float((g * g).sum()) for g in grads)
+        if rho == 0 or dot <= 0 or squared == 0:
+            return 0.0
+        norm = math.sqrt(sum(float((w * w).sum()) for w in params))
+        step = rho * dot / squared
+        for w, g in zip(params, grads, strict=True):
+            w.sub_(step * g)
+        return step * math.sqrt(squared) / norm
 
 
 def threshold_advantages(advantages: torch.Tensor, threshold: float) -> torch.Tensor:

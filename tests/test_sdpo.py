@@ -20,6 +20,7 @@ from sdpo_env.sdpo import (
     threshold_advantages,
     token_advantages,
     topk_divergence_loss,
+    unlearn_along_gradient,
 )
 
 # --- Appendix B: the token policy gradient is an unbiased estimate of the reverse-KL gradient ---------------------
@@ -169,6 +170,46 @@ def test_signal_rows_pass_answers_with_a_large_advantage_on_a_completion_token()
     assert signal_rows(adv, mask, 0.5).tolist() == [True, False, False]  # |A_t| equal to the gate passes
     assert signal_rows(adv, mask, 0.51).tolist() == [False, False, False]
     assert signal_rows(adv, mask, 0.2).tolist() == [True, True, False]
+
+
+def test_unlearning_removes_the_weights_component_up_the_gradient_and_nothing_else() -> None:
+    torch.manual_seed(0)
+    weights = [torch.randn(3, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)]
+    grads = [torch.randn(3, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)]
+    def flat(ts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([t.flatten() for t in ts])
+
+    if flat(weights) @ flat(grads) < 0:
+        grads = [-g for g in grads]
+    before, g = flat(weights).clone(), flat(grads)
+    removed = unlearn_along_gradient(weights, grads, 0.25)
+    after = flat(weights)
+    assert after @ g == pytest.approx(0.75 * (before @ g))  # a quarter of the component along g is gone
+    def orthogonal(w: torch.Tensor) -> torch.Tensor:
+        return w - (w @ g) / (g @ g) * g
+
+    torch.testing.assert_close(orthogonal(after), orthogonal(before))  # the rest is untouched
+    assert removed == pytest.approx(float((before - after).norm() / before.norm()))
+    assert unlearn_along_gradient(weights, [-x for x in grads], 1.0) == 0.0  # weights point down the gradient
+    torch.testing.assert_close(flat(weights), after)
+
+
+def test_unlearning_reads_what_a_lora_adapter_does_not_how_its_factors_split() -> None:
+    """<A, dL/dA> + <B, dL/dB> = 2 <delta W, dL/d(delta W)> for delta W = s B A, checked with a free delta W."""
+    torch.manual_seed(1)
+    a, b, x, target = (torch.randn(2, 6, dtype=torch.float64, requires_grad=True),
+                       torch.randn(4, 2, dtype=torch.float64, requires_grad=True),
+                       torch.randn(7, 6, dtype=torch.float64), torch.randn(7, 4, dtype=torch.float64))
+    scale = 1.5
+
+    def loss(w: torch.Tensor) -> torch.Tensor:
+        return ((x @ w.T - target) ** 2).sum()
+
+    loss(scale * b @ a).backward()
+    delta = (scale * b @ a).detach().requires_grad_(True)
+    loss(delta).backward()
+    factors = float((a * a.grad).sum() + (b * b.grad).sum())
+    assert factors == pytest.approx(2 * float((delta * delta.grad).sum()))
 
 
 def test_aggregations() -> None:

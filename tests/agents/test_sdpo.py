@@ -13,7 +13,7 @@ from agents import SDPOLearner, Transition, make_learner
 from sdpo_env.errors import ConfigError, SdpoEnvError, UnknownNameError
 from sdpo_env.hindsight import hindsight_messages
 from sdpo_env.policy import ChatPolicy, Sampling
-from sdpo_env.sdpo import selective_log_softmax
+from sdpo_env.sdpo import selective_log_softmax, unlearn_along_gradient
 from tests.models import build_random_model
 
 X = [{"role": "user", "content": "How do I water basil?"}]
@@ -127,6 +127,27 @@ def test_sgd_steps_by_the_gradient_then_decays_the_weights(model_dir) -> None:
     assert len(grads) == 1 and any(g.abs().sum() > 0 for g in grads[0])
     for old, grad, new in zip(before, grads[0], learner.params):
         torch.testing.assert_close(new.detach(), (old - lr * grad) * (1 - lr * decay), atol=1e-7, rtol=1e-6)
+
+
+def test_unlearn_removes_the_adapters_component_up_the_gradient_before_the_step(model_dir) -> None:
+    lr = 0.5
+    learner = make(model_dir, optimizer="sgd", lr=lr, weight_decay=0.0, grad_clip=0.0, unlearn=0.5)
+    at_step: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []  # (weights, gradients) as the step sees them
+    learner.optimizer.register_step_pre_hook(lambda *_: at_step.append(
+        ([p.detach().clone() for p in learner.params], [p.grad.clone() for p in learner.params])))
+    checked = 0
+    for k in range(12):  # a fresh adapter does nothing (B = 0), so nothing is removed before it has learned
+        before = [p.detach().clone() for p in learner.params]
+        _, transitions = interact(learner, follow_up=("Too long, keep it short.", "More detail please.")[k % 2])
+        removed = learner.observe(transitions)["sdpo/unlearned"]
+        weights, grads = at_step[-1]
+        expected = [w.clone() for w in before]
+        assert unlearn_along_gradient(expected, grads, 0.5) == pytest.approx(removed, abs=1e-12)
+        for w, e, g, new in zip(weights, expected, grads, learner.params):
+            torch.testing.assert_close(w, e)  # the weights the optimizer steps from
+            torch.testing.assert_close(new.detach(), e - lr * g)
+        checked += removed > 0
+    assert checked >= 2
 
 
 def test_advantage_threshold_drops_small_advantages_from_the_gradient_only(model_dir) -> None:
