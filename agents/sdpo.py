@@ -85,10 +85,11 @@ class SDPOConfig:
                                "the gradient step is taken on every update (on the flip the adapter then grows and "
                                "re-adapts worse: README, 'Learning only from follow-ups that carry a signal'); "
                                "0 decays on every update", min=0.0)
-    unlearn: float = option(0.0, "on an update whose gradient the adapter points up (<theta, g> > 0: shrinking it "
-                            "would lower the loss), also remove this share of the adapter's component along the "
-                            "gradient (sdpo_env.sdpo.unlearn_along_gradient): forget what the teacher now "
-                            "disagrees with, keep the rest; 0 = off, as in the paper", min=0.0, max=1.0)
+    unlearn: float = option(0.0, "on an update whose gradient the adapter points up (<delta W, G> > 0: shrinking "
+                            "it would lower the loss), also remove up to this share of that alignment from the "
+                            "LoRA B factors, along their gradient (sdpo_env.sdpo.unlearn_along_gradient), scaled "
+                            "by grad_norm / grad_clip (at most 1): forget what the teacher now disagrees with, "
+                            "keep the rest; 0 = off, as in the paper", min=0.0, max=1.0)
     center_advantages: bool = option(False, "subtract each sequence's mean advantage")
     extra_samples: int = option(0, "at each update, sample this many more answers to each interaction's prompt "
                                 "from the current policy and learn from them under the same follow-up (more "
@@ -152,6 +153,8 @@ class SDPOLearner:
         if not policy.has_adapter:
             policy.add_lora(lora_settings(config), seed=seed)
         self.params = policy.trainable_parameters()
+        # the zero-initialised factor of each LoRA pair: what the adapter has learned, free of A's random start
+        self.up_factors = [layer.lora_B["default"].weight for layer in policy.lora_layers().values()]
         self.optimizer: torch.optim.Optimizer
         if config.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
@@ -325,9 +328,10 @@ class SDPOLearner:
             warnings.warn(f"SDPO update {self.n_updates} skipped: non-finite gradient", RuntimeWarning, stacklevel=3)
             return {"sdpo/skipped_updates": float(self.n_skipped)}
         unlearned = 0.0
-        if self.config.unlearn:
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-            unlearned = unlearn_along_gradient(self.params, grads, self.config.unlearn)
+        if self.config.unlearn:  # as much as the gradient is large: a thank-you forgets next to nothing
+            share = self.config.unlearn * min(1.0, grad_norm / clip if math.isfinite(clip) else 1.0)
+            grads = [w.grad if w.grad is not None else torch.zeros_like(w) for w in self.up_factors]
+            unlearned = unlearn_along_gradient(self.up_factors, grads, share)
         self.apply_step(decay=decay)
         if self.ema is not None:
             self.ema.step()

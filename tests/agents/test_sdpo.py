@@ -129,22 +129,27 @@ def test_sgd_steps_by_the_gradient_then_decays_the_weights(model_dir) -> None:
         torch.testing.assert_close(new.detach(), (old - lr * grad) * (1 - lr * decay), atol=1e-7, rtol=1e-6)
 
 
-def test_unlearn_removes_the_adapters_component_up_the_gradient_before_the_step(model_dir) -> None:
-    lr = 0.5
-    learner = make(model_dir, optimizer="sgd", lr=lr, weight_decay=0.0, grad_clip=0.0, unlearn=0.5)
+def test_unlearn_removes_the_b_factors_component_up_the_gradient_before_the_step(model_dir) -> None:
+    lr, clip = 0.5, 100.0  # a clip no gradient reaches: the share removed is 0.5 x grad norm / 100
+    learner = make(model_dir, optimizer="sgd", lr=lr, weight_decay=0.0, grad_clip=clip, unlearn=0.5)
+    names = [n for n, w in learner.policy.model.named_parameters() if w.requires_grad]
+    up = [i for i, n in enumerate(names) if ".lora_B." in n]
+    assert len(up) == len(names) // 2 and [learner.params[i] for i in up] == learner.up_factors
     at_step: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []  # (weights, gradients) as the step sees them
     learner.optimizer.register_step_pre_hook(lambda *_: at_step.append(
-        ([p.detach().clone() for p in learner.params], [p.grad.clone() for p in learner.params])))
+        ([w.detach().clone() for w in learner.params], [w.grad.clone() for w in learner.params])))
     checked = 0
     for k in range(12):  # a fresh adapter does nothing (B = 0), so nothing is removed before it has learned
-        before = [p.detach().clone() for p in learner.params]
+        before = [w.detach().clone() for w in learner.params]
         _, transitions = interact(learner, follow_up=("Too long, keep it short.", "More detail please.")[k % 2])
-        removed = learner.observe(transitions)["sdpo/unlearned"]
+        metrics = learner.observe(transitions)
         weights, grads = at_step[-1]
+        share = 0.5 * metrics["sdpo/grad_norm"] / clip
         expected = [w.clone() for w in before]
-        assert unlearn_along_gradient(expected, grads, 0.5) == pytest.approx(removed, abs=1e-12)
+        removed = unlearn_along_gradient([expected[i] for i in up], [grads[i] for i in up], share)
+        assert metrics["sdpo/unlearned"] == pytest.approx(removed, abs=1e-12)
         for w, e, g, new in zip(weights, expected, grads, learner.params):
-            torch.testing.assert_close(w, e)  # the weights the optimizer steps from
+            torch.testing.assert_close(w, e)  # the weights the optimizer steps from: A untouched, B unlearned
             torch.testing.assert_close(new.detach(), e - lr * g)
         checked += removed > 0
     assert checked >= 2
