@@ -187,30 +187,34 @@ BENCH_COLUMNS = (("win_rate", "win rate"), ("win_rate_excl_ties", "excl. ties"),
                  ("worst", "worst preference"), ("valid_rate", "valid"))
 
 
-def _bench_report(bench: Path, config: ReevaluateConfig, judged: dict[str, list[dict[str, Any]]],
-                  console: Console) -> None:
-    """One line per run and judged phase, then the mean ± 95% CI over seeds per learner and phase; as a table in
-    the terminal and in ``<bench>/reevaluations/<when>-k<K>.md`` and ``.csv`` (every preference's rate there)."""
+def _bench_lines(judged: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One flat record per run and judged phase: the headline figures, the least satisfied preference, every rate."""
     lines = []
     for label, rows in judged.items():
         learner, seed = label.split("/")
         for row in rows:
             rates = {k.removeprefix("sat/"): v for k, v in row.items() if k.startswith("sat/") and k != "sat/all"}
             worst = min(rates, key=lambda k: rates[k]) if rates else None
-            lines.append({"learner": learner, "seed": int(seed[4:]), "interaction": row["interaction"],
+            lines.append({"learner": learner, "seed": int(seed.removeprefix("seed")), "interaction": row["interaction"],
                           "phase": row["phase"], "persona": row["persona"], "answers": len(row["answers"]),
                           **{k: row.get(k) for k, _ in BENCH_COLUMNS if k != "worst"},
                           "worst": rates[worst] if worst else None, "worst_preference": worst,
                           **{f"sat/{k}": v for k, v in rates.items()}})
-    when = "final" if config.at is None else f"t{config.at}"
-    name = f"{when}-k{config.samples_per_prompt}" + (f"-p{config.n_prompts}" if config.n_prompts else "") + (
-        f"-s{config.seed}" if config.seed is not None else "")
-    title = f"{bench}: {'the final policies' if config.at is None else f'the policies after {config.at}'} judged " \
-            f"again, {config.samples_per_prompt} answers per held-out prompt"
-    head = ["learner", "seed", "interaction", "phase", *(h for _, h in BENCH_COLUMNS)]
+    return lines
+
+
+def _bench_report(bench: Path, config: ReevaluateConfig, judged: dict[str, list[dict[str, Any]]],
+                  console: Console) -> None:
+    """One line per run and judged phase, then the mean ± 95% CI over seeds per learner and phase; as a table in
+    the terminal and in ``<bench>/reevaluations/<when>-k<K>.md`` and ``.csv`` (every preference's rate there)."""
+    lines = _bench_lines(judged)
+
+    def cell(line: dict[str, Any], key: str) -> str:
+        named = key == "worst" and line["worst_preference"]
+        return _fmt(line[key]) + (f" {line['worst_preference']}" if named else "")
+
     per_run = [[ln["learner"], str(ln["seed"]), str(ln["interaction"]), f"{ln['phase']} ({ln['persona']})",
-                *(_fmt(ln[k]) + (f" {ln['worst_preference']}" if k == "worst" else "")
-                                      for k, _ in BENCH_COLUMNS)] for ln in lines]
+                *(cell(ln, k) for k, _ in BENCH_COLUMNS)] for ln in lines]
     groups: dict[tuple[str, int, int, str], list[dict[str, Any]]] = {}
     for ln in lines:
         groups.setdefault((ln["learner"], ln["interaction"], ln["phase"], ln["persona"]), []).append(ln)
@@ -222,10 +226,16 @@ def _bench_report(bench: Path, config: ReevaluateConfig, judged: dict[str, list[
             mean, ci = mean_ci(values) if values else (None, None)
             cells.append("-" if mean is None else f"{mean:.3f}" + (f" ± {ci:.3f}" if ci is not None else ""))
         means.append([learner, f"{len(members)} seeds", str(t), f"{phase} ({persona})", *cells])
-    md = [f"# {title}", ""]
+
+    when = "final" if config.at is None else f"t{config.at}"
+    name = f"{when}-k{config.samples_per_prompt}" + (f"-p{config.n_prompts}" if config.n_prompts else "") + (
+        f"-s{config.seed}" if config.seed is not None else "")
+    policies = "the final policies" if config.at is None else f"the policies after {config.at} interactions"
+    head = ["learner", "seed", "interaction", "phase", *(h for _, h in BENCH_COLUMNS)]
+    md = [f"# {bench}: {policies} judged again, {config.samples_per_prompt} answers per held-out prompt", ""]
     for caption, body in (("Each run", per_run), ("Mean ± 95% CI over seeds", means)):
         table = Table(title=caption)
-        for h in head:
+        for h in head:  # numbers on one line; a long persona name folds
             table.add_column(h, justify="left" if h in ("learner", "phase") else "right", no_wrap=h != "phase",
                              overflow="fold")
         for r in body:
@@ -238,9 +248,8 @@ def _bench_report(bench: Path, config: ReevaluateConfig, judged: dict[str, list[
     out = bench / "reevaluations"
     out.mkdir(exist_ok=True)
     (out / f"{name}.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    keys = list(dict.fromkeys(k for ln in lines for k in ln))
     with (out / f"{name}.csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for ln in lines for k in ln)))
         writer.writeheader()
         writer.writerows({k: "" if v is None else v for k, v in ln.items()} for ln in lines)
     console.print(f"written: {out / name}.md and .csv")
