@@ -153,8 +153,9 @@ class SDPOLearner:
         if not policy.has_adapter:
             policy.add_lora(lora_settings(config), seed=seed)
         self.params = policy.trainable_parameters()
-        # the zero-initialised factor of each LoRA pair: what the adapter has learned, free of A's random start
-        self.up_factors = [layer.lora_B["default"].weight for layer in policy.lora_layers().values()]
+        # unlearn: the zero-initialised factor of each LoRA pair, what the adapter has learned (free of A's start)
+        self.up_factors = ([layer.lora_B["default"].weight for layer in policy.lora_layers().values()]
+                           if config.unlearn else [])
         self.optimizer: torch.optim.Optimizer
         if config.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
