@@ -101,8 +101,9 @@ def unlearn_along_gradient(params: Sequence[torch.Tensor], grads: Sequence[torch
     lowers the loss to first order: the adapter holds something this update's teacher disagrees with. Then
     ``theta -= rho * <theta, g> / |g|^2 * g``, which leaves ``<theta, g>`` at ``(1 - rho)`` of its value and every
     direction orthogonal to g as it was; otherwise nothing changes. For a LoRA pair (A, B) with delta W = s B A,
-    ``<A, dL/dA> + <B, dL/dB> = 2 <delta W, dL/d(delta W)>``: the test is on what the adapter does, not on how its
-    factors happen to be split. Scale-free: a clipped gradient removes the same.
+    ``<B, dL/dB> = <A, dL/dA> = <delta W, dL/d(delta W)>``: on either factor the test is on what the adapter does,
+    and SDPO's ``unlearn`` applies it to the B factors, which start at zero and so hold only what was learned.
+    Scale-free: a clipped gradient removes the same.
 
     Args:
         params: The weights, changed in place.
