@@ -36,7 +36,7 @@ import csv
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def reevaluate(config: ReevaluateConfig, console: Console) -> list[dict[str, Any]]:
     """Evaluates the run's latest checkpoint; writes and prints the figures; returns one row per judged phase."""
-    job = _Job.of(_existing_run(config.run), config)
+    return _judge(_Job.of(_existing_run(config.run), config), config, console)
+
+
+def _judge(job: _Job, config: ReevaluateConfig, console: Console) -> list[dict[str, Any]]:
+    """Judges the policy ``job`` names; writes ``job.out`` and prints the figures; returns one row per phase."""
     folder, run_config, scenario, t = job.folder, job.run_config, job.scenario, job.t
     check_keys(run_config)
     n = run_config.n_interactions or scenario.n_interactions
-    _, policy, learner = learner_at(folder, run_config, t)
+    policy, learner = _restored(job.state, run_config)
     llm = LLMComponents(run_config, folder.path)
     judge = JUDGES.get(run_config.judge.backend)(**llm.judge_kwargs())
     evaluator = WinRateEvaluator(policy, judge, job.prompts, samples_per_prompt=config.samples_per_prompt,
@@ -125,11 +129,12 @@ def reevaluate(config: ReevaluateConfig, console: Console) -> list[dict[str, Any
 
 @dataclass
 class _Job:
-    """What a re-evaluation of one run judges, and the file it writes."""
+    """What a re-evaluation of one run judges (the learner's state, read once), and the file it writes."""
 
     folder: RunFolder
     run_config: RunConfig
     scenario: Any
+    state: dict[str, Any]
     t: int
     prompts: Sequence[Prompt]
     seed: int
@@ -139,11 +144,12 @@ class _Job:
     def of(cls, folder: RunFolder, config: ReevaluateConfig) -> _Job:
         run_config = stored_config(folder)
         scenario = run_scenario(run_config)
-        t = int(_policy_state(folder, config.at)["t"])
+        state = _policy_state(folder, config.at)
+        t = int(state["t"])
         prompts = load_prompts(scenario.spec.prompts.eval)[: config.n_prompts or run_config.eval.n_prompts]
         seed = run_config.seed if config.seed is None else config.seed
         out = folder.path / "reevaluations" / f"t{t}-k{config.samples_per_prompt}-p{len(prompts)}-s{seed}.json"
-        return cls(folder, run_config, scenario, t, prompts, seed, out)
+        return cls(folder, run_config, scenario, state, t, prompts, seed, out)
 
 
 def bench_runs(bench: Path) -> list[RunFolder]:
@@ -176,7 +182,7 @@ def reevaluate_bench(config: ReevaluateConfig, console: Console) -> dict[str, li
             judged[label] = json.loads(job.out.read_text(encoding="utf-8"))
             continue
         console.rule(f"{i}/{len(runs)} {label}, interaction {job.t}")
-        judged[label] = reevaluate(replace(config, run=str(folder.path)), console)
+        judged[label] = _judge(job, config, console)
     if not judged:
         raise SdpoEnvError(f"{bench}: none of its {len(runs)} runs has the policy asked for yet; nothing was judged")
     _bench_report(bench, config, judged, console)
@@ -273,10 +279,15 @@ def stored_config(folder: RunFolder) -> RunConfig:
 def learner_at(folder: RunFolder, run_config: RunConfig, at: int | None) -> tuple[int, ChatPolicy, OnlineLearner]:
     """The run's learner as it was after ``at`` interactions (by default the latest checkpoint's), and its policy."""
     state = _policy_state(folder, at)
+    return (state["t"], *_restored(state, run_config))
+
+
+def _restored(state: dict[str, Any], run_config: RunConfig) -> tuple[ChatPolicy, OnlineLearner]:
+    """The run's policy and a learner holding ``state`` (a checkpoint's or a snapshot's)."""
     policy = load_policy(run_config)
     learner = make_learner(run_config.agent, policy, seed=run_config.seed)
     learner.load_state_dict(state["learner"])
-    return state["t"], policy, learner
+    return policy, learner
 
 
 def save_adapter_at(run: str | Path, at: int, out: Path) -> Path:

@@ -199,7 +199,7 @@ def test_unlearning_reads_what_a_lora_adapter_does_not_how_its_factors_split() -
     torch.manual_seed(1)
     a, b, x, target = (torch.randn(2, 6, dtype=torch.float64, requires_grad=True),
                        torch.randn(4, 2, dtype=torch.float64, requires_grad=True),
-                       torch.randn(7, 6, dtype=torch.float64), torch.randn(7, 4, dtype=torch.float64))
+                       torch.randn(7, 6, dtype=torch.float64), torch.zeros(7, 4, dtype=torch.float64))
     scale = 1.5
 
     def loss(w: torch.Tensor) -> torch.Tensor:
@@ -211,6 +211,11 @@ def test_unlearning_reads_what_a_lora_adapter_does_not_how_its_factors_split() -
     aligned = float((delta.detach() * delta.grad).sum())
     assert float((b.detach() * b.grad).sum()) == pytest.approx(aligned)
     assert float((a.detach() * a.grad).sum()) == pytest.approx(aligned)
+    # so unlearning on B alone, as SDPO's unlearn does, takes that share off what the adapter itself does
+    assert aligned > 0  # the target 0: shrinking delta W lowers this loss
+    b_after = b.detach().clone()
+    assert unlearn_along_gradient([b_after], [b.grad], 0.25) > 0
+    assert float(((scale * b_after @ a.detach()) * delta.grad).sum()) == pytest.approx(0.75 * aligned)
 
 
 def test_aggregations() -> None:
