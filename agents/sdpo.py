@@ -130,6 +130,16 @@ class SDPOConfig:
         return problems
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Loads an optimizer's saved state but keeps the settings it was built with (lr, betas, weight decay):
+    torch's ``load_state_dict`` restores the saved ones, and a branch (``python -m sdpo_env.run branch=...``) may
+    have changed them."""
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kept in zip(optimizer.param_groups, settings, strict=True):
+        group.update(kept)
+
+
 def lora_settings(config: Any) -> LoraSettings:
     """LoRA settings from any learner config with ``lora_*`` fields."""
     return LoraSettings(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
@@ -380,7 +390,7 @@ class SDPOLearner:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_adapter_state(state["adapter"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.buffer.clear()
         self.buffer.extend(Transition.from_dict(t) for t in state["buffer"])
         self._ids = dict(state["ids"])

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from agents.base import Messages
-from agents.sdpo import SDPOConfig, lora_settings
+from agents.sdpo import SDPOConfig, load_optimizer_state, lora_settings
 from sdpo_env.policy import ChatPolicy
 from sdpo_env.schema import option
 
@@ -88,7 +88,7 @@ class LoraTrainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_adapter_state(state["adapter"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.n_updates, self.n_skipped = state["n_updates"], state["n_skipped"]
 
 

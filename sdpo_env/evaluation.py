@@ -51,9 +51,10 @@ def evaluation_seed(seed: int, k: int) -> int:
 
 def phases_to_judge(scenario: Scenario, k: int, n: int) -> list[Phase]:
     """The phases whose preferences an evaluation after ``k`` of ``n`` interactions judges under: those the policy
-    last learned from, and at a persona change also the new ones."""
+    last learned from, and at a persona change also the new ones (at the run's end too, so that a branch that goes
+    on from there has the evaluation an unbroken run has)."""
     phases = [scenario.phase_at(max(k - 1, 0))]
-    if 0 < k < n and scenario.phase_at(k).index != phases[0].index:
+    if 0 < k <= n and scenario.phase_at(k).index != phases[0].index:
         phases.append(scenario.phase_at(k))
     return phases
 

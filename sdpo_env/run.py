@@ -6,6 +6,8 @@ Examples::
     python -m sdpo_env.run scenario=single agent=icl_oracle   # the in-context oracle baseline
     python -m sdpo_env.run scenario=flip agent.lr=5e-4 seed=1 out_dir=runs/flip-s1
     python -m sdpo_env.run resume=runs/flip-s1                # continue a stopped run exactly
+    python -m sdpo_env.run branch=runs/flip-s1 agent.weight_decay=0 n_interactions=750 out_dir=runs/flip-s1-wd0
+        # a new run that starts from runs/flip-s1's last checkpoint with other learner options
 
 The run folder gets ``config.yaml``, ``interactions.jsonl``, ``metrics.jsonl``, ``summary.json``, ``winrate.png``,
 ``preferences.png``, the adapter in peft format, ``checkpoint.pt`` and ``snapshots/t<T>.pt`` (the learner's state at
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import datetime
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,6 +67,10 @@ from sdpo_env.scenarios import Scenario, load_scenario
 
 # What a resumed run may change: neither changes what it computes (a budget stops it, the worker is another process).
 RESUME_OVERRIDES = ("budget_usd", "eval.background")
+# What a branch may change besides the learner's options: the rest fixes the interactions and the evaluation.
+BRANCH_OVERRIDES = (*RESUME_OVERRIDES, "n_interactions", "checkpoint_every", "out_dir")
+# The learner options that shape the state a branch starts from (the learner, its adapter, optimizer and teacher).
+BRANCH_FIXED = ("agent.name", "agent.optimizer", "agent.teacher", "agent.lora_")
 HEADLINE = ("win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "sat/all", "ceiling", "valid_rate")
 
 
@@ -113,11 +120,13 @@ def degenerate(row: dict[str, Any]) -> list[str]:
 def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
     """Resolves the configuration and the run folder; ``resume=`` takes both from an existing folder."""
     cli = parse_overrides(args)
+    if "branch" in cli:
+        return branch(cli)
     if "resume" in cli:
+        if not (Path(str(cli["resume"])) / "config.yaml").is_file():  # checked before RunFolder creates the folder
+            raise ConfigError([Problem(COMMAND_LINE, "resume", f"{cli['resume']} has no config.yaml; is it a run "
+                                                               "folder?")])
         folder = RunFolder(str(cli["resume"]))
-        if not folder.config.is_file():
-            raise ConfigError([Problem(COMMAND_LINE, "resume",
-                                       f"{folder.path} has no config.yaml; is it a run folder?")])
         given = flatten(cli)
         extra = sorted(set(given) - {"resume", *RESUME_OVERRIDES})
         if extra:
@@ -144,6 +153,41 @@ def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
         raise ConfigError([Problem(COMMAND_LINE, "out_dir", f"{folder.path} already holds a run; continue it with "
                                                             f"resume={folder.path} or choose another out_dir")])
     return config, scenario, folder, False
+
+
+def branch(cli: dict[str, Any]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
+    """``branch=RUN``: a new run folder holding RUN's interactions, evaluations and state up to its last checkpoint,
+    with the learner's options (and the length) changed as given; the loop then resumes it there."""
+    path = Path(str(cli["branch"]))
+    if not ((path / "config.yaml").is_file() and (path / "checkpoint.pt").is_file()):
+        raise ConfigError([Problem(COMMAND_LINE, "branch", f"{path} has no config.yaml and checkpoint.pt; a branch "
+                                                           "starts from a run's last checkpoint")])
+    source = RunFolder(path)
+    overrides = {k: v for k, v in cli.items() if k != "branch"}
+    refused = sorted(k for k in flatten(overrides) if k not in BRANCH_OVERRIDES
+                     and (not k.startswith("agent.") or k.startswith(BRANCH_FIXED)))
+    if refused:
+        raise ConfigError([Problem(COMMAND_LINE, k, "a branch keeps its source's interactions, evaluation and learner "
+                                                    "state; it may change the learner's options (agent.lr=..., but "
+                                                    "not agent.name, optimizer, teacher or lora_*) and "
+                                                    f"{', '.join(BRANCH_OVERRIDES)}") for k in refused])
+    stored = source.read_config()
+    config = resolve_config([(str(source.config), stored), (COMMAND_LINE, overrides)])
+    config.agent = resolved_learner_options(config.agent, source=config.source_of)
+    check_keys(config)
+    warn_missing_options({**stored.get("agent", {}), **overrides.get("agent", {})}, config.agent, source)
+    folder = RunFolder(config.out_dir or f"{source.path}-branch-{datetime.now():%Y%m%d-%H%M%S}")
+    if folder.path.resolve() == source.path.resolve():
+        raise ConfigError([Problem(COMMAND_LINE, "out_dir", "a branch needs a folder of its own, not its source's")])
+    config.out_dir = str(folder.path)
+    folder.claim("out_dir")
+    if folder.checkpoint.is_file():
+        folder.release()
+        raise ConfigError([Problem(COMMAND_LINE, "out_dir", f"{folder.path} already holds a run; continue it with "
+                                                            f"resume={folder.path} or choose another out_dir")])
+    source.copy_state_to(folder)
+    folder.write_config(config_to_dict(config))
+    return config, run_scenario(config), folder, True
 
 
 def warn_missing_options(stored: dict[str, Any], resolved: dict[str, Any], folder: RunFolder) -> None:

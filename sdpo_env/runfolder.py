@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import shutil
 import socket
 import warnings
 from pathlib import Path
@@ -26,6 +27,7 @@ import yaml
 
 from sdpo_env.config import COMMAND_LINE
 from sdpo_env.errors import ConfigError, Problem
+from sdpo_env.llm.cache import CACHE_FILE
 
 try:
     import fcntl
@@ -198,6 +200,21 @@ class RunFolder:
 
     def load_snapshot(self, t: int) -> dict[str, Any]:
         return _load(self.snapshots / f"t{t}.pt")
+
+    def copy_state_to(self, other: RunFolder) -> None:
+        """Copies what a resume reads (checkpoint, interactions, evaluations, the snapshots up to the checkpoint,
+        the LLM cache) into ``other``; its resume then truncates the logs to the checkpoint."""
+        state = self.load_checkpoint()
+        if state is None:
+            raise FileNotFoundError(self.checkpoint)
+        other.path.mkdir(parents=True, exist_ok=True)
+        for path in (self.checkpoint, self.interactions, self.metrics, self.path / CACHE_FILE):
+            if path.is_file():
+                shutil.copyfile(path, other.path / path.name)
+        for t in self.snapshot_points():
+            if t <= state["t"]:
+                other.snapshots.mkdir(exist_ok=True)
+                shutil.copyfile(self.snapshots / f"t{t}.pt", other.snapshots / f"t{t}.pt")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         self.write_json(self.summary, summary)

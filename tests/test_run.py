@@ -288,6 +288,41 @@ def test_errors_name_the_problem(model_dir, scenario_file, tmp_path, capsys) -> 
     assert after == before, "a run that failed validation must not leave a run folder behind"
 
 
+@pytest.mark.slow
+def test_a_branch_continues_a_run_from_its_checkpoint_with_other_learner_options(model_dir, scenario_file, loop_run,
+                                                                                   tmp_path, capsys,
+                                                                                   one_thread) -> None:
+    source, same, changed = tmp_path / "source", tmp_path / "same", tmp_path / "changed"
+    assert main(args_for(model_dir, scenario_file, source, "eval.background=never", "n_interactions=8")) == 0
+    # unchanged options: the branch goes on as the source would have, up to the end of the scenario
+    assert main([f"branch={source}", "n_interactions=16", f"out_dir={same}"]) == 0
+    for name in ("metrics.jsonl", "interactions.jsonl"):
+        assert (same / name).read_text() == (loop_run / name).read_text()
+    assert (same / "snapshots" / "t8.pt").is_file()  # the persona change the branch went through
+    assert main([f"branch={source}", "n_interactions=12", "agent.lr=5e-3", "agent.weight_decay=0",
+                 f"out_dir={changed}"]) == 0
+    assert yaml.safe_load((changed / "config.yaml").read_text())["agent"]["lr"] == 5e-3
+    rows = read_jsonl(changed / "interactions.jsonl")
+    assert [r["interaction"] for r in rows] == list(range(12))
+    assert rows[:8] == read_jsonl(source / "interactions.jsonl")
+    (group,) = torch.load(changed / "checkpoint.pt", weights_only=False)["learner"]["optimizer"]["param_groups"]
+    assert (group["lr"], group["weight_decay"]) == (5e-3, 0.0), "the source's optimizer settings came back"
+    assert read_jsonl(source / "metrics.jsonl")[-1]["interaction"] == 8  # the source is left as it was
+
+    for args, said in [
+        ([f"branch={source}", "seed=3", "agent.lora_r=4", "agent.lr=1e-2"],
+         ["command line: agent.lora_r: a branch keeps", "command line: seed: a branch keeps"]),
+        ([f"branch={tmp_path / 'nothing'}"], ["has no config.yaml and checkpoint.pt"]),
+        ([f"branch={source}", f"out_dir={source}"], ["out_dir: a branch needs a folder of its own"]),
+        ([f"branch={source}", f"out_dir={changed}"], [f"out_dir: {changed} already holds a run"]),
+    ]:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert all(s in err for s in said), err
+        assert "agent.lr" not in err.split("\n")[0]  # learner options may change
+    assert not (tmp_path / "nothing").exists()
+
+
 @pytest.mark.parametrize("agent", ["none", "icl_oracle"])
 def test_baselines_run(model_dir, scenario_file, tmp_path, agent) -> None:
     out = tmp_path / agent
