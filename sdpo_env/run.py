@@ -197,7 +197,7 @@ def warn_missing_options(stored: dict[str, Any], resolved: dict[str, Any], folde
     if missing:
         given = ", ".join(f"agent.{k}={v}" for k, v in missing.items())
         warnings.warn(f"{folder.config} has no {', '.join(f'agent.{k}' for k in missing)} (options added after "
-                      f"this run started); resuming with today's defaults {given}, which may not be what it ran "
+                      f"this run started); continuing with today's defaults {given}, which may not be what it ran "
                       "with", UserWarning, stacklevel=2)
 
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Commands with an argument that names what an earlier command or the user makes, or with a placeholder, are not
 # checked here (the README's example learner, my_learners, is checked in tests/test_bench.py).
-EARLIER_OUTPUT = ("resume=", "run=", "--adapter", "data=my_logs.jsonl")  # argument starts
+EARLIER_OUTPUT = ("resume=", "branch=", "run=", "--adapter", "data=my_logs.jsonl")  # argument starts
 PLACEHOLDERS = ("...", "path/to/", "my_learners:")  # anywhere in an argument
 
 
