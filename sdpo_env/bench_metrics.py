@@ -63,8 +63,8 @@ def phase_infos(scenario: Any, n: int) -> list[PhaseInfo]:
             break
         names = tuple(pref.name for pref in p.persona.preferences)
         introduced = tuple(x for x in names if x not in previous) if p.added is not None else names
-        out.append(PhaseInfo(p.index, p.start, min(p.end, n), p.persona.name if p.added is None else f"+{p.added}",
-                             names, introduced))
+        label = p.persona.name if p.added is None else f"+{p.added}"
+        out.append(PhaseInfo(p.index, p.start, scenario.end_of(p, n), label, names, introduced))
         previous = set(names)
     return out
 

@@ -441,7 +441,7 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
             signal_split[f"advantage_abs_mean_{kind}"] = float(np.mean(values))
     phase_end, end_rows = {}, []
     for p in scenario.phases:
-        at_end = [r for r in rows if r["phase"] == p.index and r["interaction"] == min(p.end, n)]
+        at_end = [r for r in rows if r["phase"] == p.index and r["interaction"] == scenario.end_of(p, n)]
         if at_end:
             phase_end[str(p.index)] = {k: at_end[-1].get(k) for k in ("interaction", "persona", *HEADLINE)}
             end_rows.append(at_end[-1])

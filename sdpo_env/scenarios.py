@@ -110,6 +110,11 @@ class Scenario:
         starts = [p.start for p in self.phases]
         return self.phases[max(0, bisect.bisect_right(starts, t) - 1)]
 
+    def end_of(self, phase: Phase, n: int) -> int:
+        """Where ``phase`` ends in a run of ``n`` interactions: its end, or ``n`` for the last phase (a run longer
+        than its scenario goes on in it)."""
+        return n if phase.index == self.phases[-1].index else min(phase.end, n)
+
     def persona_at(self, t: int) -> Persona:
         """The persona (current preferences) at interaction ``t``."""
         return self.phase_at(t).persona

@@ -299,12 +299,14 @@ def test_a_branch_continues_a_run_from_its_checkpoint_with_other_learner_options
     for name in ("metrics.jsonl", "interactions.jsonl"):
         assert (same / name).read_text() == (loop_run / name).read_text()
     assert (same / "snapshots" / "t8.pt").is_file()  # the persona change the branch went through
-    assert main([f"branch={source}", "n_interactions=12", "agent.lr=5e-3", "agent.weight_decay=0",
+    # past the scenario's 16 interactions: the last phase goes on, and ends with the run
+    assert main([f"branch={source}", "n_interactions=20", "agent.lr=5e-3", "agent.weight_decay=0",
                  f"out_dir={changed}"]) == 0
     assert yaml.safe_load((changed / "config.yaml").read_text())["agent"]["lr"] == 5e-3
     rows = read_jsonl(changed / "interactions.jsonl")
-    assert [r["interaction"] for r in rows] == list(range(12))
+    assert [r["interaction"] for r in rows] == list(range(20))
     assert rows[:8] == read_jsonl(source / "interactions.jsonl")
+    assert json.loads((changed / "summary.json").read_text())["phase_end"]["1"]["interaction"] == 20
     (group,) = torch.load(changed / "checkpoint.pt", weights_only=False)["learner"]["optimizer"]["param_groups"]
     assert (group["lr"], group["weight_decay"]) == (5e-3, 0.0), "the source's optimizer settings came back"
     assert read_jsonl(source / "metrics.jsonl")[-1]["interaction"] == 8  # the source is left as it was
