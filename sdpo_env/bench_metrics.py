@@ -69,6 +69,12 @@ def phase_infos(scenario: Any, n: int) -> list[PhaseInfo]:
     return out
 
 
+def final_row(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    """The run's last evaluation under the preferences it last learned from: the first row at the last interaction
+    (a run that ends at a persona change also judges the new preferences there, in the row after it)."""
+    return next(r for r in rows if r["interaction"] == rows[-1]["interaction"])
+
+
 def _number(value: Any) -> float | None:
     return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else float(value)
 
@@ -107,7 +113,7 @@ def run_metrics(rows: Sequence[Mapping[str, Any]], phases: Sequence[PhaseInfo], 
                    and (_number(r.get("win_rate")) or 0.0) >= threshold]
         out[f"reach/p{p.index}"] = float(min(reached) - p.start) if reached else None
     for key in ("win_rate", "win_rate_excl_ties"):
-        out[f"final/{key}"] = _number(rows[-1].get(key)) if rows else None
+        out[f"final/{key}"] = _number(final_row(rows).get(key)) if rows else None
     out["auc"] = area_under_curve(rows)
     out["retention"] = retention(rows, phases)
     timings = (summary or {}).get("timings", {})
@@ -128,7 +134,7 @@ def retention(rows: Sequence[Mapping[str, Any]], phases: Sequence[PhaseInfo]) ->
         if not at_end:
             continue
         for name in p.introduced:
-            before, after = _number(at_end[-1].get(f"sat/{name}")), _number(rows[-1].get(f"sat/{name}"))
+            before, after = _number(at_end[-1].get(f"sat/{name}")), _number(final_row(rows).get(f"sat/{name}"))
             if name in final_prefs and before is not None and after is not None:
                 changes.append(after - before)
     return sum(changes) / len(changes) if changes else None

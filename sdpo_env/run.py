@@ -35,6 +35,7 @@ from rich.table import Table
 from agents import make_learner, set_persona
 from agents.base import OnlineLearner, Transition, resolved_learner_options
 from agents.icl_oracle import InContextOracle
+from sdpo_env.bench_metrics import final_row
 from sdpo_env.cli import StopRequest, command_main
 from sdpo_env.config import (
     COMMAND_LINE,
@@ -428,7 +429,7 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
     if policy.has_adapter:
         policy.save_adapter(folder.path / "adapter")
     phases = [{"start": p.start, "label": p.persona.name if p.added is None else f"+{p.added}"}
-              for p in scenario.phases if p.start < n]
+              for p in scenario.phases if p.start <= n]  # a persona change at the end was judged too
     title = f"{scenario.name}: agent={config.agent['name']} seed={config.seed} model={config.policy.model}"
     plot_win_rate(rows, phases, folder.path / "winrate.png", title)
     plot_preferences(rows, phases, folder.path / "preferences.png", title)
@@ -448,7 +449,7 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
     total = timings.get("act_s", 0) + timings.get("env_s", 0) + timings.get("observe_s", 0)
     summary: dict[str, Any] = {
         "scenario": scenario.name, "agent": config.agent, "seed": config.seed, "model": config.policy.model,
-        "interactions": n, "final": {k: rows[-1].get(k) for k in HEADLINE} if rows else {},
+        "interactions": n, "final": {k: final_row(rows).get(k) for k in HEADLINE} if rows else {},
         "phase_end": phase_end, "signal": signal_split,
         "warnings": [message for row in rows for message in degenerate(row)],
         "timings": {"interaction_s_mean": total / max(n, 1), "act_s": timings.get("act_s", 0),

@@ -81,6 +81,12 @@ def test_run_metrics_by_hand() -> None:
     assert never["reach/p0"] == 4 and never["reach/p1"] is None and never["interaction_s"] is None
 
 
+def test_a_run_that_ends_at_a_persona_change_is_final_on_the_phase_it_learned_from() -> None:
+    first_half = SEED0[:4]  # stopped at 8: judged under phase 0 (0.9), then under phase 1's new preferences (0.1)
+    m = run_metrics(first_half, FLIP[:1], threshold=0.8)
+    assert m["final/win_rate"] == 0.9 and m["end/p0/win_rate"] == 0.9
+
+
 def test_the_worst_preference_at_each_phase_end() -> None:
     data = [{"interaction": 8, "phase": 0, "win_rate": 0.9, "sat/concise": 0.84, "sat/casual": 1.0},
             {"interaction": 8, "phase": 1, "win_rate": 0.1, "sat/detailed": 0.16},
