@@ -53,7 +53,8 @@ class SDPOConfig:
                             "a flip; lr=0.5 weight_decay=4e-3 learns, lr=2 collapses", choices=("adamw", "sgd"))
     weight_decay: float = option(2.0, "decoupled weight decay: every step shrinks the LoRA weights by lr x "
                                  "weight_decay, pulling the adapter back towards the base so the policy can "
-                                 "re-adapt after a preference flip", min=0.0)
+                                 "re-adapt after a preference flip, and keeping a long run from drifting into "
+                                 "loops (README, 'Beyond interaction 500')", min=0.0)
     adam_beta2: float = option(0.99, "optimizer=adamw: decay of the running mean of squared gradients, which "
                                "sets each step's scale (0.99 remembers about 100 updates, torch's 0.999 about "
                                "1000, which re-adapts worse after a flip: README, 'What to expect')",
