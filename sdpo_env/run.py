@@ -147,13 +147,19 @@ def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
     # validated before any model loads or folder exists; config.yaml records every learner option
     config.agent = resolved_learner_options(config.agent, source=config.source_of)
     check_keys(config)
-    folder = RunFolder(config.out_dir or f"runs/{datetime.now():%Y%m%d-%H%M%S}-{scenario.name}")
+    folder = new_run_folder(config.out_dir or f"runs/{datetime.now():%Y%m%d-%H%M%S}-{scenario.name}")
+    return config, scenario, folder, False
+
+
+def new_run_folder(path: str) -> RunFolder:
+    """The folder a new run (or branch) writes, claimed; one that already holds a run is refused."""
+    folder = RunFolder(path)
     folder.claim("out_dir")  # a run started there that has no checkpoint yet would otherwise be overwritten
     if folder.checkpoint.is_file():
         folder.release()
         raise ConfigError([Problem(COMMAND_LINE, "out_dir", f"{folder.path} already holds a run; continue it with "
                                                             f"resume={folder.path} or choose another out_dir")])
-    return config, scenario, folder, False
+    return folder
 
 
 def branch(cli: dict[str, Any]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
@@ -177,15 +183,10 @@ def branch(cli: dict[str, Any]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
     config.agent = resolved_learner_options(config.agent, source=config.source_of)
     check_keys(config)
     warn_missing_options({**stored.get("agent", {}), **overrides.get("agent", {})}, config.agent, source)
-    folder = RunFolder(config.out_dir or f"{source.path}-branch-{datetime.now():%Y%m%d-%H%M%S}")
-    if folder.path.resolve() == source.path.resolve():
+    config.out_dir = config.out_dir or f"{source.path}-branch-{datetime.now():%Y%m%d-%H%M%S}"
+    if Path(config.out_dir).resolve() == source.path.resolve():
         raise ConfigError([Problem(COMMAND_LINE, "out_dir", "a branch needs a folder of its own, not its source's")])
-    config.out_dir = str(folder.path)
-    folder.claim("out_dir")
-    if folder.checkpoint.is_file():
-        folder.release()
-        raise ConfigError([Problem(COMMAND_LINE, "out_dir", f"{folder.path} already holds a run; continue it with "
-                                                            f"resume={folder.path} or choose another out_dir")])
+    folder = new_run_folder(config.out_dir)
     source.copy_state_to(folder)
     folder.write_config(config_to_dict(config))
     return config, run_scenario(config), folder, True
