@@ -119,7 +119,8 @@ def degenerate(row: dict[str, Any]) -> list[str]:
 
 
 def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
-    """Resolves the configuration and the run folder; ``resume=`` takes both from an existing folder."""
+    """Resolves the configuration and the run folder; ``resume=`` takes both from an existing folder, ``branch=``
+    (:func:`branch`) starts a new folder from one."""
     cli = parse_overrides(args)
     if "branch" in cli:
         return branch(cli)
