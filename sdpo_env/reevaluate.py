@@ -144,7 +144,7 @@ class _Job:
     def of(cls, folder: RunFolder, config: ReevaluateConfig) -> _Job:
         run_config = stored_config(folder)
         scenario = run_scenario(run_config)
-        state = _policy_state(folder, config.at)
+        state = folder.state_at(config.at)
         t = int(state["t"])
         prompts = load_prompts(scenario.spec.prompts.eval)[: config.n_prompts or run_config.eval.n_prompts]
         seed = run_config.seed if config.seed is None else config.seed
@@ -278,7 +278,7 @@ def stored_config(folder: RunFolder) -> RunConfig:
 
 def learner_at(folder: RunFolder, run_config: RunConfig, at: int | None) -> tuple[int, ChatPolicy, OnlineLearner]:
     """The run's learner as it was after ``at`` interactions (by default the latest checkpoint's), and its policy."""
-    state = _policy_state(folder, at)
+    state = folder.state_at(at)
     return (state["t"], *_restored(state, run_config))
 
 
@@ -305,21 +305,6 @@ def save_adapter_at(run: str | Path, at: int, out: Path) -> Path:
                            "is the model itself")
     policy.save_adapter(out)
     return out
-
-
-def _policy_state(folder: RunFolder, at: int | None) -> dict[str, Any]:
-    """The learner's state at ``at`` (a snapshot, or the checkpoint if it is there), by default the checkpoint's."""
-    state = folder.load_checkpoint()
-    assert state is not None
-    if at is None or at == state["t"]:
-        return state
-    kept = folder.snapshot_points()
-    if at not in kept:
-        listed = ", ".join(str(k) for k in [*kept, state["t"]])
-        raise ConfigError([Problem(COMMAND_LINE, "at", f"{folder.path} kept the policy after {listed} interactions "
-                                                       f"(the persona changes in snapshots/ and the latest "
-                                                       f"checkpoint), not after {at}")])
-    return folder.load_snapshot(at)
 
 
 def _print(console: Console, row: dict[str, Any], logged: dict[str, Any] | None, answers: tuple[int, int]) -> None:

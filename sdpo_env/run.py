@@ -8,10 +8,13 @@ Examples::
     python -m sdpo_env.run resume=runs/flip-s1                # continue a stopped run exactly
     python -m sdpo_env.run branch=runs/flip-s1 agent.weight_decay=0 n_interactions=750 out_dir=runs/flip-s1-wd0
         # a new run that starts from runs/flip-s1's last checkpoint with other learner options
+    python -m sdpo_env.run branch=runs/flip-s1 at=250 agent.weight_decay=4 out_dir=runs/flip-s1-250-wd4
+        # ... or from its state at the persona change at interaction 250
 
 The run folder gets ``config.yaml``, ``interactions.jsonl``, ``metrics.jsonl``, ``summary.json``, ``winrate.png``,
-``preferences.png``, the adapter in peft format, ``checkpoint.pt`` and ``snapshots/t<T>.pt`` (the learner's state at
-each persona change, for ``python -m sdpo_env.reevaluate ... at=T``). Ctrl-C checkpoints and stops cleanly.
+``preferences.png``, the adapter in peft format, ``checkpoint.pt`` and ``snapshots/t<T>.pt`` (the run's state at
+each persona change, for ``python -m sdpo_env.reevaluate ... at=T`` and ``branch=... at=T``). Ctrl-C checkpoints
+and stops cleanly.
 """
 
 from __future__ import annotations
@@ -124,6 +127,9 @@ def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
     cli = parse_overrides(args)
     if "branch" in cli:
         return branch(cli)
+    if "at" in cli:
+        raise ConfigError([Problem(COMMAND_LINE, "at", "at=T goes with branch=RUN: the persona change of RUN "
+                                                       "to start the branch from")])
     if "resume" in cli:
         if not (Path(str(cli["resume"])) / "config.yaml").is_file():  # checked before RunFolder creates the folder
             raise ConfigError([Problem(COMMAND_LINE, "resume", f"{cli['resume']} has no config.yaml; is it a run "
@@ -164,14 +170,21 @@ def new_run_folder(path: str) -> RunFolder:
 
 
 def branch(cli: dict[str, Any]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
-    """``branch=RUN``: a new run folder holding RUN's interactions, evaluations and state up to its last checkpoint,
-    with the learner's options (and the length) changed as given; the loop then resumes it there."""
+    """``branch=RUN [at=T]``: a new run folder holding RUN's interactions, evaluations and state up to its last
+    checkpoint (or up to the persona change at interaction T, from its snapshot), with the learner's options (and the
+    length) changed as given; the loop then resumes it there."""
     path = Path(str(cli["branch"]))
     if not ((path / "config.yaml").is_file() and (path / "checkpoint.pt").is_file()):
         raise ConfigError([Problem(COMMAND_LINE, "branch", f"{path} has no config.yaml and checkpoint.pt; a branch "
                                                            "starts from a run's last checkpoint")])
     source = RunFolder(path)
-    overrides = {k: v for k, v in cli.items() if k != "branch"}
+    at = _interaction_count(cli.get("at"))
+    start = source.state_at(at)
+    if "env" not in start:
+        raise ConfigError([Problem(COMMAND_LINE, "at", f"{source.snapshots / f't{at}.pt'} holds only the "
+                                                       "policy (runs before December 2026 kept no more at a persona "
+                                                       "change): it can be judged again, not branched from")])
+    overrides = {k: v for k, v in cli.items() if k not in ("branch", "at")}
     refused = sorted(k for k in flatten(overrides) if k not in BRANCH_OVERRIDES
                      and (not k.startswith("agent.") or k.startswith(BRANCH_FIXED)))
     if refused:
@@ -188,9 +201,19 @@ def branch(cli: dict[str, Any]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
     if Path(config.out_dir).resolve() == source.path.resolve():
         raise ConfigError([Problem(COMMAND_LINE, "out_dir", "a branch needs a folder of its own, not its source's")])
     folder = new_run_folder(config.out_dir)
-    source.copy_state_to(folder)
+    source.copy_state_to(folder, at)
     folder.write_config(config_to_dict(config))
     return config, run_scenario(config), folder, True
+
+
+def _interaction_count(value: Any) -> int | None:
+    """``at=``'s value: a number of interactions, or None when not given."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError([Problem(COMMAND_LINE, "at", f"expected a number of interactions (e.g. at=250), got "
+                                                       f"{value!r}")])
+    return value
 
 
 def warn_missing_options(stored: dict[str, Any], resolved: dict[str, Any], folder: RunFolder) -> None:
@@ -344,12 +367,15 @@ def _run(args: Sequence[str], console: Console, cleanup: ExitStack) -> int:
         timings["evaluation_s"] += done.seconds
         timings["evaluation_wait_s"] += time.perf_counter() - started
 
-    def checkpoint(t: int, env_state: dict[str, Any] | None = None, pending: str | None = None) -> None:
+    def run_state(t: int, env_state: dict[str, Any] | None = None, pending: str | None = None) -> dict[str, Any]:
+        """What a resume at ``t`` reads: a checkpoint's, and a snapshot's at a persona change."""
         collect(wait=True)  # an evaluation at or before t is part of the state at t
-        folder.save_checkpoint({"t": t, "learner": learner.state_dict(), "env": env_state or env.get_state(),
-                                "evaluator": evaluator.state_dict(), "n_metric_lines": len(rows),
-                                "window": dict(window), "last_eval": last_eval, "timings": dict(timings),
-                                "llm": llm.state_dict(), "pending_response": pending})
+        return {"t": t, "learner": learner.state_dict(), "env": env_state or env.get_state(),
+                "evaluator": evaluator.state_dict(), "n_metric_lines": len(rows), "window": dict(window),
+                "last_eval": last_eval, "timings": dict(timings), "llm": llm.state_dict(), "pending_response": pending}
+
+    def checkpoint(t: int, env_state: dict[str, Any] | None = None, pending: str | None = None) -> None:
+        folder.save_checkpoint(run_state(t, env_state, pending))
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[status]}"))
@@ -361,13 +387,13 @@ def _run(args: Sequence[str], console: Console, cleanup: ExitStack) -> int:
             due = t in points and t > last_eval
             collect(wait=due)  # the worker's last rows, before the consistent point below counts them
             interruption.mark(t, env.get_state(), len(rows), last_eval, window)
+            if t in persona_changes:  # the end of a phase: to judge again later, or to branch from
+                folder.save_snapshot(run_state(t))
             if due:
                 evaluate(t)
                 last_eval = t
             if t == n:
                 break
-            if t in persona_changes:
-                folder.save_snapshot(t, learner.state_dict())  # the end of a phase, to judge again later
             phase = scenario.phase_at(t)
             set_persona(learner, phase.persona)
             messages = list(obs["messages"])

@@ -1,7 +1,7 @@
 """The run folder: append-only JSONL logs, atomic checkpoints, and the summary.
 
 Layout: ``config.yaml`` (resolved), ``interactions.jsonl`` (one line per interaction), ``metrics.jsonl`` (one line
-per evaluation), ``summary.json``, ``checkpoint.pt``, ``snapshots/t<T>.pt`` (the learner's state at each persona
+per evaluation), ``summary.json``, ``checkpoint.pt``, ``snapshots/t<T>.pt`` (the run's state at each persona
 change), ``adapter/`` (peft format) and the plots. Lines are flushed as they are written, so a crash loses nothing
 already logged; a checkpoint records how many lines it covers, and a resume truncates the logs back to it before
 continuing. ``.lock`` marks the folder as being written (``RunFolder.claim``): a second process that would write the
@@ -188,10 +188,11 @@ class RunFolder:
     def load_checkpoint(self) -> dict[str, Any] | None:
         return _load(self.checkpoint) if self.checkpoint.is_file() else None
 
-    def save_snapshot(self, t: int, learner_state: dict[str, Any]) -> None:
-        """Keeps the learner's state after ``t`` interactions (a persona change), for judging it again later."""
+    def save_snapshot(self, state: dict[str, Any]) -> None:
+        """Keeps the run's state before interaction ``state["t"]`` (a persona change): what a checkpoint holds, so
+        the policy there can be judged again (``reevaluate at=T``) and a branch can start there (``branch at=T``)."""
         self.snapshots.mkdir(exist_ok=True)
-        save_atomically({"t": t, "learner": learner_state}, self.snapshots / f"t{t}.pt")
+        save_atomically(state, self.snapshots / f"t{state['t']}.pt")
 
     def snapshot_points(self) -> list[int]:
         """The interactions the run kept a snapshot of, in order."""
@@ -201,14 +202,30 @@ class RunFolder:
     def load_snapshot(self, t: int) -> dict[str, Any]:
         return _load(self.snapshots / f"t{t}.pt")
 
-    def copy_state_to(self, other: RunFolder) -> None:
-        """Copies what a resume reads (checkpoint, interactions, evaluations, the snapshots up to the checkpoint,
-        the LLM cache) into ``other``; its resume then truncates the logs to the checkpoint."""
+    def state_at(self, at: int | None) -> dict[str, Any]:
+        """The run's state after ``at`` interactions (a snapshot, or the checkpoint if it is there), by default the
+        checkpoint's; an ``at`` the run kept no state of is an error that lists the ones it kept."""
         state = self.load_checkpoint()
         if state is None:
             raise FileNotFoundError(self.checkpoint)
+        if at is None or at == state["t"]:
+            return state
+        kept = self.snapshot_points()
+        if at not in kept:
+            listed = ", ".join(str(k) for k in sorted({*kept, state["t"]}))
+            raise ConfigError([Problem(COMMAND_LINE, "at", f"{self.path} kept its state after {listed} interactions "
+                                                           f"(the persona changes in snapshots/ and the latest "
+                                                           f"checkpoint), not after {at}")])
+        return self.load_snapshot(at)
+
+    def copy_state_to(self, other: RunFolder, at: int | None = None) -> None:
+        """Copies what a resume from :meth:`state_at` ``(at)`` reads (that state as the checkpoint, the
+        interactions, evaluations and snapshots up to it, the LLM cache) into ``other``; its resume then truncates
+        the logs to that point."""
+        state = self.state_at(at)
         other.path.mkdir(parents=True, exist_ok=True)
-        for path in (self.checkpoint, self.interactions, self.metrics, self.path / CACHE_FILE):
+        other.save_checkpoint(state)
+        for path in (self.interactions, self.metrics, self.path / CACHE_FILE):
             if path.is_file():
                 shutil.copyfile(path, other.path / path.name)
         for t in self.snapshot_points():

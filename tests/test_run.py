@@ -299,6 +299,17 @@ def test_a_branch_continues_a_run_from_its_checkpoint_with_other_learner_options
     for name in ("metrics.jsonl", "interactions.jsonl"):
         assert (same / name).read_text() == (loop_run / name).read_text()
     assert (same / "snapshots" / "t8.pt").is_file()  # the persona change the branch went through
+    # from the state a run kept at its persona change (at=8): again as the unbroken run goes on
+    at8 = tmp_path / "at8"
+    capsys.readouterr()
+    assert main([f"branch={loop_run}", "at=8", f"out_dir={at8}"]) == 0
+    assert f"resuming {at8} at interaction 8" in capsys.readouterr().out
+    for name in ("metrics.jsonl", "interactions.jsonl"):
+        assert (at8 / name).read_text() == (loop_run / name).read_text()
+    old = tmp_path / "old"  # a run from before snapshots held the whole state: only the policy at 8
+    shutil.copytree(same, old)
+    torch.save({"t": 8, "learner": torch.load(old / "snapshots" / "t8.pt", weights_only=False)["learner"]},
+               old / "snapshots" / "t8.pt")
     # past the scenario's 16 interactions: the last phase goes on, and ends with the run
     assert main([f"branch={source}", "n_interactions=20", "agent.lr=5e-3", "agent.weight_decay=0",
                  f"out_dir={changed}"]) == 0
@@ -317,6 +328,10 @@ def test_a_branch_continues_a_run_from_its_checkpoint_with_other_learner_options
         ([f"branch={tmp_path / 'nothing'}"], ["has no config.yaml and checkpoint.pt"]),
         ([f"branch={source}", f"out_dir={source}"], ["out_dir: a branch needs a folder of its own"]),
         ([f"branch={source}", f"out_dir={changed}"], [f"out_dir: {changed} already holds a run"]),
+        ([f"branch={loop_run}", "at=5"], [f"at: {loop_run} kept its state after 8, 16 interactions"]),
+        ([f"branch={loop_run}", "at=x"], ["at: expected a number of interactions (e.g. at=250), got 'x'"]),
+        ([f"branch={old}", "at=8"], ["t8.pt holds only the policy", "can be judged again, not branched from"]),
+        ([f"resume={source}", "at=8"], ["at: at=T goes with branch=RUN"]),
     ]:
         assert main(args) == 2
         err = capsys.readouterr().err
@@ -390,7 +405,7 @@ def test_reevaluation_repeats_the_runs_evaluation_and_scales_the_answers(model_d
         assert compared(row) == compared(logged_row)
     assert compared(at_change[1]) != compared(again)  # not the final policy
     assert reevaluate_main([f"run={out}", "at=5"]) == 2
-    assert "kept the policy after 8, 12 interactions" in capsys.readouterr().err
+    assert "kept its state after 8, 12 interactions" in capsys.readouterr().err
 
 
 def test_a_bench_folder_is_judged_again_run_by_run_and_tabulated(model_dir, scenario_file, tmp_path, capsys) -> None:
@@ -437,7 +452,7 @@ def test_a_bench_folder_is_judged_again_run_by_run_and_tabulated(model_dir, scen
 
     assert reevaluate_main([f"run={bench}", "at=5"]) == 2  # no run kept a policy there
     err = capsys.readouterr()
-    assert "kept the policy after 8, 12 interactions" in err.out and "none of its 3 runs" in err.err
+    assert "kept its state after 8, 12 interactions" in err.out and "none of its 3 runs" in err.err
 
 
 def test_the_probe_measures_the_policy_a_run_kept_at_a_persona_change(model_dir, scenario_file, tmp_path,
@@ -470,7 +485,7 @@ def test_the_probe_measures_the_policy_a_run_kept_at_a_persona_change(model_dir,
     probe_module.main(["--adapter", str(out), "--at", "8"])
     torch.testing.assert_close(seen[-1], kept[8], atol=1e-4, rtol=1e-4)
 
-    for argv, said in ((["--adapter", str(out), "--at", "5"], "--at 5: " + f"{out} kept the policy after 8, 12 "),
+    for argv, said in ((["--adapter", str(out), "--at", "5"], "--at 5: " + f"{out} kept its state after 8, 12 "),
                        (["--at", "8"], "--at 8 needs --adapter RUN_FOLDER")):
         with pytest.raises(SystemExit) as stopped:
             probe_module.main(argv)
