@@ -179,7 +179,7 @@ def branch(cli: dict[str, Any]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
                                                            "starts from a run's last checkpoint")])
     source = RunFolder(path)
     at = _interaction_count(cli.get("at"))
-    start = source.state_at(at)
+    start = source.state_at(at)  # checked before the new folder is made
     if "env" not in start:
         raise ConfigError([Problem(COMMAND_LINE, "at", f"{source.snapshots / f't{at}.pt'} holds only the "
                                                        "policy (runs before December 2026 kept no more at a persona "
@@ -201,7 +201,7 @@ def branch(cli: dict[str, Any]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
     if Path(config.out_dir).resolve() == source.path.resolve():
         raise ConfigError([Problem(COMMAND_LINE, "out_dir", "a branch needs a folder of its own, not its source's")])
     folder = new_run_folder(config.out_dir)
-    source.copy_state_to(folder, at)
+    source.copy_state_to(folder, start)
     folder.write_config(config_to_dict(config))
     return config, run_scenario(config), folder, True
 
@@ -388,7 +388,7 @@ def _run(args: Sequence[str], console: Console, cleanup: ExitStack) -> int:
             collect(wait=due)  # the worker's last rows, before the consistent point below counts them
             interruption.mark(t, env.get_state(), len(rows), last_eval, window)
             if t in persona_changes:  # the end of a phase: to judge again later, or to branch from
-                folder.save_snapshot(run_state(t))
+                folder.save_snapshot(run_state(t, pending=pending))
             if due:
                 evaluate(t)
                 last_eval = t

@@ -218,11 +218,10 @@ class RunFolder:
                                                            f"checkpoint), not after {at}")])
         return self.load_snapshot(at)
 
-    def copy_state_to(self, other: RunFolder, at: int | None = None) -> None:
-        """Copies what a resume from :meth:`state_at` ``(at)`` reads (that state as the checkpoint, the
-        interactions, evaluations and snapshots up to it, the LLM cache) into ``other``; its resume then truncates
-        the logs to that point."""
-        state = self.state_at(at)
+    def copy_state_to(self, other: RunFolder, state: dict[str, Any]) -> None:
+        """Copies what a resume from ``state`` (one of :meth:`state_at`'s) reads into ``other``: that state as the
+        checkpoint, the interactions, evaluations and snapshots up to it, and the LLM cache; its resume then
+        truncates the logs to that point."""
         other.path.mkdir(parents=True, exist_ok=True)
         other.save_checkpoint(state)
         for path in (self.interactions, self.metrics, self.path / CACHE_FILE):
