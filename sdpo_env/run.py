@@ -203,6 +203,11 @@ def branch(cli: dict[str, Any]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
     folder = new_run_folder(config.out_dir)
     source.copy_state_to(folder, start)
     folder.write_config(config_to_dict(config))
+    before, after = flatten(stored), flatten(config_to_dict(config))
+    changed = {k: [before.get(k), after[k]] for k in sorted(flatten(overrides))
+               if k not in (*RESUME_OVERRIDES, "out_dir", "checkpoint_every") and before.get(k) != after[k]}
+    folder.write_branches([*(b for b in source.read_branches() if b["at"] <= start["t"]),
+                           {"run": str(source.path), "at": start["t"], "changed": changed}])
     return config, run_scenario(config), folder, True
 
 
@@ -458,7 +463,10 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
         policy.save_adapter(folder.path / "adapter")
     phases = [{"start": p.start, "label": p.persona.name if p.added is None else f"+{p.added}"}
               for p in scenario.phases if p.start <= n]  # a persona change at the end was judged too
-    title = f"{scenario.name}: agent={config.agent['name']} seed={config.seed} model={config.policy.model}"
+    branches = folder.read_branches()
+    title = f"{scenario.name}: agent={config.agent['name']} seed={config.seed} model={config.policy.model}" + "".join(
+        f"; from {b['at']}: " + (" ".join(f"{k}={new}" for k, (_, new) in b["changed"].items()) or "no change")
+        for b in branches)
     plot_win_rate(rows, phases, folder.path / "winrate.png", title)
     plot_preferences(rows, phases, folder.path / "preferences.png", title)
     interactions = folder.read_jsonl(folder.interactions)
@@ -486,6 +494,7 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
                     "evaluation_wait_s": timings.get("evaluation_wait_s", 0),  # evaluation_s less the worker's overlap
                     "total_s": total + timings.get("evaluation_wait_s", 0)},
         "cost": cost or {},
+        "branches": branches,
     }
     folder.write_summary(summary)
     table = Table(title=f"{title}: win rate vs frozen base ({len(rows)} evaluations)")

@@ -2,12 +2,13 @@
 
 Layout: ``config.yaml`` (resolved), ``interactions.jsonl`` (one line per interaction), ``metrics.jsonl`` (one line
 per evaluation), ``summary.json``, ``checkpoint.pt``, ``snapshots/t<T>.pt`` (the run's state at each persona
-change), ``adapter/`` (peft format) and the plots. Lines are flushed as they are written, so a crash loses nothing
-already logged; a checkpoint records how many lines it covers, and a resume truncates the logs back to it before
-continuing. ``.lock`` marks the folder as being written (``RunFolder.claim``): a second process that would write the
-same folder (the same ``out_dir``, or a resume of a run still going) stops with an error instead of interleaving its
-lines and checkpoints with the first's. A bench claims a run's folder before it starts the run and hands the claim
-over (``hand_over``), so two benches over one grid never start the same run.
+change), ``adapter/`` (peft format), the plots, and for a branch ``branch.json`` (where it started). Lines are
+flushed as they are written, so a crash loses nothing already logged; a checkpoint records how many lines it covers,
+and a resume truncates the logs back to it before continuing. ``.lock`` marks the folder as being written
+(``RunFolder.claim``): a second process that would write the same folder (the same ``out_dir``, or a resume of a run
+still going) stops with an error instead of interleaving its lines and checkpoints with the first's. A bench claims
+a run's folder before it starts the run and hands the claim over (``hand_over``), so two benches over one grid never
+start the same run.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ try:
 except ImportError:  # Windows: no advisory locks; folders are not guarded there
     fcntl = None  # type: ignore[assignment]
 
+BRANCHES_FILE = "branch.json"
 _CLAIMED: dict[Path, IO[str]] = {}  # folders this process writes -> their open, locked .lock file
 HANDED_OVER = "SDPO_ENV_RUN_FOLDER_LOCK"  # env: the descriptor of a claim a parent handed to this process
 
@@ -231,6 +233,15 @@ class RunFolder:
             if t <= state["t"]:
                 other.snapshots.mkdir(exist_ok=True)
                 shutil.copyfile(self.snapshots / f"t{t}.pt", other.snapshots / f"t{t}.pt")
+
+    def read_branches(self) -> list[dict[str, Any]]:
+        """Where this run branched off (``branch.json``): each source run, the interaction it started from and the
+        settings it changed (``{key: [before, after]}``), oldest first; empty for a run that is no branch."""
+        path = self.path / BRANCHES_FILE
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+
+    def write_branches(self, branches: list[dict[str, Any]]) -> None:
+        self.write_json(self.path / BRANCHES_FILE, branches)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         self.write_json(self.summary, summary)

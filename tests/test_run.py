@@ -321,6 +321,17 @@ def test_a_branch_continues_a_run_from_its_checkpoint_with_other_learner_options
     (group,) = torch.load(changed / "checkpoint.pt", weights_only=False)["learner"]["optimizer"]["param_groups"]
     assert (group["lr"], group["weight_decay"]) == (5e-3, 0.0), "the source's optimizer settings came back"
     assert read_jsonl(source / "metrics.jsonl")[-1]["interaction"] == 8  # the source is left as it was
+    # where each branch started and what it changed, kept in branch.json and summary.json; a branch of a branch
+    # keeps the whole line
+    from_source = {"run": str(source), "at": 8, "changed": {"agent.lr": [1e-3, 5e-3], "agent.weight_decay": [2.0, 0.0],
+                                                            "n_interactions": [8, 20]}}
+    assert json.loads((changed / "branch.json").read_text()) == [from_source]
+    assert json.loads((changed / "summary.json").read_text())["branches"] == [from_source]
+    assert json.loads((at8 / "branch.json").read_text()) == [{"run": str(loop_run), "at": 8, "changed": {}}]
+    assert main([f"branch={changed}", f"out_dir={tmp_path / 'again'}"]) == 0
+    assert json.loads((tmp_path / "again" / "branch.json").read_text()) == [
+        from_source, {"run": str(changed), "at": 20, "changed": {}}]
+    assert json.loads((loop_run / "summary.json").read_text())["branches"] == []  # no branch
 
     for args, said in [
         ([f"branch={source}", "seed=3", "agent.lora_r=4", "agent.lr=1e-2"],
