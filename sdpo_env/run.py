@@ -464,11 +464,11 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
     phases = [{"start": p.start, "label": p.persona.name if p.added is None else f"+{p.added}"}
               for p in scenario.phases if p.start <= n]  # a persona change at the end was judged too
     branches = folder.read_branches()
-    title = f"{scenario.name}: agent={config.agent['name']} seed={config.seed} model={config.policy.model}" + "".join(
-        f"; from {b['at']}: " + (" ".join(f"{k}={new}" for k, (_, new) in b["changed"].items()) or "no change")
-        for b in branches)
-    plot_win_rate(rows, phases, folder.path / "winrate.png", title)
-    plot_preferences(rows, phases, folder.path / "preferences.png", title)
+    head = f"{scenario.name}: agent={config.agent['name']} seed={config.seed} model={config.policy.model}"
+    branched = "".join(f"\nfrom {b['at']}: " + (" ".join(f"{k}={new}" for k, (_, new) in b["changed"].items())
+                                                or "no change") for b in branches)  # a line per branch point
+    plot_win_rate(rows, phases, folder.path / "winrate.png", head + branched)
+    plot_preferences(rows, phases, folder.path / "preferences.png", head + branched)
     interactions = folder.read_jsonl(folder.interactions)
     signal_split = {}
     for kind in ("relevant", "unrelated"):
@@ -497,7 +497,7 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
         "branches": branches,
     }
     folder.write_summary(summary)
-    table = Table(title=f"{title}: win rate vs frozen base ({len(rows)} evaluations)")
+    table = Table(title=f"{head}: win rate vs frozen base ({len(rows)} evaluations){branched}")
     for column in ("interaction", "phase", "win rate [95% CI]", "excl. ties", "coverage", "all prefs", "ceiling",
                    "oracle"):
         table.add_column(column, justify="right")

@@ -313,6 +313,7 @@ def test_a_branch_continues_a_run_from_its_checkpoint_with_other_learner_options
     # past the scenario's 16 interactions: the last phase goes on, and ends with the run
     assert main([f"branch={source}", "n_interactions=20", "agent.lr=5e-3", "agent.weight_decay=0",
                  f"out_dir={changed}"]) == 0
+    assert "from 8: agent.lr=0.005 agent.weight_decay=0.0 n_interactions=20" in capsys.readouterr().out  # the table
     assert yaml.safe_load((changed / "config.yaml").read_text())["agent"]["lr"] == 5e-3
     rows = read_jsonl(changed / "interactions.jsonl")
     assert [r["interaction"] for r in rows] == list(range(20))
