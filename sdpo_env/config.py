@@ -128,6 +128,9 @@ class RunConfig:
     out_dir: str | None = option(None, "run folder; default runs/<time>-<scenario>")
     resume: str | None = option(None, "resume the run in this folder")
     checkpoint_every: int = option(50, "save a resumable checkpoint every N interactions", min=1)
+    snapshot_every: int = option(0, "also keep the run's state every N interactions in snapshots/t<T>.pt (1.6 MB "
+                                    "each on the tiny model), to judge it again or branch there (at=T); 0 = only at "
+                                    "persona changes", min=0)
     budget_usd: float | None = option(None, "stop cleanly (with a checkpoint) before LLM API spending would pass "
                                             "this; may be raised on resume", gt=0.0)
     cache_dir: str | None = option(None, "folder of the LLM call cache; default the run folder")

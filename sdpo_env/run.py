@@ -70,7 +70,7 @@ from sdpo_env.runfolder import RunFolder
 from sdpo_env.scenarios import Scenario, load_scenario
 
 # What a resumed run may change: neither changes what it computes (a budget stops it, the worker is another process).
-RESUME_OVERRIDES = ("budget_usd", "eval.background")
+RESUME_OVERRIDES = ("budget_usd", "eval.background", "snapshot_every")
 # What a branch may change besides the learner's options: the rest fixes the interactions and the evaluation.
 BRANCH_OVERRIDES = (*RESUME_OVERRIDES, "n_interactions", "checkpoint_every", "out_dir")
 # The learner options that shape the state a branch starts from (the learner, its adapter, optimizer and teacher).
@@ -139,8 +139,8 @@ def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
         extra = sorted(set(given) - {"resume", *RESUME_OVERRIDES})
         if extra:
             raise ConfigError([Problem(COMMAND_LINE, k, "a resumed run keeps the settings in its config.yaml; "
-                                                        "remove this override (only budget_usd and eval.background "
-                                                        "may change)")
+                                                        "remove this override (only "
+                                                        f"{', '.join(RESUME_OVERRIDES)} may change)")
                                for k in extra])
         overrides = {k: v for k, v in cli.items() if k != "resume"}
         config = resolve_config([(str(folder.config), folder.read_config()), (COMMAND_LINE, overrides)])
@@ -301,7 +301,8 @@ def _run(args: Sequence[str], console: Console, cleanup: ExitStack) -> int:
                                                      enabled=in_background(config, n, policy.device,
                                                                            policy.weight_bytes())))
     points = evaluation_points(n, config.eval.every, scenario)
-    persona_changes = {p.start for p in scenario.phases if 0 < p.start < n}
+    every = config.snapshot_every  # snapshots/: the state at each persona change, and every N if asked
+    kept = {p.start for p in scenario.phases if 0 < p.start < n} | (set(range(every, n, every)) if every else set())
 
     obs, _ = env.reset(seed=config.seed)
     state = folder.load_checkpoint() if resuming else None
@@ -392,7 +393,7 @@ def _run(args: Sequence[str], console: Console, cleanup: ExitStack) -> int:
             due = t in points and t > last_eval
             collect(wait=due)  # the worker's last rows, before the consistent point below counts them
             interruption.mark(t, env.get_state(), len(rows), last_eval, window)
-            if t in persona_changes:  # the end of a phase: to judge again later, or to branch from
+            if t in kept:  # the end of a phase (and every snapshot_every): to judge again later, or to branch from
                 folder.save_snapshot(run_state(t, pending=pending))
             if due:
                 evaluate(t)

@@ -216,8 +216,9 @@ class RunFolder:
         if at not in kept:
             listed = ", ".join(str(k) for k in sorted({*kept, state["t"]}))
             raise ConfigError([Problem(COMMAND_LINE, "at", f"{self.path} kept its state after {listed} interactions "
-                                                           f"(the persona changes in snapshots/ and the latest "
-                                                           f"checkpoint), not after {at}")])
+                                                           f"(snapshots/: each persona change and every "
+                                                           f"snapshot_every; and the latest checkpoint), not after "
+                                                           f"{at}")])
         return self.load_snapshot(at)
 
     def copy_state_to(self, other: RunFolder, state: dict[str, Any]) -> None:

@@ -293,7 +293,9 @@ def test_a_branch_continues_a_run_from_its_checkpoint_with_other_learner_options
                                                                                    tmp_path, capsys,
                                                                                    one_thread) -> None:
     source, same, changed = tmp_path / "source", tmp_path / "same", tmp_path / "changed"
-    assert main(args_for(model_dir, scenario_file, source, "eval.background=never", "n_interactions=8")) == 0
+    assert main(args_for(model_dir, scenario_file, source, "eval.background=never", "n_interactions=8",
+                         "snapshot_every=3")) == 0
+    assert sorted(p.name for p in (source / "snapshots").iterdir()) == ["t3.pt", "t6.pt"]  # none at the end
     # unchanged options: the branch goes on as the source would have, up to the end of the scenario
     assert main([f"branch={source}", "n_interactions=16", f"out_dir={same}"]) == 0
     for name in ("metrics.jsonl", "interactions.jsonl"):
@@ -306,6 +308,10 @@ def test_a_branch_continues_a_run_from_its_checkpoint_with_other_learner_options
     assert f"resuming {at8} at interaction 8" in capsys.readouterr().out
     for name in ("metrics.jsonl", "interactions.jsonl"):
         assert (at8 / name).read_text() == (loop_run / name).read_text()
+    at6 = tmp_path / "at6"  # from a state kept by snapshot_every
+    assert main([f"branch={source}", "at=6", "n_interactions=16", f"out_dir={at6}"]) == 0
+    for name in ("metrics.jsonl", "interactions.jsonl"):
+        assert (at6 / name).read_text() == (loop_run / name).read_text()
     old = tmp_path / "old"  # a run from before snapshots held the whole state: only the policy at 8
     shutil.copytree(same, old)
     torch.save({"t": 8, "learner": torch.load(old / "snapshots" / "t8.pt", weights_only=False)["learner"]},
