@@ -13,8 +13,8 @@ Examples::
 
 The run folder gets ``config.yaml``, ``interactions.jsonl``, ``metrics.jsonl``, ``summary.json``, ``winrate.png``,
 ``preferences.png``, the adapter in peft format, ``checkpoint.pt`` and ``snapshots/t<T>.pt`` (the run's state at
-each persona change, for ``python -m sdpo_env.reevaluate ... at=T`` and ``branch=... at=T``). Ctrl-C checkpoints
-and stops cleanly.
+each persona change, and every ``snapshot_every`` interactions if set, for ``python -m sdpo_env.reevaluate ... at=T``
+and ``branch=... at=T``). Ctrl-C checkpoints and stops cleanly.
 """
 
 from __future__ import annotations
@@ -128,8 +128,8 @@ def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
     if "branch" in cli:
         return branch(cli)
     if "at" in cli:
-        raise ConfigError([Problem(COMMAND_LINE, "at", "at=T goes with branch=RUN: the persona change of RUN "
-                                                       "to start the branch from")])
+        raise ConfigError([Problem(COMMAND_LINE, "at", "at=T goes with branch=RUN: the interaction of RUN to "
+                                                       "start the branch from (a snapshot)")])
     if "resume" in cli:
         if not (Path(str(cli["resume"])) / "config.yaml").is_file():  # checked before RunFolder creates the folder
             raise ConfigError([Problem(COMMAND_LINE, "resume", f"{cli['resume']} has no config.yaml; is it a run "
@@ -171,8 +171,8 @@ def new_run_folder(path: str) -> RunFolder:
 
 def branch(cli: dict[str, Any]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
     """``branch=RUN [at=T]``: a new run folder holding RUN's interactions, evaluations and state up to its last
-    checkpoint (or up to the persona change at interaction T, from its snapshot), with the learner's options (and the
-    length) changed as given; the loop then resumes it there."""
+    checkpoint (or up to interaction T, from its snapshot: a persona change, or one kept by ``snapshot_every``), with
+    the learner's options (and the length) changed as given; the loop then resumes it there."""
     path = Path(str(cli["branch"]))
     if not ((path / "config.yaml").is_file() and (path / "checkpoint.pt").is_file()):
         raise ConfigError([Problem(COMMAND_LINE, "branch", f"{path} has no config.yaml and checkpoint.pt; a branch "
@@ -374,7 +374,7 @@ def _run(args: Sequence[str], console: Console, cleanup: ExitStack) -> int:
         timings["evaluation_wait_s"] += time.perf_counter() - started
 
     def run_state(t: int, env_state: dict[str, Any] | None = None, pending: str | None = None) -> dict[str, Any]:
-        """What a resume at ``t`` reads: a checkpoint's, and a snapshot's at a persona change."""
+        """What a resume at ``t`` reads: a checkpoint's, and a snapshot's."""
         collect(wait=True)  # an evaluation at or before t is part of the state at t
         return {"t": t, "learner": learner.state_dict(), "env": env_state or env.get_state(),
                 "evaluator": evaluator.state_dict(), "n_metric_lines": len(rows), "window": dict(window),

@@ -1,14 +1,14 @@
 """The run folder: append-only JSONL logs, atomic checkpoints, and the summary.
 
 Layout: ``config.yaml`` (resolved), ``interactions.jsonl`` (one line per interaction), ``metrics.jsonl`` (one line
-per evaluation), ``summary.json``, ``checkpoint.pt``, ``snapshots/t<T>.pt`` (the run's state at each persona
-change), ``adapter/`` (peft format), the plots, and for a branch ``branch.json`` (where it started). Lines are
-flushed as they are written, so a crash loses nothing already logged; a checkpoint records how many lines it covers,
-and a resume truncates the logs back to it before continuing. ``.lock`` marks the folder as being written
-(``RunFolder.claim``): a second process that would write the same folder (the same ``out_dir``, or a resume of a run
-still going) stops with an error instead of interleaving its lines and checkpoints with the first's. A bench claims
-a run's folder before it starts the run and hands the claim over (``hand_over``), so two benches over one grid never
-start the same run.
+per evaluation), ``summary.json``, ``checkpoint.pt``, ``snapshots/t<T>.pt`` (the run's state at each persona change
+and every ``snapshot_every``), ``adapter/`` (peft format), the plots, and for a branch ``branch.json`` (where it
+started). Lines are flushed as they are written, so a crash loses nothing already logged; a checkpoint records how
+many lines it covers, and a resume truncates the logs back to it before continuing. ``.lock`` marks the folder as
+being written (``RunFolder.claim``): a second process that would write the same folder (the same ``out_dir``, or a
+resume of a run still going) stops with an error instead of interleaving its lines and checkpoints with the first's.
+A bench claims a run's folder before it starts the run and hands the claim over (``hand_over``), so two benches over
+one grid never start the same run.
 """
 
 from __future__ import annotations
@@ -191,8 +191,9 @@ class RunFolder:
         return _load(self.checkpoint) if self.checkpoint.is_file() else None
 
     def save_snapshot(self, state: dict[str, Any]) -> None:
-        """Keeps the run's state before interaction ``state["t"]`` (a persona change): what a checkpoint holds, so
-        the policy there can be judged again (``reevaluate at=T``) and a branch can start there (``branch at=T``)."""
+        """Keeps the run's state before interaction ``state["t"]`` (a persona change, or every ``snapshot_every``):
+        what a checkpoint holds, so the policy there can be judged again (``reevaluate at=T``) and a branch can start
+        there (``branch at=T``)."""
         self.snapshots.mkdir(exist_ok=True)
         save_atomically(state, self.snapshots / f"t{state['t']}.pt")
 
