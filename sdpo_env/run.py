@@ -202,8 +202,9 @@ def branch(cli: dict[str, Any]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
         raise ConfigError([Problem(COMMAND_LINE, "out_dir", "a branch needs a folder of its own, not its source's")])
     folder = new_run_folder(config.out_dir)
     source.copy_state_to(folder, start)
-    folder.write_config(config_to_dict(config))
-    before, after = flatten(stored), flatten(config_to_dict(config))
+    written = config_to_dict(config)
+    folder.write_config(written)
+    before, after = flatten(stored), flatten(written)
     changed = {k: [before.get(k), after[k]] for k in sorted(flatten(overrides))
                if k not in (*RESUME_OVERRIDES, "out_dir", "checkpoint_every") and before.get(k) != after[k]}
     folder.write_branches([*(b for b in source.read_branches() if b["at"] <= start["t"]),

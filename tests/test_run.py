@@ -310,6 +310,7 @@ def test_a_branch_continues_a_run_from_its_checkpoint_with_other_learner_options
         assert (at8 / name).read_text() == (loop_run / name).read_text()
     at6 = tmp_path / "at6"  # from a state kept by snapshot_every
     assert main([f"branch={source}", "at=6", "n_interactions=16", f"out_dir={at6}"]) == 0
+    assert f"resuming {at6} at interaction 6" in capsys.readouterr().out
     for name in ("metrics.jsonl", "interactions.jsonl"):
         assert (at6 / name).read_text() == (loop_run / name).read_text()
     old = tmp_path / "old"  # a run from before snapshots held the whole state: only the policy at 8
