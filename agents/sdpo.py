@@ -30,6 +30,7 @@ from sdpo_env.sdpo import (
     divergence,
     full_divergence_loss,
     policy_gradient_loss,
+    rewards_to_go,
     selective_log_softmax,
     signal_rows,
     threshold_advantages,
@@ -92,6 +93,11 @@ class SDPOConfig:
                             "by grad_norm / grad_clip (at most 1): forget what the teacher now disagrees with, "
                             "keep the rest; 0 = off, as in the paper", min=0.0, max=1.0)
     center_advantages: bool = option(False, "subtract each sequence's mean advantage")
+    credit: str = option("token", "loss=pg: what each token is credited with. token = its own A_t (the paper: the "
+                         "per-prefix reverse KL, Appendix B); to_go = the sum of A over it and the rest of the answer "
+                         "(the sequence-level reverse KL, whose negative is the paper's sequence-level advantage, "
+                         "Appendix A), so the early tokens that set an answer's course share what the teacher thinks "
+                         "of the rest", choices=("token", "to_go"))
     extra_samples: int = option(0, "at each update, sample this many more answers to each interaction's prompt "
                                 "from the current policy and learn from them under the same follow-up (more "
                                 "samples of the same reverse-KL gradient; the paper learns from the answer the user "
@@ -120,10 +126,10 @@ class SDPOConfig:
         problems = []
         if "{follow_up}" not in self.hindsight_template:
             problems.append(("hindsight_template", "must contain {follow_up}"))
-        for key in ("advantage_threshold", "decay_gate"):
-            if getattr(self, key) and self.loss != "pg":
+        for key, off in (("advantage_threshold", 0), ("decay_gate", 0), ("credit", "token")):
+            if getattr(self, key) != off and self.loss != "pg":
                 problems.append((key, f"applies to loss=pg only (loss={self.loss} learns from the teacher's "
-                                      "logits, not from advantages); set it to 0"))
+                                      f"logits, not from advantages); set it to {off}"))
         if self.lr * self.weight_decay >= 1:
             problems.append(("weight_decay", f"each step shrinks the LoRA weights by lr x weight_decay = "
                                              f"{self.lr * self.weight_decay:g}, which must be below 1 (with lr="
@@ -248,6 +254,8 @@ class SDPOLearner:
             advantages = threshold_advantages(advantages, c.advantage_threshold)
         if c.center_advantages:
             advantages = center_advantages(advantages, mask)
+        if c.credit == "to_go":
+            advantages = rewards_to_go(advantages, mask)
         passed = signal_rows(raw_advantages, mask, c.signal_gate) if c.signal_gate else None  # (B,)
         if c.loss == "pg":  # every loss leaves the answers the gate drops out of the numerator, not the denominator
             loss = policy_gradient_loss(student_logprobs=student_lp, advantages=advantages, mask=mask,

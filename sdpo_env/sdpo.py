@@ -8,7 +8,8 @@ Losses (``loss=`` in the agent's config):
 - ``pg`` (the paper's): ``-mean_t(A_t.detach() * log pi(y_t | x, y_<t))`` with ``A_t = log pi_teacher - log pi``.
   In expectation over y ~ pi this equals the gradient of the per-prefix reverse KL to the detached teacher
   (Appendix B); with on-policy samples its no-grad student log-probs equal the grad pass's values, so one teacher
-  forward plus one student forward/backward suffices.
+  forward plus one student forward/backward suffices. With :func:`rewards_to_go` in place of ``A_t`` it is the
+  gradient of the sequence-level reverse KL instead.
 - ``topk``: the divergence on the student's top-k tokens plus a tail bucket holding the remaining mass.
 - ``full``: the divergence over the whole vocabulary.
 The divergences take ``alpha``: 0 = forward KL(teacher || student), 1 = reverse KL(student || teacher), in between
@@ -74,6 +75,25 @@ def center_advantages(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     counts = mask.sum(-1, keepdim=True).clamp(min=1)  # (B, 1)
     means = (advantages * mask).sum(-1, keepdim=True) / counts  # (B, 1)
     return (advantages - means) * mask
+
+
+def rewards_to_go(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``G_t = sum_{t' >= t} A_t'``: each token credited with its own advantage and those of the rest of its answer.
+
+    With these in place of ``A_t``, :func:`policy_gradient_loss` (summed over tokens, in expectation over y ~ pi)
+    is the gradient of the sequence-level reverse KL ``KL(pi(y | x) || sg pi(y | x, o))``, whose negative is the
+    paper's sequence-level advantage (Appendix A). It differs from the per-prefix KL of Appendix B by the score
+    term: a token is also credited with what the teacher thinks of the answer that followed it.
+
+    Args:
+        advantages: (B, T).
+        mask: (B, T) 1 on completion tokens (a prefix of each row).
+
+    Returns:
+        (B, T) rewards to go, zero on padding.
+    """
+    masked = advantages * mask
+    return masked.flip(-1).cumsum(-1).flip(-1) * mask
 
 
 def signal_rows(advantages: torch.Tensor, mask: torch.Tensor, gate: float) -> torch.Tensor:

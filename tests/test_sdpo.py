@@ -15,6 +15,7 @@ from sdpo_env.sdpo import (
     divergence,
     full_divergence_loss,
     policy_gradient_loss,
+    rewards_to_go,
     selective_log_softmax,
     signal_rows,
     threshold_advantages,
@@ -121,6 +122,34 @@ def test_appendix_b_check_catches_wrong_estimators(tiny_lm, bug) -> None:
     kwargs = {"sign": -1.0} if bug == "flipped_sign" else {"detach_teacher": False}
     analytic, expected, *_ = _estimator_grads(tiny_lm, **kwargs)
     assert ((expected - analytic).norm() / analytic.norm()).item() > 0.5
+
+
+def test_rewards_to_go_give_the_gradient_of_the_sequence_level_reverse_kl(tiny_lm) -> None:
+    """With G_t = sum_{t' >= t} A_t' in place of A_t, the paper's loss is, in exact expectation over all
+    sequences, the gradient of KL(pi(y | x) || sg pi(y | x, o)): the sampling distribution's dependence on the
+    weights included, which the per-prefix KL of Appendix B leaves out."""
+    per_prefix, token_estimator, weights, targets, mask = _estimator_grads(tiny_lm)
+    ys = [tuple(y) for y in targets.tolist()]
+    student_lp = selective_log_softmax(_completion_logits(tiny_lm, X, ys), targets)  # (N, T)
+    with torch.no_grad():
+        teacher_lp = selective_log_softmax(_completion_logits(tiny_lm, X_O, ys), targets)
+    sequence_lp = student_lp.sum(-1)  # log pi(y | x), with gradient
+    sequence_kl = (sequence_lp.exp() * (sequence_lp - teacher_lp.sum(-1))).sum()  # exact, over every y
+    analytic = _grad(tiny_lm, sequence_kl)
+    student_lp = selective_log_softmax(_completion_logits(tiny_lm, X, ys), targets)
+    to_go = rewards_to_go(token_advantages(teacher_logprobs=teacher_lp, student_logprobs=student_lp, mask=mask), mask)
+    expected = _grad(tiny_lm, (weights[:, None] * -to_go * student_lp).sum())
+    assert ((expected - analytic).norm() / analytic.norm()).item() < 1e-6
+    # the two objectives differ here, so the check tells them apart
+    assert ((token_estimator - analytic).norm() / analytic.norm()).item() > 0.1
+    assert ((per_prefix - analytic).norm() / analytic.norm()).item() > 0.1
+
+
+def test_rewards_to_go_sum_each_answers_advantages_from_each_token_to_its_end() -> None:
+    advantages = torch.tensor([[1.0, 2.0, 3.0, 9.0], [0.5, -1.0, 9.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])  # padding after each answer
+    expected = torch.tensor([[6.0, 5.0, 3.0, 0.0], [-0.5, -1.0, 0.0, 0.0]])
+    torch.testing.assert_close(rewards_to_go(advantages, mask), expected, atol=0, rtol=0)
 
 
 # --- unit checks on random tensors ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from agents import SDPOLearner, Transition, make_learner
 from sdpo_env.errors import ConfigError, SdpoEnvError, UnknownNameError
 from sdpo_env.hindsight import hindsight_messages
 from sdpo_env.policy import ChatPolicy, Sampling
-from sdpo_env.sdpo import selective_log_softmax, unlearn_along_gradient
+from sdpo_env.sdpo import rewards_to_go, selective_log_softmax, unlearn_along_gradient
 from tests.models import build_random_model
 
 X = [{"role": "user", "content": "How do I water basil?"}]
@@ -94,7 +94,7 @@ def test_schedule_update_every_and_batch(model_dir) -> None:
 
 
 @pytest.mark.parametrize("options", [
-    {"loss": "topk", "topk": 5}, {"loss": "full", "alpha": 0.5}, {"center_advantages": True},
+    {"loss": "topk", "topk": 5}, {"loss": "full", "alpha": 0.5}, {"center_advantages": True}, {"credit": "to_go"},
     {"ratio_clip": 0.2}, {"advantage_threshold": 0.01}, {"signal_gate": 0.01}, {"decay_gate": 0.01}, {"kl_coef": 0.1},
     {"teacher": "base"}, {"teacher": "ema"},
     {"aggregation": "sequence_mean", "batch_size": 2}, {"optimizer": "sgd", "lr": 1.0, "weight_decay": 1e-3},
@@ -174,6 +174,28 @@ def test_advantage_threshold_drops_small_advantages_from_the_gradient_only(model
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     with pytest.raises(ConfigError, match=r"agent.advantage_threshold: applies to loss=pg only"):
         make(model_dir, advantage_threshold=0.2, loss="topk")
+
+
+def test_credit_to_go_learns_from_each_tokens_advantage_summed_to_the_end_of_its_answer(model_dir, monkeypatch) -> None:
+    def gradients(**options):
+        learner = make(model_dir, grad_clip=0.0, **options)
+        grads = []
+        learner.optimizer.register_step_pre_hook(lambda *_: grads.append([p.grad.clone() for p in learner.params]))
+        _, transitions = interact(learner)
+        metrics = learner.observe(transitions)
+        return grads[0], metrics
+
+    plain, plain_metrics = gradients()
+    to_go, metrics = gradients(credit="to_go")
+    assert metrics["sdpo/advantage_abs_mean"] == plain_metrics["sdpo/advantage_abs_mean"]  # metrics: raw A_t
+    assert sum((a - b).abs().sum() for a, b in zip(plain, to_go)) > 1e-3 * sum(a.abs().sum() for a in plain)
+    token_advantages = sdpo_module.token_advantages  # the reference: the paper's loss on hand-made rewards to go
+    monkeypatch.setattr(sdpo_module, "token_advantages", lambda **kw: rewards_to_go(token_advantages(**kw), kw["mask"]))
+    by_hand, _ = gradients()
+    for a, b in zip(to_go, by_hand):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    with pytest.raises(ConfigError, match=r"agent.credit: applies to loss=pg only .*; set it to token"):
+        make(model_dir, credit="to_go", loss="full")
 
 
 def test_ema_teacher_with_zero_decay_is_the_live_policy(model_dir) -> None:
