@@ -97,7 +97,8 @@ class SDPOConfig:
                          "per-prefix reverse KL, Appendix B); to_go = the sum of A over it and the rest of the answer "
                          "(the sequence-level reverse KL, whose negative is the paper's sequence-level advantage, "
                          "Appendix A), so the early tokens that set an answer's course share what the teacher thinks "
-                         "of the rest", choices=("token", "to_go"))
+                         "of the rest (on the flip it learned more slowly and re-adapted far worse: README, 'What to "
+                         "expect')", choices=("token", "to_go"))
     extra_samples: int = option(0, "at each update, sample this many more answers to each interaction's prompt "
                                 "from the current policy and learn from them under the same follow-up (more "
                                 "samples of the same reverse-KL gradient; the paper learns from the answer the user "
