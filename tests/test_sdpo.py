@@ -140,7 +140,7 @@ def test_rewards_to_go_give_the_gradient_of_the_sequence_level_reverse_kl(tiny_l
     to_go = rewards_to_go(token_advantages(teacher_logprobs=teacher_lp, student_logprobs=student_lp, mask=mask), mask)
     expected = _grad(tiny_lm, (weights[:, None] * -to_go * student_lp).sum())
     assert ((expected - analytic).norm() / analytic.norm()).item() < 1e-6
-    # the two objectives differ here, so the check tells them apart
+    # here the sequence-level gradient differs from the per-prefix one and its estimator, so the check tells them apart
     assert ((token_estimator - analytic).norm() / analytic.norm()).item() > 0.1
     assert ((per_prefix - analytic).norm() / analytic.norm()).item() > 0.1
 
