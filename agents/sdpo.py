@@ -104,6 +104,12 @@ class SDPOConfig:
                                 "samples of the same reverse-KL gradient; the paper learns from the answer the user "
                                 "saw only; on the flip it learned phase 1 sooner and ended lower: README, 'What to "
                                 "expect'); 0 = off", min=0)
+    replay: int = option(0, "also learn, at every update, from the last N earlier answers whose follow-up moved "
+                         "some token by |A_t| >= replay_gate (a complaint, as the learner reads it), their advantages "
+                         "computed afresh (the paper's surrogate on a logged answer): between complaints the policy "
+                         "is still pushed towards what the user asked for (an update's metrics include them); 0 = off, "
+                         "as in the paper", min=0)
+    replay_gate: float = option(0.5, "replay: |A_t| a token must reach for its answer to be replayed", gt=0.0)
     ratio_clip: float | None = option(None, "PPO-style importance-ratio clip epsilon (pg loss); null = off", gt=0.0)
     aggregation: str = option("token_mean", "how token losses are combined: token_mean and sequence_mean divide "
                               f"an answer's gradient by its length, token_sum (sum / {SUM_TOKENS} tokens) does "
@@ -182,6 +188,7 @@ class SDPOLearner:
             self.optimizer = torch.optim.SGD(self.params, lr=config.lr)
         self.ema = EmaTeacher(policy, config.ema_decay) if config.teacher == "ema" else None
         self.buffer: collections.deque[Transition] = collections.deque(maxlen=config.batch_size)
+        self.replayed: collections.deque[Transition] = collections.deque(maxlen=config.replay)  # signal-bearing
         self.n_acts = self.n_updates = self.n_skipped = self.since_update = self.n_resamples = 0
         self._ids: dict[str, list[int]] = {}  # response text -> sampled token ids (exact, no re-tokenisation)
         self._warned: set[str] = set()
@@ -211,7 +218,7 @@ class SDPOLearner:
         self.since_update = 0
         metrics = self.update(list(self.buffer))
         if len(self._ids) > 4 * self.config.batch_size + 64:  # keep ids only for interactions that may still train
-            live = {t.response for t in self.buffer}
+            live = {t.response for t in (*self.buffer, *self.replayed)}
             self._ids = {k: v for k, v in self._ids.items() if k in live}
         return metrics
 
@@ -232,12 +239,15 @@ class SDPOLearner:
         policy = self.policy
         if c.extra_samples:
             batch = [*batch, *self.resample(batch)]
+        replayed = [t for t in self.replayed if t not in batch]
+        batch = [*batch, *replayed]
         cut = [self.is_cut(t.response) for t in batch]
         cut_share = sum(cut) / len(batch)
         if c.truncated == "skip" and cut_share:
             batch = [t for t, is_cut in zip(batch, cut) if not is_cut]
             if not batch:
                 return {"sdpo/cut_share": cut_share}
+        fresh = len(batch) - sum(t in replayed for t in batch)  # the replayed answers come last
         contexts = [policy.encode(t.messages) for t in batch]
         hindsight = [policy.encode(hindsight_messages(t.messages, t.follow_up, template=c.hindsight_template))
                      for t in batch]
@@ -258,6 +268,9 @@ class SDPOLearner:
         if c.credit == "to_go":
             advantages = rewards_to_go(advantages, mask)
         passed = signal_rows(raw_advantages, mask, c.signal_gate) if c.signal_gate else None  # (B,)
+        if c.replay:
+            signal = signal_rows(raw_advantages[:fresh], mask[:fresh], c.replay_gate).tolist()
+            self.replayed.extend(t for t, carries in zip(batch[:fresh], signal) if carries)
         if c.loss == "pg":  # every loss leaves the answers the gate drops out of the numerator, not the denominator
             loss = policy_gradient_loss(student_logprobs=student_lp, advantages=advantages, mask=mask,
                                         old_logprobs=student_lp.detach() if c.ratio_clip else None,
@@ -392,6 +405,7 @@ class SDPOLearner:
             "adapter": self.policy.adapter_state(),
             "optimizer": self.optimizer.state_dict(),
             "buffer": [t.to_dict() for t in self.buffer],
+            "replayed": [t.to_dict() for t in self.replayed],
             "ids": dict(self._ids),
             "counters": {"n_acts": self.n_acts, "n_updates": self.n_updates, "n_skipped": self.n_skipped,
                          "since_update": self.since_update, "n_resamples": self.n_resamples},
@@ -403,6 +417,8 @@ class SDPOLearner:
         load_optimizer_state(self.optimizer, state["optimizer"])
         self.buffer.clear()
         self.buffer.extend(Transition.from_dict(t) for t in state["buffer"])
+        self.replayed.clear()
+        self.replayed.extend(Transition.from_dict(t) for t in state.get("replayed", []))
         self._ids = dict(state["ids"])
         for key, value in state["counters"].items():
             setattr(self, key, value)

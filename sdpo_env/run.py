@@ -478,7 +478,8 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
                   if r.get(f"sdpo/advantage_abs_mean_{kind}") is not None]
         if values:
             signal_split[f"advantage_abs_mean_{kind}"] = float(np.mean(values))
-    if config.agent.get("batch_size", 1) == 1 and config.agent.get("update_every", 1) == 1:
+    if (config.agent.get("batch_size", 1) == 1 and config.agent.get("update_every", 1) == 1
+            and not config.agent.get("replay")):
         signal_split["by_follow_up"] = signal_by_follow_up(interactions)  # each update is one interaction's
     phase_end, end_rows = {}, []
     for p in scenario.phases:

@@ -96,6 +96,7 @@ def test_schedule_update_every_and_batch(model_dir) -> None:
 @pytest.mark.parametrize("options", [
     {"loss": "topk", "topk": 5}, {"loss": "full", "alpha": 0.5}, {"center_advantages": True}, {"credit": "to_go"},
     {"ratio_clip": 0.2}, {"advantage_threshold": 0.01}, {"signal_gate": 0.01}, {"decay_gate": 0.01}, {"kl_coef": 0.1},
+    {"replay": 1, "replay_gate": 1e-9},
     {"teacher": "base"}, {"teacher": "ema"},
     {"aggregation": "sequence_mean", "batch_size": 2}, {"optimizer": "sgd", "lr": 1.0, "weight_decay": 1e-3},
     {"extra_samples": 2},
@@ -198,6 +199,32 @@ def test_credit_to_go_learns_from_each_tokens_advantage_summed_to_the_end_of_its
         make(model_dir, credit="to_go", loss="full")
 
 
+def test_replay_learns_again_from_the_last_answers_whose_follow_up_carried_a_signal(model_dir) -> None:
+    def rows_per_forward(learner, transition):
+        sizes = []
+        handle = learner.policy.model.get_base_model().register_forward_pre_hook(
+            lambda module, args, kwargs: sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+        try:
+            learner.observe([transition])
+        finally:
+            handle.remove()
+        return sizes
+
+    learner = make(model_dir, replay=2, replay_gate=1e-9)  # every answer's follow-up moves some token this much
+    (_, t1), (_, t2), (_, t3) = (interact(learner, conversations=(x,)) for x in (X, X2, X))
+    t1, t2, t3 = t1[0], t2[0], t3[0]
+    assert rows_per_forward(learner, t1) == [1, 1]  # teacher and student: the interaction alone
+    assert rows_per_forward(learner, t2) == [2, 2]  # and the one before it
+    assert rows_per_forward(learner, t3) == [3, 3]
+    assert list(learner.replayed) == [t2, t3]  # the last two
+    state = copy.deepcopy(learner.state_dict())
+    resumed = make(model_dir, replay=2, replay_gate=1e-9)
+    resumed.load_state_dict(state)
+    assert list(resumed.replayed) == [t2, t3]
+    quiet = make(model_dir, replay=2, replay_gate=1e9)  # no follow-up reaches the gate
+    assert [rows_per_forward(quiet, t) for t in (t1, t2)] == [[1, 1], [1, 1]] and not quiet.replayed
+
+
 def test_ema_teacher_with_zero_decay_is_the_live_policy(model_dir) -> None:
     learner = make(model_dir, teacher="ema", ema_decay=0.0, lr=0.05)
     for _ in range(3):
@@ -235,7 +262,7 @@ def test_empty_follow_up_warns(model_dir) -> None:
         learner.observe(transitions)
 
 
-@pytest.mark.parametrize("options", [{"teacher": "ema"}, {"extra_samples": 1}])
+@pytest.mark.parametrize("options", [{"teacher": "ema"}, {"extra_samples": 1}, {"replay": 2, "replay_gate": 1e-9}])
 def test_resume_continues_exactly(model_dir, options) -> None:
     def run(learner, n):
         out = []
