@@ -107,8 +107,9 @@ class SDPOConfig:
     replay: int = option(0, "also learn, at every update, from the last N earlier answers whose follow-up moved "
                          "some token by |A_t| >= replay_gate (a complaint, as the learner reads it), their advantages "
                          "computed afresh (the paper's surrogate on a logged answer): between complaints the policy "
-                         "is still pushed towards what the user asked for (an update's metrics include them); 0 = off, "
-                         "as in the paper", min=0)
+                         "is still pushed towards what the user asked for (an update's metrics include them; on the "
+                         "flip replay=1 drove the policy far from the base and it did not re-adapt: README, 'What "
+                         "to expect'); 0 = off, as in the paper", min=0)
     replay_gate: float = option(0.5, "replay: |A_t| a token must reach for its answer to be replayed", gt=0.0)
     ratio_clip: float | None = option(None, "PPO-style importance-ratio clip epsilon (pg loss); null = off", gt=0.0)
     aggregation: str = option("token_mean", "how token losses are combined: token_mean and sequence_mean divide "
