@@ -156,21 +156,23 @@ def test_unlearn_removes_the_b_factors_component_up_the_gradient_before_the_step
     assert checked >= 2
 
 
-def test_advantage_threshold_drops_small_advantages_from_the_gradient_only(model_dir) -> None:
-    def gradients(**options):
-        learner = make(model_dir, grad_clip=0.0, **options)
-        grads = []
-        learner.optimizer.register_step_pre_hook(lambda *_: grads.append([p.grad.clone() for p in learner.params]))
-        _, transitions = interact(learner)
-        metrics = learner.observe(transitions)
-        return grads[0], metrics
+def first_gradients(model_dir, **options):
+    """The LoRA gradients of a fresh learner's first update (before the optimizer step, unclipped), and its metrics."""
+    learner = make(model_dir, grad_clip=0.0, **options)
+    grads = []
+    learner.optimizer.register_step_pre_hook(lambda *_: grads.append([p.grad.clone() for p in learner.params]))
+    _, transitions = interact(learner)
+    metrics = learner.observe(transitions)
+    return grads[0], metrics
 
-    plain, plain_metrics = gradients()
+
+def test_advantage_threshold_drops_small_advantages_from_the_gradient_only(model_dir) -> None:
+    plain, plain_metrics = first_gradients(model_dir)
     assert any(g.abs().sum() > 0 for g in plain)
-    above_all, metrics = gradients(advantage_threshold=1e6)  # no token's |A_t| comes near
+    above_all, metrics = first_gradients(model_dir, advantage_threshold=1e6)  # no token's |A_t| comes near
     assert not any(g.any() for g in above_all)
     assert metrics["sdpo/advantage_abs_mean"] == plain_metrics["sdpo/advantage_abs_mean"]  # metrics: raw A_t
-    below_all, _ = gradients(advantage_threshold=1e-12)  # every token kept
+    below_all, _ = first_gradients(model_dir, advantage_threshold=1e-12)  # every token kept
     for a, b in zip(plain, below_all):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     with pytest.raises(ConfigError, match=r"agent.advantage_threshold: applies to loss=pg only"):
@@ -178,21 +180,13 @@ def test_advantage_threshold_drops_small_advantages_from_the_gradient_only(model
 
 
 def test_credit_to_go_learns_from_each_tokens_advantage_summed_to_the_end_of_its_answer(model_dir, monkeypatch) -> None:
-    def gradients(**options):
-        learner = make(model_dir, grad_clip=0.0, **options)
-        grads = []
-        learner.optimizer.register_step_pre_hook(lambda *_: grads.append([p.grad.clone() for p in learner.params]))
-        _, transitions = interact(learner)
-        metrics = learner.observe(transitions)
-        return grads[0], metrics
-
-    plain, plain_metrics = gradients()
-    to_go, metrics = gradients(credit="to_go")
+    plain, plain_metrics = first_gradients(model_dir)
+    to_go, metrics = first_gradients(model_dir, credit="to_go")
     assert metrics["sdpo/advantage_abs_mean"] == plain_metrics["sdpo/advantage_abs_mean"]  # metrics: raw A_t
     assert sum((a - b).abs().sum() for a, b in zip(plain, to_go)) > 1e-3 * sum(a.abs().sum() for a in plain)
     token_advantages = sdpo_module.token_advantages  # the reference: the paper's loss on hand-made rewards to go
     monkeypatch.setattr(sdpo_module, "token_advantages", lambda **kw: rewards_to_go(token_advantages(**kw), kw["mask"]))
-    by_hand, _ = gradients()
+    by_hand, _ = first_gradients(model_dir)
     for a, b in zip(to_go, by_hand):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     with pytest.raises(ConfigError, match=r"agent.credit: applies to loss=pg only .*; set it to token"):
