@@ -133,8 +133,8 @@ def test_run_with_llm_user_and_judge_then_an_identical_run_from_the_cache(model_
     assert KEY not in out.out + out.err
 
 
-def test_an_outage_checkpoints_and_the_resumed_run_matches_an_uninterrupted_one(model_dir, scenario_file, tmp_path,
-                                                                                keys) -> None:
+def test_an_outage_checkpoints_and_the_resumed_run_matches_an_uninterrupted_one_as_does_a_branch_at_the_outage(
+        model_dir, scenario_file, tmp_path, keys) -> None:
     state = {"simulator_calls": 0, "down": False}
 
     def plan(call: Call) -> str:
@@ -146,17 +146,24 @@ def test_an_outage_checkpoints_and_the_resumed_run_matches_an_uninterrupted_one(
     straight, out = tmp_path / "straight", tmp_path / "outage"
     with FakeLLMServer(KEY) as server:
         assert main(args_for(model_dir, scenario_file, server, straight)) == 0
+    branch = tmp_path / "branch"
     with FakeLLMServer(KEY, plan) as server:
-        assert main(args_for(model_dir, scenario_file, server, out, "simulator.max_retries=1")) == 3
+        # snapshot_every=1: the resumed run also keeps its state at the interaction it redoes, answer included
+        assert main(args_for(model_dir, scenario_file, server, out, "simulator.max_retries=1",
+                             "snapshot_every=1")) == 3
         done = [r["interaction"] for r in read_jsonl(out / "interactions.jsonl")]
         checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
         assert checkpoint["t"] == len(done) and done == list(range(len(done))) and len(done) < 8
         assert checkpoint["pending_response"] is not None  # the answer whose follow-up failed is kept for the redo
         state["down"] = False
         assert main([f"resume={out}"]) == 0
-    assert [r["interaction"] for r in read_jsonl(out / "interactions.jsonl")] == list(range(8))
-    assert (out / "interactions.jsonl").read_text() == (straight / "interactions.jsonl").read_text()
-    assert (out / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
+        snapshot = torch.load(out / "snapshots" / f"t{len(done)}.pt", weights_only=False)
+        assert snapshot["pending_response"] == checkpoint["pending_response"]
+        assert main([f"branch={out}", f"at={len(done)}", f"out_dir={branch}"]) == 0  # redoes the same answer
+    for run in (out, branch):
+        assert [r["interaction"] for r in read_jsonl(run / "interactions.jsonl")] == list(range(8))
+        assert (run / "interactions.jsonl").read_text() == (straight / "interactions.jsonl").read_text()
+        assert (run / "metrics.jsonl").read_text() == (straight / "metrics.jsonl").read_text()
 
 
 @pytest.mark.parametrize(("background", "failing_call", "worker_dies"),
