@@ -315,6 +315,7 @@ class SDPOLearner:
             "sdpo/advantage_sum_mean": (raw_advantages.sum(-1)).mean().item(),
             "sdpo/large_advantage_share": ((abs_adv > c.large_advantage).float() * mask).sum().item() / n_tokens.item(),
             "sdpo/completion_tokens": n_tokens.item() / len(batch),
+            "sdpo/answers": float(len(batch)),  # learned from: with batch_size, extra_samples, replay, more than one
             "sdpo/cut_share": cut_share,  # of the answers given to this update, before truncated=skip drops them
             "time/teacher_s": teacher_done - started,
             "time/student_and_step_s": done - teacher_done,

@@ -478,9 +478,7 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
                   if r.get(f"sdpo/advantage_abs_mean_{kind}") is not None]
         if values:
             signal_split[f"advantage_abs_mean_{kind}"] = float(np.mean(values))
-    if (config.agent.get("batch_size", 1) == 1 and config.agent.get("update_every", 1) == 1
-            and not config.agent.get("replay")):
-        signal_split["by_follow_up"] = signal_by_follow_up(interactions)  # each update is one interaction's
+    signal_split["by_follow_up"] = signal_by_follow_up(interactions)
     phase_end, end_rows = {}, []
     for p in scenario.phases:
         at_end = [r for r in rows if r["phase"] == p.index and r["interaction"] == scenario.end_of(p, n)]
@@ -521,15 +519,16 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
                   f"{summary['timings']['interaction_s_mean']:.3f} s per interaction)")
 
 
-SIGNAL_KEYS = ("advantage_abs_mean", "advantage_sum_mean", "grad_norm")  # the learner's per-update sdpo/ metrics
+SIGNAL_KEYS = ("advantage_abs_mean", "advantage_sum_mean", "grad_norm")  # an SDPO update's metrics
 
 
 def signal_by_follow_up(interactions: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     """Which follow-ups carry the learning signal: per phase and kind of follow-up (complaint, satisfied, ...), the
     kind's share of the phase's interactions and, over its updates, the mean |A_t| and summed advantage, the share
     of answers whose summed advantage is positive (reinforced as a whole), and the median gradient norm. Read from
-    ``interactions.jsonl`` rows that carry an SDPO update's metrics (one interaction per update); kinds without
-    them (another learner) get the share alone."""
+    the ``interactions.jsonl`` rows whose SDPO update learned from that interaction's answer alone
+    (``sdpo/answers`` 1); kinds without such rows (another learner, a batch of several answers) get the share
+    alone."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for phase in sorted({r["phase"] for r in interactions}):
         rows = [r for r in interactions if r["phase"] == phase]
@@ -537,7 +536,7 @@ def signal_by_follow_up(interactions: list[dict[str, Any]]) -> dict[str, dict[st
         for kind in sorted({r["follow_up_kind"] for r in rows}):
             these = [r for r in rows if r["follow_up_kind"] == kind]
             figures = {"share": len(these) / len(rows)}
-            updates = [r for r in these if all(f"sdpo/{k}" in r for k in SIGNAL_KEYS)]
+            updates = [r for r in these if r.get("sdpo/answers") == 1 and all(f"sdpo/{k}" in r for k in SIGNAL_KEYS)]
             if updates:
                 sums = np.array([r["sdpo/advantage_sum_mean"] for r in updates])
                 figures |= {"advantage_abs_mean": float(np.mean([r["sdpo/advantage_abs_mean"] for r in updates])),

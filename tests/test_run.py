@@ -97,7 +97,11 @@ def test_run_writes_the_run_folder(model_dir, scenario_file, tmp_path, capsys) -
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["phase_end"]) == {"0", "1"}
     assert summary["timings"]["evaluations"] == 5  # points 0, 4, 8 (judged under both personas), 12, 16
-    assert "by_follow_up" not in summary["signal"]  # batch_size=2: an update's metrics are not one follow-up's
+    # batch_size=2: the first update learns from one answer, every later one from two, which by_follow_up leaves out
+    assert [r["sdpo/answers"] for r in interactions] == [1.0] + [2.0] * 15
+    by_kind = summary["signal"]["by_follow_up"]
+    assert {k for kinds in by_kind.values() for figures in kinds.values() for k in figures} > {"share"}
+    assert sum(len(figures) > 1 for kinds in by_kind.values() for figures in kinds.values()) == 1
     assert (out / "winrate.png").stat().st_size > 10_000
     assert [p.name for p in (out / "snapshots").iterdir()] == ["t8.pt"]  # the policy at the persona change
 
@@ -378,19 +382,20 @@ def test_baselines_run(model_dir, scenario_file, tmp_path, agent) -> None:
 def test_the_summary_tells_which_follow_ups_carry_the_signal() -> None:
     from sdpo_env.run import signal_by_follow_up
 
-    def row(phase, kind, abs_mean=None, total=None, grad=None):
+    def row(phase, kind, abs_mean=None, total=None, grad=None, answers=1):
         update = {} if abs_mean is None else {"sdpo/advantage_abs_mean": abs_mean, "sdpo/advantage_sum_mean": total,
-                                              "sdpo/grad_norm": grad}
+                                              "sdpo/grad_norm": grad, "sdpo/answers": answers}
         return {"phase": phase, "follow_up_kind": kind, **update}
 
     rows = [row(0, "complaint", 0.1, -4.0, 0.2), row(0, "satisfied", 0.01, 0.5, 0.01),
             row(0, "complaint", 0.3, -2.0, 0.4), row(0, "complaint", 0.2, 1.0, 0.1),
+            row(0, "complaint", 9.0, 9.0, 9.0, answers=2),  # an update of two answers: not this follow-up's alone
             row(1, "satisfied"), row(1, "new_question")]  # phase 1: a learner that logs no update metrics
     found = signal_by_follow_up(rows)
-    assert found["0"]["complaint"] == pytest.approx({"share": 0.75, "advantage_abs_mean": 0.2,
+    assert found["0"]["complaint"] == pytest.approx({"share": 0.8, "advantage_abs_mean": 0.2,
                                                      "advantage_sum_mean": -5 / 3, "advantage_sum_positive": 1 / 3,
                                                      "grad_norm_median": 0.2})
-    assert found["0"]["satisfied"] == pytest.approx({"share": 0.25, "advantage_abs_mean": 0.01,
+    assert found["0"]["satisfied"] == pytest.approx({"share": 0.2, "advantage_abs_mean": 0.01,
                                                      "advantage_sum_mean": 0.5, "advantage_sum_positive": 1.0,
                                                      "grad_norm_median": 0.01})
     assert found["1"] == {"new_question": {"share": 0.5}, "satisfied": {"share": 0.5}}
