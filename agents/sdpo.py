@@ -56,6 +56,11 @@ class SDPOConfig:
                                  "weight_decay, pulling the adapter back towards the base so the policy can "
                                  "re-adapt after a preference flip, and keeping a long run from drifting into "
                                  "loops (README, 'Beyond interaction 500')", min=0.0)
+    decay_factors: str = option("AB", "which LoRA factors the weight decay shrinks: AB = both, as AdamW does on "
+                                "every trainable weight, so A's random start shrinks too and a step on B moves the "
+                                "policy less and less as a run goes on; B = the up factors only (B starts at zero), "
+                                "so A keeps its scale and BA shrinks by lr x weight_decay per step, half AB's rate "
+                                "(README, 'What to expect')", choices=("AB", "B"))
     adam_beta2: float = option(0.99, "optimizer=adamw: decay of the running mean of squared gradients, which "
                                "sets each step's scale (0.99 remembers about 100 updates, torch's 0.999 about "
                                "1000, which re-adapts worse after a flip: README, 'What to expect')",
@@ -178,13 +183,13 @@ class SDPOLearner:
         if not policy.has_adapter:
             policy.add_lora(lora_settings(config), seed=seed)
         self.params = policy.trainable_parameters()
-        # unlearn: the zero-initialised factor of each LoRA pair, what the adapter has learned (free of A's start)
-        self.up_factors = ([layer.lora_B["default"].weight for layer in policy.lora_layers().values()]
-                           if config.unlearn else [])
+        # the zero-initialised factor of each LoRA pair, what the adapter has learned (free of A's random start)
+        self.up_factors = [layer.lora_B["default"].weight for layer in policy.lora_layers().values()]
+        self.decayed = self.params if config.decay_factors == "AB" else self.up_factors
         self.optimizer: torch.optim.Optimizer
-        if config.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
-                                               betas=(0.9, config.adam_beta2))
+        if config.optimizer == "adamw":  # decays inside its step when it decays every weight (apply_step)
+            self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, betas=(0.9, config.adam_beta2),
+                                               weight_decay=config.weight_decay if self.decays_inside else 0.0)
         else:  # SGD's own weight_decay is an L2 term in the gradient; _step decays the weights as AdamW does
             self.optimizer = torch.optim.SGD(self.params, lr=config.lr)
         self.ema = EmaTeacher(policy, config.ema_decay) if config.teacher == "ema" else None
@@ -381,19 +386,26 @@ class SDPOLearner:
         Args:
             decay: False takes the step without the weight decay.
         """
-        if self.config.optimizer == "adamw":  # AdamW decays inside its step
+        if self.decays_inside:
             for group in self.optimizer.param_groups:
                 group["weight_decay"] = self.config.weight_decay if decay else 0.0
+        elif self.config.optimizer == "adamw" and decay:  # as AdamW's own decay: before the step
+            self.decay_weights()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.config.optimizer == "sgd" and decay:
             self.decay_weights()
 
+    @property
+    def decays_inside(self) -> bool:
+        """AdamW applies the weight decay in its step (it decays every weight it trains)."""
+        return self.config.optimizer == "adamw" and self.config.decay_factors == "AB"
+
     def decay_weights(self) -> None:
-        """Shrinks the LoRA weights by ``lr x weight_decay``: the decoupled weight decay of an AdamW step."""
+        """Shrinks the decayed LoRA weights by ``lr x weight_decay``: the decoupled weight decay of an AdamW step."""
         if self.config.weight_decay > 0:
             with torch.no_grad():
-                torch._foreach_mul_(list[torch.Tensor](self.params), 1 - self.config.lr * self.config.weight_decay)
+                torch._foreach_mul_(list[torch.Tensor](self.decayed), 1 - self.config.lr * self.config.weight_decay)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

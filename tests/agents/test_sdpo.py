@@ -96,7 +96,7 @@ def test_schedule_update_every_and_batch(model_dir) -> None:
 @pytest.mark.parametrize("options", [
     {"loss": "topk", "topk": 5}, {"loss": "full", "alpha": 0.5}, {"center_advantages": True}, {"credit": "to_go"},
     {"ratio_clip": 0.2}, {"advantage_threshold": 0.01}, {"signal_gate": 0.01}, {"decay_gate": 0.01}, {"kl_coef": 0.1},
-    {"replay": 1, "replay_gate": 1e-9},
+    {"replay": 1, "replay_gate": 1e-9}, {"decay_factors": "B"},
     {"teacher": "base"}, {"teacher": "ema"},
     {"aggregation": "sequence_mean", "batch_size": 2}, {"optimizer": "sgd", "lr": 1.0, "weight_decay": 1e-3},
     {"extra_samples": 2},
@@ -117,17 +117,40 @@ def test_adam_beta2_reaches_the_optimizer(model_dir) -> None:
         make(model_dir, adam_beta2=1.0)  # at 1 the running mean would never move
 
 
-def test_sgd_steps_by_the_gradient_then_decays_the_weights(model_dir) -> None:
+@pytest.mark.parametrize("factors", ["AB", "B"])
+def test_sgd_steps_by_the_gradient_then_decays_the_weights(model_dir, factors) -> None:
     lr, decay = 0.5, 0.1
-    learner = make(model_dir, optimizer="sgd", lr=lr, weight_decay=decay, grad_clip=0.0)
+    learner = make(model_dir, optimizer="sgd", lr=lr, weight_decay=decay, grad_clip=0.0, decay_factors=factors)
+    names = [n for n, w in learner.policy.model.named_parameters() if w.requires_grad]
     grads = []
     learner.optimizer.register_step_pre_hook(lambda *_: grads.append([p.grad.clone() for p in learner.params]))
     before = [p.detach().clone() for p in learner.params]
     _, transitions = interact(learner)
     learner.observe(transitions)
     assert len(grads) == 1 and any(g.abs().sum() > 0 for g in grads[0])
-    for old, grad, new in zip(before, grads[0], learner.params):
-        torch.testing.assert_close(new.detach(), (old - lr * grad) * (1 - lr * decay), atol=1e-7, rtol=1e-6)
+    for name, old, grad, new in zip(names, before, grads[0], learner.params):
+        kept = 1 - lr * decay if factors == "AB" or ".lora_B." in name else 1.0
+        torch.testing.assert_close(new.detach(), (old - lr * grad) * kept, atol=1e-7, rtol=1e-6)
+
+
+def test_decay_factors_b_shrinks_the_up_factors_only_by_lr_times_weight_decay(model_dir) -> None:
+    lr, decay = 5e-3, 4.0
+    decayed, plain, both = (make(model_dir, lr=lr, weight_decay=w, decay_factors=f)
+                            for w, f in ((decay, "B"), (0.0, "AB"), (decay, "AB")))
+    names = [n for n, w in decayed.policy.model.named_parameters() if w.requires_grad]
+    up = [".lora_B." in n for n in names]
+    assert sum(up) == len(names) // 2
+    _, transitions = interact(decayed)
+    plain._ids = both._ids = {**decayed._ids}  # the sampled token ids, not a re-tokenisation
+    history = []
+    for _ in range(2):  # B is 0 before the first step, so the decay shows from the second
+        history.append([p.detach().clone() for p in plain.params])
+        for learner in (decayed, plain, both):
+            learner.observe(transitions)
+    for is_up, old, new, same in zip(up, history[1], decayed.params, plain.params):
+        expected = same - lr * decay * old if is_up else same  # the decayed learner and the plain one share A
+        torch.testing.assert_close(new.detach(), expected.detach(), atol=1e-7, rtol=1e-5)
+    assert any(not torch.equal(a, b) for is_up, a, b in zip(up, both.params, plain.params) if not is_up)
 
 
 def test_unlearn_removes_the_b_factors_component_up_the_gradient_before_the_step(model_dir) -> None:
@@ -256,7 +279,8 @@ def test_empty_follow_up_warns(model_dir) -> None:
         learner.observe(transitions)
 
 
-@pytest.mark.parametrize("options", [{"teacher": "ema"}, {"extra_samples": 1}, {"replay": 2, "replay_gate": 1e-9}])
+@pytest.mark.parametrize("options", [{"teacher": "ema"}, {"extra_samples": 1}, {"replay": 2, "replay_gate": 1e-9},
+                                     {"decay_factors": "B"}])
 def test_resume_continues_exactly(model_dir, options) -> None:
     def run(learner, n):
         out = []
