@@ -60,8 +60,8 @@ class SDPOConfig:
                                 "every trainable weight, so A's random start shrinks too and a step on B moves the "
                                 "policy less and less as a run goes on; B = the up factors only (B starts at zero), "
                                 "so A keeps its scale and BA shrinks by lr x weight_decay per step, half AB's rate "
-                                "(on the flip B with weight_decay=4 re-adapted sooner and ended no higher, with 3 "
-                                "some seeds broke down: README, 'What to expect')", choices=("AB", "B"))
+                                "(on the flip B with weight_decay=4 re-adapted sooner and ended no higher; with "
+                                "weight_decay=3 some seeds broke down: README, 'What to expect')", choices=("AB", "B"))
     adam_beta2: float = option(0.99, "optimizer=adamw: decay of the running mean of squared gradients, which "
                                "sets each step's scale (0.99 remembers about 100 updates, torch's 0.999 about "
                                "1000, which re-adapts worse after a flip: README, 'What to expect')",
