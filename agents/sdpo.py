@@ -117,6 +117,14 @@ class SDPOConfig:
                          "flip replay=1 drove the policy far from the base and it did not re-adapt: README, 'What "
                          "to expect'); 0 = off, as in the paper", min=0)
     replay_gate: float = option(0.5, "replay: |A_t| a token must reach for its answer to be replayed", gt=0.0)
+    memory: int = option(0, "remember the user's last N follow-ups that moved some token by |A_t| >= memory_gate "
+                         "(complaints, as the learner reads them) and put them, oldest first, before the current "
+                         "follow-up in the teacher's hindsight block: answers the user let pass are then scored "
+                         "against what the user asked for earlier too (an extra teacher forward per update while "
+                         "the memory holds something; the signal metrics and the gates read the current follow-up "
+                         "alone); 0 = off, as in the paper", min=0)
+    memory_gate: float = option(0.5, "memory: |A_t| a token must reach, under the current follow-up alone, for "
+                                "the follow-up to be remembered", gt=0.0)
     ratio_clip: float | None = option(None, "PPO-style importance-ratio clip epsilon (pg loss); null = off", gt=0.0)
     aggregation: str = option("token_mean", "how token losses are combined: token_mean and sequence_mean divide "
                               f"an answer's gradient by its length, token_sum (sum / {SUM_TOKENS} tokens) does "
@@ -196,6 +204,7 @@ class SDPOLearner:
         self.ema = EmaTeacher(policy, config.ema_decay) if config.teacher == "ema" else None
         self.buffer: collections.deque[Transition] = collections.deque(maxlen=config.batch_size)
         self.replayed: collections.deque[Transition] = collections.deque(maxlen=config.replay)  # signal-bearing
+        self.remembered: collections.deque[str] = collections.deque(maxlen=config.memory)  # complaints, oldest first
         self.n_acts = self.n_updates = self.n_skipped = self.since_update = self.n_resamples = 0
         self._ids: dict[str, list[int]] = {}  # response text -> sampled token ids (exact, no re-tokenisation)
         self._warned: set[str] = set()
@@ -260,14 +269,26 @@ class SDPOLearner:
                      for t in batch]
         completions = [self._completion_ids(t.response) for t in batch]
         started = time.perf_counter()
+        remembered = [self.with_memory(t.follow_up) for t in batch] if self.remembered else None
         with torch.no_grad(), teacher_view(policy, c.teacher, self.ema):
             teacher_logits, targets, mask = policy.completion_logits(hindsight, completions)  # (B, T, V)
+            if remembered is not None:  # the teacher the policy learns from; the one above is for the readings
+                teacher_logits_read = teacher_logits
+                teacher_logits, _, _ = policy.completion_logits(
+                    [policy.encode(hindsight_messages(t.messages, o, template=c.hindsight_template))
+                     for t, o in zip(batch, remembered)], completions)
         teacher_done = time.perf_counter()
         student_logits, _, _ = policy.completion_logits(contexts, completions)  # (B, T, V), with grad
         student_lp = selective_log_softmax(student_logits, targets)  # (B, T)
         teacher_lp = selective_log_softmax(teacher_logits, targets)  # (B, T)
         advantages = token_advantages(teacher_logprobs=teacher_lp, student_logprobs=student_lp, mask=mask)
         raw_advantages = advantages
+        if remembered is not None:  # what the current follow-up alone says: the gates, the memory and the metrics
+            raw_advantages = token_advantages(teacher_logprobs=selective_log_softmax(teacher_logits_read, targets),
+                                              student_logprobs=student_lp, mask=mask)
+        if c.memory:
+            signal = signal_rows(raw_advantages[:fresh], mask[:fresh], c.memory_gate).tolist()
+            self.remembered.extend(t.follow_up.strip() for t, carries in zip(batch[:fresh], signal) if carries)
         if c.advantage_threshold:
             advantages = threshold_advantages(advantages, c.advantage_threshold)
         if c.center_advantages:
@@ -333,12 +354,18 @@ class SDPOLearner:
                 metrics[f"sdpo/advantage_abs_mean_{'relevant' if flag else 'unrelated'}"] = per_row
         if kl_to_base is not None:
             metrics["sdpo/kl_to_base"] = kl_to_base
+        if c.memory:
+            metrics["sdpo/remembered"] = float(len(self.remembered))
         if diagnose:
             with torch.no_grad():
                 log_probs = torch.log_softmax(student_logits.float(), -1)  # (B, T, V)
                 entropy = -(log_probs.exp() * log_probs).sum(-1)  # (B, T)
             metrics["sdpo/entropy"] = ((entropy * mask).sum() / n_tokens).item()
         return metrics
+
+    def with_memory(self, follow_up: str) -> str:
+        """The follow-up the teacher sees with ``memory``: the remembered ones, oldest first, then ``follow_up``."""
+        return "\n".join([*self.remembered, follow_up.strip()])
 
     def resample(self, batch: Sequence[Transition]) -> list[Transition]:
         """``extra_samples`` new answers to each interaction's prompt, each paired with that interaction's follow-up.
@@ -421,6 +448,7 @@ class SDPOLearner:
             "optimizer": self.optimizer.state_dict(),
             "buffer": [t.to_dict() for t in self.buffer],
             "replayed": [t.to_dict() for t in self.replayed],
+            "remembered": list(self.remembered),
             "ids": dict(self._ids),
             "counters": {"n_acts": self.n_acts, "n_updates": self.n_updates, "n_skipped": self.n_skipped,
                          "since_update": self.since_update, "n_resamples": self.n_resamples},
@@ -434,6 +462,8 @@ class SDPOLearner:
         self.buffer.extend(Transition.from_dict(t) for t in state["buffer"])
         self.replayed.clear()
         self.replayed.extend(Transition.from_dict(t) for t in state.get("replayed", []))
+        self.remembered.clear()
+        self.remembered.extend(state.get("remembered", []))
         self._ids = dict(state["ids"])
         for key, value in state["counters"].items():
             setattr(self, key, value)

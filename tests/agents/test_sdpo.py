@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import copy
+import dataclasses
 import warnings
 
 import pytest
@@ -96,7 +98,7 @@ def test_schedule_update_every_and_batch(model_dir) -> None:
 @pytest.mark.parametrize("options", [
     {"loss": "topk", "topk": 5}, {"loss": "full", "alpha": 0.5}, {"center_advantages": True}, {"credit": "to_go"},
     {"ratio_clip": 0.2}, {"advantage_threshold": 0.01}, {"signal_gate": 0.01}, {"decay_gate": 0.01}, {"kl_coef": 0.1},
-    {"replay": 1, "replay_gate": 1e-9}, {"decay_factors": "B"},
+    {"replay": 1, "replay_gate": 1e-9}, {"decay_factors": "B"}, {"memory": 2, "memory_gate": 1e-9},
     {"teacher": "base"}, {"teacher": "ema"},
     {"aggregation": "sequence_mean", "batch_size": 2}, {"optimizer": "sgd", "lr": 1.0, "weight_decay": 1e-3},
     {"extra_samples": 2},
@@ -242,6 +244,30 @@ def test_replay_learns_again_from_the_last_answers_whose_follow_up_carried_a_sig
     assert [rows_per_forward(quiet, t) for t in (t1, t2)] == [[1, 1], [1, 1]] and not quiet.replayed
 
 
+def test_memory_teaches_with_the_remembered_follow_ups_before_the_current_one(model_dir) -> None:
+    remembering = make(model_dir, memory=2, memory_gate=1e-9)  # every follow-up moves some token this much
+    plain = make(model_dir)
+    follow_ups = ["Too long.", "No emojis please.", "More detail please."]
+    transitions = [interact(remembering, follow_up=f, conversations=(x,))[1][0]
+                   for f, x in zip(follow_ups, (X, X2, X))]
+    plain._ids = dict(remembering._ids)
+    # an empty memory: the paper's update (one teacher forward); then a second forward, with the memory
+    assert _forwards(remembering, [transitions[0]]) == 2 and remembering.remembered == collections.deque(["Too long."])
+    plain.observe([transitions[0]])
+    assert _forwards(remembering, [transitions[1]]) == 3
+    # the reference: the plain learner told both follow-ups, oldest first, in one hindsight block
+    plain.observe([dataclasses.replace(transitions[1], follow_up="Too long.\nNo emojis please.")])
+    for a, b in zip(remembering.params, plain.params):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    metrics = remembering.observe([transitions[2]])
+    assert list(remembering.remembered) == follow_ups[1:] and metrics["sdpo/remembered"] == 2.0  # the last two
+    resumed = make(model_dir, memory=2, memory_gate=1e-9)
+    resumed.load_state_dict(copy.deepcopy(remembering.state_dict()))
+    assert resumed.remembered == remembering.remembered
+    quiet = make(model_dir, memory=2, memory_gate=1e9)  # no follow-up reaches the gate: the paper's update
+    assert [_forwards(quiet, [t]) for t in transitions[:2]] == [2, 2] and not quiet.remembered
+
+
 def test_ema_teacher_with_zero_decay_is_the_live_policy(model_dir) -> None:
     learner = make(model_dir, teacher="ema", ema_decay=0.0, lr=0.05)
     for _ in range(3):
@@ -280,7 +306,7 @@ def test_empty_follow_up_warns(model_dir) -> None:
 
 
 @pytest.mark.parametrize("options", [{"teacher": "ema"}, {"extra_samples": 1}, {"replay": 2, "replay_gate": 1e-9},
-                                     {"decay_factors": "B"}])
+                                     {"decay_factors": "B"}, {"memory": 1, "memory_gate": 1e-9}])
 def test_resume_continues_exactly(model_dir, options) -> None:
     def run(learner, n):
         out = []
