@@ -246,21 +246,25 @@ def test_replay_learns_again_from_the_last_answers_whose_follow_up_carried_a_sig
 
 def test_memory_teaches_with_the_remembered_follow_ups_before_the_current_one(model_dir) -> None:
     remembering = make(model_dir, memory=2, memory_gate=1e-9)  # every follow-up moves some token this much
-    plain = make(model_dir)
+    plain, reader = make(model_dir), make(model_dir)
     follow_ups = ["Too long.", "No emojis please.", "More detail please."]
     transitions = [interact(remembering, follow_up=f, conversations=(x,))[1][0]
                    for f, x in zip(follow_ups, (X, X2, X))]
-    plain._ids = dict(remembering._ids)
+    plain._ids = reader._ids = dict(remembering._ids)
     # an empty memory: the paper's update (one teacher forward); then a second forward, with the memory
     assert _forwards(remembering, [transitions[0]]) == 2 and remembering.remembered == collections.deque(["Too long."])
     plain.observe([transitions[0]])
-    assert _forwards(remembering, [transitions[1]]) == 3
+    reader.observe([transitions[0]])
+    metrics = remembering.observe([transitions[1]])
     # the reference: the plain learner told both follow-ups, oldest first, in one hindsight block
     plain.observe([dataclasses.replace(transitions[1], follow_up="Too long.\nNo emojis please.")])
     for a, b in zip(remembering.params, plain.params):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
-    metrics = remembering.observe([transitions[2]])
-    assert list(remembering.remembered) == follow_ups[1:] and metrics["sdpo/remembered"] == 2.0  # the last two
+    # the signal metrics read the current follow-up alone, as the paper's update does
+    assert metrics["sdpo/advantage_abs_mean"] == reader.observe([transitions[1]])["sdpo/advantage_abs_mean"]
+    assert metrics["sdpo/remembered"] == 2.0
+    assert _forwards(remembering, [transitions[2]]) == 3  # the teacher without the memory, then with it
+    assert list(remembering.remembered) == follow_ups[1:]  # the last two
     resumed = make(model_dir, memory=2, memory_gate=1e-9)
     resumed.load_state_dict(copy.deepcopy(remembering.state_dict()))
     assert resumed.remembered == remembering.remembered
