@@ -244,9 +244,14 @@ def test_replay_learns_again_from_the_last_answers_whose_follow_up_carried_a_sig
     assert [rows_per_forward(quiet, t) for t in (t1, t2)] == [[1, 1], [1, 1]] and not quiet.replayed
 
 
-def test_memory_teaches_with_the_remembered_follow_ups_before_the_current_one(model_dir) -> None:
+def test_memory_teaches_with_the_remembered_follow_ups_before_the_current_one(model_dir, monkeypatch) -> None:
     remembering = make(model_dir, memory=2, memory_gate=1e-9)  # every follow-up moves some token this much
-    plain, reader = make(model_dir), make(model_dir)
+    plain = make(model_dir)
+    reader = make(model_dir, memory=2, memory_gate=1e9)  # remembers nothing: the paper's update, read by the gate
+    read = []  # the advantages each memory gate reads
+    signal_rows = sdpo_module.signal_rows
+    monkeypatch.setattr(sdpo_module, "signal_rows",
+                        lambda a, m, g: read.append(a.detach().clone()) or signal_rows(a, m, g))
     follow_ups = ["Too long.", "No emojis please.", "More detail please."]
     transitions = [interact(remembering, follow_up=f, conversations=(x,))[1][0]
                    for f, x in zip(follow_ups, (X, X2, X))]
@@ -262,6 +267,7 @@ def test_memory_teaches_with_the_remembered_follow_ups_before_the_current_one(mo
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     # the signal metrics read the current follow-up alone, as the paper's update does
     assert metrics["sdpo/advantage_abs_mean"] == reader.observe([transitions[1]])["sdpo/advantage_abs_mean"]
+    torch.testing.assert_close(read[-2], read[-1], atol=0, rtol=0)  # and so does the gate of what is remembered
     assert metrics["sdpo/remembered"] == 2.0
     assert _forwards(remembering, [transitions[2]]) == 3  # the teacher without the memory, then with it
     assert list(remembering.remembered) == follow_ups[1:]  # the last two
