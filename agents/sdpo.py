@@ -53,7 +53,7 @@ class SDPOConfig:
                             "policy far less (python -m sdpo_env.bench_selectivity); with loss=pg it re-adapts worse "
                             "after a flip (lr=0.5 weight_decay=4e-3 learns, lr=2 collapses); with loss=full "
                             "lr=2 weight_decay=1e-3 signal_gate=0.3 it re-adapts fastest and ends the flip highest "
-                            "of the settings measured on the shipped model, lr=4 breaks down (README, 'What "
+                            "of the settings measured on the shipped model, lr=3 frays on some seeds (README, 'What "
                             "holds the last tenth back')",
                             choices=("adamw", "sgd"))
     weight_decay: float = option(2.0, "decoupled weight decay: every step shrinks the LoRA weights by lr x "
