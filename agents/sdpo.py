@@ -1,7 +1,7 @@
 """SDPO from user interactions: distil the hindsight policy into a LoRA adapter after each interaction.
 
 For a batch of interactions (x, y, o): one no-grad teacher forward on the hindsight context (x with o attached to
-the last user turn), one student forward/backward on x, and an AdamW step on the LoRA weights. The token advantage
+the last user turn), one student forward/backward on x, and an optimizer step on the LoRA weights. The token advantage
 ``A_t = log pi(y_t | x, o, y_<t) - log pi(y_t | x, y_<t)`` reinforces what the follow-up makes more likely and
 penalises what it makes less likely. SDPO never reads the environment's reward.
 """
@@ -22,7 +22,7 @@ import torch
 from agents.base import LEARNERS, Messages, Transition, sampling_seed
 from sdpo_env.hindsight import DEFAULT_TEMPLATE, hindsight_messages
 from sdpo_env.policy import ChatPolicy, LoraSettings
-from sdpo_env.schema import option
+from sdpo_env.schema import option, option_like
 from sdpo_env.sdpo import (
     AGGREGATIONS,
     SUM_TOKENS,
@@ -47,16 +47,16 @@ RESAMPLE_STREAM = 1 << 40  # extra_samples draw their generation seeds from here
 class SDPOConfig:
     """Options of the SDPO learner (``agent.<name>=value``)."""
 
-    lr: float = option(1e-3, "learning rate on the LoRA weights (constant)", gt=0.0)
-    optimizer: str = option("adamw", "adamw: each step about lr per weight, whatever the follow-up; sgd (no "
-                            "momentum): steps in proportion to the gradient, so unrelated follow-ups move the "
-                            "policy far less (python -m sdpo_env.bench_selectivity); with loss=pg it re-adapts worse "
-                            "after a flip (lr=0.5 weight_decay=4e-3 learns, lr=2 collapses); with loss=full "
-                            "lr=2 weight_decay=1e-3 signal_gate=0.3 it re-adapts fastest and ends the flip highest "
-                            "of the settings measured on the shipped model, lr=3 frays on some seeds (README, 'What "
-                            "holds the last tenth back')",
-                            choices=("adamw", "sgd"))
-    weight_decay: float = option(2.0, "decoupled weight decay: every step shrinks the LoRA weights by lr x "
+    lr: float = option(2.0, "learning rate on the LoRA weights (constant); an SGD step is lr x the gradient, "
+                       "clipped to grad_clip (on the flip, with the gate, lr=1.5 and 2 end at the same level and 3 "
+                       "frays on some seeds; with optimizer=adamw about 1e-3, as agent=sdpo_paper: README, 'What to "
+                       "expect')", gt=0.0)
+    optimizer: str = option("sgd", "sgd (no momentum): steps in proportion to the gradient, so a complaint moves "
+                            "the policy far more than a follow-up the teacher hardly reacts to (python -m "
+                            "sdpo_env.bench_selectivity); with loss=full and signal_gate it re-adapts after a flip in "
+                            "about half AdamW's time and ends higher; adamw (the paper's): each step about lr per "
+                            "weight, whatever the follow-up (agent=sdpo_paper)", choices=("adamw", "sgd"))
+    weight_decay: float = option(1e-3, "decoupled weight decay: every step shrinks the LoRA weights by lr x "
                                  "weight_decay, pulling the adapter back towards the base so the policy can "
                                  "re-adapt after a preference flip, and keeping a long run from drifting into "
                                  "loops (README, 'Beyond interaction 500')", min=0.0)
@@ -77,18 +77,20 @@ class SDPOConfig:
     teacher: str = option("live", "live = current policy (paper), base = frozen base, ema = moving average",
                           choices=TEACHERS)
     ema_decay: float = option(0.99, "teacher=ema: weight of the old average per update", min=0.0, max=0.9999)
-    loss: str = option("pg", "pg = sampled-token policy gradient (paper), topk = top-k divergence + tail, "
-                       "full = full-vocabulary divergence", choices=("pg", "topk", "full"))
+    loss: str = option("full", "full = the divergence over the whole vocabulary (the exact reverse-KL gradient "
+                       "the paper's estimator samples, Appendix B), pg = sampled-token policy gradient (the paper's), "
+                       "topk = top-k divergence + tail", choices=("pg", "topk", "full"))
     topk: int = option(20, "loss=topk: tokens kept per position", min=1)
     alpha: float = option(1.0, "loss=topk|full: 0 forward KL, 1 reverse KL, between: generalised JSD",
                           min=0.0, max=1.0)
     advantage_threshold: float = option(0.0, "loss=pg: zero the token advantages with |A_t| below this before "
                                         "the update (a complaint's signal sits on few tokens, a neutral "
                                         "follow-up's noise on many); 0 keeps every token", min=0.0)
-    signal_gate: float = option(0.0, "learn only from answers whose follow-up moves some token by |A_t| >= this "
+    signal_gate: float = option(0.3, "learn only from answers whose follow-up moves some token by |A_t| >= this "
                                 "(the sampled tokens' log-ratio, under any loss); an update whose answers all fall "
-                                "below it takes no optimizer step; 0 learns from every follow-up, as the paper "
-                                "does (README, 'Learning only from follow-ups that carry a signal')", min=0.0)
+                                "below it takes no optimizer step (on the flip 0.3 passes 95% of complaints and 9% "
+                                "of the other follow-ups); 0 learns from every follow-up, as the paper does (README, "
+                                "'Learning only from follow-ups that carry a signal')", min=0.0)
     gate_decay: bool = option(False, "signal_gate: an update the gate skips still shrinks the LoRA weights by "
                               "lr x weight_decay (on the flip this lowered every plateau: README, 'Learning only "
                               "from follow-ups that carry a signal')")
@@ -155,12 +157,26 @@ class SDPOConfig:
         for key, off in (("advantage_threshold", 0), ("decay_gate", 0), ("credit", "token")):
             if getattr(self, key) != off and self.loss != "pg":
                 problems.append((key, f"applies to loss=pg only (loss={self.loss} learns from the teacher's "
-                                      f"logits, not from advantages); set it to {off}"))
+                                      f"logits, not from advantages); set it to {off}, or give loss=pg too "
+                                      f"(agent=sdpo_paper has loss=pg by default)"))
         if self.lr * self.weight_decay >= 1:
             problems.append(("weight_decay", f"each step shrinks the LoRA weights by lr x weight_decay = "
                                              f"{self.lr * self.weight_decay:g}, which must be below 1 (with lr="
                                              f"{self.lr:g}, give weight_decay < {1 / self.lr:g})"))
         return problems
+
+
+@dataclass
+class SDPOPaperConfig(SDPOConfig):
+    """SDPO stepped as the paper steps it (``agent=sdpo_paper``; ``agent=sdpo``'s defaults until December 2026): the
+    sampled-token policy gradient, AdamW, an update on every follow-up. ``lr`` and ``weight_decay`` are the values
+    measured for AdamW on the shipped model; every other option is ``agent=sdpo``'s."""
+
+    lr: float = option_like(SDPOConfig, "lr", 1e-3)
+    optimizer: str = option_like(SDPOConfig, "optimizer", "adamw")
+    weight_decay: float = option_like(SDPOConfig, "weight_decay", 2.0)
+    loss: str = option_like(SDPOConfig, "loss", "pg")
+    signal_gate: float = option_like(SDPOConfig, "signal_gate", 0.0)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
@@ -473,3 +489,10 @@ class SDPOLearner:
             setattr(self, key, value)
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
+
+
+@LEARNERS.register("sdpo_paper")
+class SDPOPaperLearner(SDPOLearner):
+    """SDPO with the paper's estimator and optimiser (:class:`SDPOPaperConfig`): ``agent=sdpo_paper``."""
+
+    Config = SDPOPaperConfig

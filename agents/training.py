@@ -1,7 +1,8 @@
 """What the LoRA-training baselines share with SDPO: the same options and the same optimiser step.
 
-- :func:`same_as_sdpo` declares a config field with SDPO's default, help text and checks (read from
-  :class:`agents.sdpo.SDPOConfig`), so a comparison uses one set of LoRA and AdamW settings by construction.
+- :func:`same_as_sdpo` declares a config field with the default, help text and checks of ``agent=sdpo_paper`` (read
+  from :class:`agents.sdpo.SDPOPaperConfig`: SDPO stepped by AdamW), so a comparison uses one set of LoRA and AdamW
+  settings by construction.
 - :class:`LoraTrainer` adds the adapter, owns the AdamW optimiser, and takes a step with SDPO's rules: gradient
   clipping, non-finite losses and gradients skipped, counted and warned about; its state resumes exactly.
 - :class:`SampledIds` remembers the token ids of the policy's own answers, so a loss scores exactly the sampled
@@ -10,7 +11,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from collections.abc import Iterable, Sequence
@@ -19,23 +19,19 @@ from typing import Any
 import torch
 
 from agents.base import Messages
-from agents.sdpo import SDPOConfig, load_optimizer_state, lora_settings
+from agents.sdpo import SDPOPaperConfig, load_optimizer_state, lora_settings
 from sdpo_env.policy import ChatPolicy
-from sdpo_env.schema import option
-
-_SDPO_FIELDS = {f.name: f for f in dataclasses.fields(SDPOConfig)}
+from sdpo_env.schema import option_like
 
 
 def same_as_sdpo(name: str) -> Any:
-    """A dataclass field equal to SDPO's option ``name`` (default, help text, allowed range).
+    """A dataclass field equal to ``agent=sdpo_paper``'s option ``name`` (default, help text, allowed range): the
+    baselines build an AdamW, so they take the AdamW setting of SDPO, not ``agent=sdpo``'s SGD one.
 
     Raises:
         KeyError: SDPO has no such option.
     """
-    f = _SDPO_FIELDS[name]
-    meta = f.metadata
-    return option(f.default, meta["help"], min=meta["min"], max=meta["max"], gt=meta["gt"],
-                  choices=meta["choices"], nonempty=meta["nonempty"])
+    return option_like(SDPOPaperConfig, name)
 
 
 class LoraTrainer:

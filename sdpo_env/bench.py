@@ -3,7 +3,7 @@
 Examples::
 
     python -m sdpo_env.bench scenario=flip \\
-        agents=[sdpo,sft_hindsight,dpo_hindsight,icl_memory,none,icl_oracle,reinforce_oracle] seeds=3
+        agents=[sdpo,sdpo_paper,sft_hindsight,dpo_hindsight,icl_memory,none,icl_oracle,reinforce_oracle] seeds=3
     python -m sdpo_env.bench scenario=single agents=[sdpo,mypkg.learners:MyLearner] seeds=2 out=bench/mine
     python -m sdpo_env.bench scenario=flip agents=[sdpo,none] seeds=1 n_interactions=100 eval.n_prompts=32
     python -m sdpo_env.bench scenario=flip agents=[sdpo,none] seeds=3 run=false   # aggregate what has finished

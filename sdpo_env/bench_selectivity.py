@@ -9,9 +9,9 @@ does so from a fresh optimizer and again after ``--warm`` relevant updates (the 
 side's mean |A_t| and gradient norm. KLs are means over pairs; the headline is the median over pairs of the ratio
 relevant / unrelated of the part the follow-up caused.
 
-    python -m sdpo_env.bench_selectivity                    # the shipped tiny model, SDPO defaults
-    python -m sdpo_env.bench_selectivity loss=topk lr=5e-4  # extra key=value arguments are SDPO options
-    python -m sdpo_env.bench_selectivity signal_gate=0.3 kl_coef=0.1 lr=1.5e-3   # learning only from signals
+    python -m sdpo_env.bench_selectivity                    # the shipped tiny model, agent=sdpo's defaults
+    python -m sdpo_env.bench_selectivity --learner sdpo_paper             # the sampled-token loss and AdamW
+    python -m sdpo_env.bench_selectivity --learner sdpo_paper loss=topk lr=5e-4   # key=value: the learner's options
 
 With ``signal_gate``, a follow-up whose advantages all stay below the gate takes no step: it moves the
 policy by nothing (KL 0, caused part 0, gradient norm 0), and a pair whose unrelated side is skipped has an infinite
@@ -121,15 +121,16 @@ def one_update_moves(learner: SDPOLearner, pairs: Sequence[Pair], contexts: list
             "grad_norm_relevant": rel[:, 3].mean(), "grad_norm_unrelated": unr[:, 3].mean()}
 
 
-def measure(options: dict[str, Any], *, model: str = "tiny", n_pairs: int = 28, n_warm: int = 20, n_probe: int = 32,
-            seed: int = 0) -> dict[str, dict[str, float]]:
-    """The figures from a fresh optimizer and after ``n_warm`` relevant updates.
+def measure(options: dict[str, Any], *, learner_name: str = "sdpo", model: str = "tiny", n_pairs: int = 28,
+            n_warm: int = 20, n_probe: int = 32, seed: int = 0) -> dict[str, dict[str, float]]:
+    """The figures from a fresh optimizer and after ``n_warm`` relevant updates, for ``learner_name`` (``sdpo`` or
+    ``sdpo_paper``) with ``options``.
 
     Raises:
         SdpoEnvError: the training prompts gave too few pairs (the message says how many).
     """
     policy = ChatPolicy.load(model, device="cpu")
-    learner = make_learner({"name": "sdpo", "diagnostics_every": 0, **options}, policy, seed=seed)
+    learner = make_learner({"name": learner_name, "diagnostics_every": 0, **options}, policy, seed=seed)
     assert isinstance(learner, SDPOLearner)
     # Interactions come from the training pool, as in a run; the KL is measured on held-out prompts.
     train = [list(p.messages) for p in load_prompts("train")[: 3 * (n_pairs + n_warm)]]  # 1 in 2 to 3 in 4 pair
@@ -151,7 +152,9 @@ def measure(options: dict[str, Any], *, model: str = "tiny", n_pairs: int = 28, 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("options", nargs="*", help="SDPO options as key=value (loss=topk, lr=5e-4, ...)")
+    parser.add_argument("options", nargs="*", help="the learner's options as key=value (loss=topk, lr=1.5, ...)")
+    parser.add_argument("--learner", default="sdpo", choices=("sdpo", "sdpo_paper"),
+                        help="sdpo_paper: the sampled-token loss and AdamW, on every follow-up")
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--pairs", type=int, default=28, help="pairs measured")
     parser.add_argument("--warm", type=int, default=20, help="relevant updates before the second measurement")
@@ -162,10 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     assert isinstance(options, dict)
     console = Console(width=160)
     with console.status(f"sampling answers, then {4 * args.pairs} updates (about a minute on a 2-core CPU)"):
-        figures = measure({str(k): v for k, v in options.items()}, model=args.model, n_pairs=args.pairs,
-                          n_warm=args.warm, n_probe=args.probe, seed=args.seed)
-    table = Table(title=f"one SDPO update ({args.model}, {args.pairs} pairs, KL on {args.probe} held-out answers"
-                        + (f", {' '.join(args.options)}" if args.options else "") + ")")
+        figures = measure({str(k): v for k, v in options.items()}, learner_name=args.learner, model=args.model,
+                          n_pairs=args.pairs, n_warm=args.warm, n_probe=args.probe, seed=args.seed)
+    table = Table(title=f"one {args.learner} update ({args.model}, {args.pairs} pairs, KL on {args.probe} held-out "
+                        "answers" + (f", {' '.join(args.options)}" if args.options else "") + ")")
     for column in ("learner state", "KL to before: rel / unrel", "caused by the follow-up: rel / unrel",
                    "median pair ratio", "rel. moves more", "|A| rel / unrel", "grad norm rel / unrel"):
         table.add_column(column, justify="right")

@@ -4,11 +4,12 @@ Examples::
 
     python -m sdpo_env.run scenario=flip                      # SDPO on the embedded tiny model, offline
     python -m sdpo_env.run scenario=single agent=icl_oracle   # the in-context oracle baseline
-    python -m sdpo_env.run scenario=flip agent.lr=5e-4 seed=1 out_dir=runs/flip-s1
+    python -m sdpo_env.run scenario=flip agent=sdpo_paper     # SDPO with the paper's loss and optimizer
+    python -m sdpo_env.run scenario=flip agent.lr=1.5 seed=1 out_dir=runs/flip-s1
     python -m sdpo_env.run resume=runs/flip-s1                # continue a stopped run exactly
     python -m sdpo_env.run branch=runs/flip-s1 agent.weight_decay=0 n_interactions=750 out_dir=runs/flip-s1-wd0
         # a new run that starts from runs/flip-s1's last checkpoint with other learner options
-    python -m sdpo_env.run branch=runs/flip-s1 at=250 agent.weight_decay=4 out_dir=runs/flip-s1-250-wd4
+    python -m sdpo_env.run branch=runs/flip-s1 at=250 agent.weight_decay=2e-3 out_dir=runs/flip-s1-250-wd2e-3
         # ... or from its state at the persona change at interaction 250
 
 The run folder gets ``config.yaml``, ``interactions.jsonl``, ``metrics.jsonl``, ``summary.json``, ``winrate.png``,

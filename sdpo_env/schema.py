@@ -50,6 +50,21 @@ def option(
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def option_like(cls: type, name: str, default: Any = dataclasses.MISSING) -> Any:
+    """The option ``name`` of dataclass ``cls`` (help text and checks), with its default or ``default``.
+
+    Raises:
+        KeyError: ``cls`` has no such field.
+    """
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    meta = f.metadata
+    checks = {k: meta[k] for k in ("min", "max", "gt", "choices", "nonempty")}
+    factory = f.default_factory
+    if default is dataclasses.MISSING and callable(factory):
+        return option(help=meta["help"], factory=factory, **checks)
+    return option(f.default if default is dataclasses.MISSING else default, meta["help"], **checks)
+
+
 def _describe(value: Any) -> str:
     text = repr(value)
     if len(text) > 60:

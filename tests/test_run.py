@@ -335,7 +335,9 @@ def test_a_branch_continues_a_run_from_its_checkpoint_with_other_learner_options
     assert read_jsonl(source / "metrics.jsonl")[-1]["interaction"] == 8  # the source is left as it was
     # where each branch started and what it changed, kept in branch.json and summary.json; a branch of a branch
     # keeps the whole line
-    from_source = {"run": str(source), "at": 8, "changed": {"agent.lr": [1e-3, 5e-3], "agent.weight_decay": [2.0, 0.0],
+    defaults = SDPOConfig()
+    from_source = {"run": str(source), "at": 8, "changed": {"agent.lr": [defaults.lr, 5e-3],
+                                                            "agent.weight_decay": [defaults.weight_decay, 0.0],
                                                             "n_interactions": [8, 20]}}
     assert json.loads((changed / "branch.json").read_text()) == [from_source]
     assert json.loads((changed / "summary.json").read_text())["branches"] == [from_source]

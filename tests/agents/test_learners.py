@@ -11,7 +11,7 @@ import torch
 from agents import LEARNERS, Transition, make_learner
 from agents.base import sampling_seed
 from agents.icl_memory import ICLMemory
-from agents.sdpo import SDPOConfig
+from agents.sdpo import SDPOPaperConfig
 from agents.sft_hindsight import REGENERATION_STREAM, regenerate
 from sdpo_env.errors import ConfigError
 from sdpo_env.hindsight import DEFAULT_TEMPLATE
@@ -134,7 +134,8 @@ def test_icl_memory_keeps_the_last_follow_ups_in_the_system_prompt(model_dir) ->
 
 
 def test_baselines_share_sdpo_training_defaults() -> None:
-    sdpo = {f.name: f.default for f in dataclasses.fields(SDPOConfig)}
+    """The baselines build an AdamW, so they take the AdamW setting of SDPO (agent=sdpo_paper), not sdpo's SGD."""
+    sdpo = {f.name: f.default for f in dataclasses.fields(SDPOPaperConfig)}
     for name in ("sft_hindsight", "dpo_hindsight", "reinforce_oracle"):
         config = LEARNERS.get(name).Config()
         for key in ("lr", "weight_decay", "adam_beta2", "grad_clip", "batch_size", "update_every", "lora_r",
@@ -143,14 +144,14 @@ def test_baselines_share_sdpo_training_defaults() -> None:
 
 
 def test_baselines_build_sdpo_optimiser(model_dir) -> None:
-    """The optimiser each training baseline builds has SDPO's settings (betas included), by default and when set."""
+    """Each training baseline's optimiser has sdpo_paper's settings (betas included), by default and when set."""
 
     def settings(learner) -> dict:
         optimizer = learner.optimizer if hasattr(learner, "optimizer") else learner.trainer.optimizer
         return {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
 
     for options in ({}, {"adam_beta2": 0.999, "lr": 2e-3, "weight_decay": 0.5}):
-        expected = settings(make(model_dir, "sdpo", **options))
+        expected = settings(make(model_dir, "sdpo_paper", **options))  # the AdamW setting of SDPO
         for name in TRAINING[1:]:
             assert settings(make(model_dir, name, **options)) == expected, (name, options)
 

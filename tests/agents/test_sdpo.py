@@ -27,9 +27,11 @@ def model_dir(tmp_path_factory):
     return build_random_model(tmp_path_factory.mktemp("random_model"))
 
 
-def make(model_dir, **options):
+def make(model_dir, name="sdpo_paper", **options):
+    """A learner on the random model; by default ``sdpo_paper`` (the sampled-token loss, AdamW, no gate), whose
+    mechanics most tests here check option by option; ``name="sdpo"`` for the defaults."""
     policy = ChatPolicy.load(str(model_dir), device="cpu", sampling=Sampling(max_new_tokens=10))
-    return make_learner({"name": "sdpo", "diagnostics_every": 0, **options}, policy, seed=0)
+    return make_learner({"name": name, "diagnostics_every": 0, **options}, policy, seed=0)
 
 
 def interact(learner, follow_up="Too long, keep it short.", conversations=(X, X2)):
@@ -61,6 +63,36 @@ def test_update_moves_tokens_in_the_direction_of_their_advantage(model_dir) -> N
     assert metrics["sdpo/advantage_abs_mean"] == pytest.approx(advantages.abs().mean().item(), rel=1e-4)
     assert change[advantages > 0].mean() > 0 and change[advantages < 0].mean() < 0
     assert (advantages * change).sum() > 0  # first-order decrease of the loss
+
+
+def test_sdpo_defaults_are_the_exact_gradient_stepped_by_sgd_on_signals_and_sdpo_paper_is_the_papers(model_dir):
+    sdpo, paper = make(model_dir, "sdpo"), make(model_dir)
+    differ = {f.name: (getattr(sdpo.config, f.name), getattr(paper.config, f.name))
+              for f in dataclasses.fields(sdpo.config) if getattr(sdpo.config, f.name) != getattr(paper.config, f.name)}
+    assert differ == {"lr": (2.0, 1e-3), "optimizer": ("sgd", "adamw"), "weight_decay": (1e-3, 2.0),
+                      "loss": ("full", "pg"), "signal_gate": (0.3, 0.0)}
+    assert type(sdpo.optimizer) is torch.optim.SGD and type(paper.optimizer) is torch.optim.AdamW
+    assert isinstance(paper, SDPOLearner) and paper.config.lr * paper.config.weight_decay == sdpo.config.lr * 1e-3
+
+
+def test_a_default_update_lowers_the_reverse_kl_to_the_hindsight_teacher(model_dir) -> None:
+    """The exact gradient of KL(student || teacher) over the vocabulary, stepped by SGD: the divergence on the
+    answer falls (computed here from the two distributions, apart from the learner's loss)."""
+    learner = make(model_dir, "sdpo", signal_gate=0, weight_decay=0, lr=0.5, grad_clip=0)
+    (response,), (transition,) = interact(learner, conversations=(X,))
+    p, ids = learner.policy, learner._completion_ids(response)
+
+    def reverse_kl() -> float:
+        with torch.no_grad():
+            student, _, mask = p.completion_logits([p.encode(X)], [ids])
+            teacher, _, _ = p.completion_logits([p.encode(hindsight_messages(X, transition.follow_up))], [ids])
+            s, t = torch.log_softmax(student, -1), torch.log_softmax(teacher, -1)
+            return float(((s.exp() * (s - t)).sum(-1) * mask).sum() / mask.sum())
+
+    before = reverse_kl()
+    metrics = learner.observe([transition])
+    assert metrics["sdpo/loss"] == pytest.approx(before, rel=1e-4) and before > 0
+    assert reverse_kl() < before
 
 
 def _forwards(learner, transitions) -> int:
@@ -364,7 +396,10 @@ def test_options_are_validated_together(model_dir) -> None:
     assert "command line: agent.loss: got 'kl'; allowed: 'pg', 'topk', 'full'." in text
     shrink = r"agent.weight_decay: each step shrinks the LoRA weights by lr x weight_decay = 4, which must be below 1"
     with pytest.raises(ConfigError, match=shrink + r" \(with lr=2, give weight_decay < 0.5\)"):
-        make_learner({"name": "sdpo", "optimizer": "sgd", "lr": 2}, policy, seed=0)
+        make_learner({"name": "sdpo_paper", "optimizer": "sgd", "lr": 2}, policy, seed=0)  # weight_decay 2
+    with pytest.raises(ConfigError, match=r"agent\.credit: applies to loss=pg only \(loss=full .* or give loss=pg too"):
+        make_learner({"name": "sdpo", "credit": "to_go"}, policy, seed=0)  # the default loss is the exact gradient
+    assert make_learner({"name": "sdpo", "credit": "to_go", "loss": "pg"}, policy, seed=0).config.credit == "to_go"
     with pytest.raises(UnknownNameError, match=r"unknown learner 'sdp'\. Did you mean 'sdpo'"):
         make_learner({"name": "sdp"}, policy, seed=0)
     with pytest.raises(SdpoEnvError, match=r"cannot import learner 'nowhere\.mod:Learner': module 'nowhere\.mod'"):
