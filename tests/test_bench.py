@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from agents import LEARNERS
+from agents.sdpo import paper_options
 from sdpo_env.bench import main
 from sdpo_env.bench_metrics import PhaseInfo, area_under_curve, mean_ci, run_metrics
 from sdpo_env.runfolder import RunFolder
@@ -246,6 +247,23 @@ def test_a_folder_with_other_settings_is_not_mixed_in(model_dir, scenario_file, 
     stored.write_text(yaml.safe_dump(data))
     assert main([*grid_args(model_dir, scenario_file, out, ["none"]), "n_interactions=2"]) == 0
     assert "finished, skipped" in capsys.readouterr().out
+
+
+def test_a_run_with_sdpos_earlier_defaults_is_named_and_can_be_compared_on(model_dir, scenario_file, tmp_path,
+                                                                          capsys) -> None:
+    """A bench folder from before agent=sdpo's defaults changed: the error says how to go on with it."""
+    out = tmp_path / "bench"
+    earlier = [f"agent.{k}={v}" for k, v in paper_options().items()]
+    assert main([*grid_args(model_dir, scenario_file, out, ["sdpo"]), "n_interactions=2", *earlier]) == 0
+    assert main([*grid_args(model_dir, scenario_file, out, ["sdpo"]), "n_interactions=2"]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # the message as one line, whatever the terminal's width
+    assert "which agent=sdpo_paper keeps; to go on with it, give them: " + " ".join(earlier) in err
+    assert main([*grid_args(model_dir, scenario_file, out, ["sdpo"]), "n_interactions=2", *earlier]) == 0
+    assert "finished, skipped" in capsys.readouterr().out
+    # another difference: no hint
+    assert main([*grid_args(model_dir, scenario_file, out, ["sdpo"]), "n_interactions=2", *earlier,
+                 "agent.lora_r=4"]) == 2
+    assert "agent=sdpo_paper" not in capsys.readouterr().err
 
 
 def test_seeds_may_be_a_list(tmp_path) -> None:
