@@ -70,8 +70,9 @@ class SDPOConfig:
                                "sets each step's scale (0.99 remembers about 100 updates, torch's 0.999 about "
                                "1000, which re-adapts worse after a flip: README, 'What to expect')",
                                min=0.0, max=0.9999)
-    grad_clip: float = option(0.2, "clip the gradient norm to this value (SDPO's norms: median 0.06-0.36 for a "
-                              "complaint, rare outliers above 1); 0 disables", min=0.0)
+    grad_clip: float = option(0.2, "clip the gradient norm to this value, so an SGD step moves the weights by at "
+                              "most lr x grad_clip (the sampled-token loss's norms: median 0.06-0.36 for a complaint, "
+                              "rare outliers above 1; the exact gradient's are smaller); 0 disables", min=0.0)
     update_every: int = option(1, "update after every N interactions", min=1)
     batch_size: int = option(1, "interactions per update: the last N (the paper uses 16)", min=1)
     teacher: str = option("live", "live = current policy (paper), base = frozen base, ema = moving average",
