@@ -180,14 +180,6 @@ class SDPOPaperConfig(SDPOConfig):
     signal_gate: float = option_like(SDPOConfig, "signal_gate", 0.0)
 
 
-def paper_options() -> dict[str, Any]:
-    """``agent=sdpo_paper``'s defaults where they differ from ``agent=sdpo``'s: the options that make ``sdpo`` run as
-    ``sdpo_paper`` (and as ``sdpo`` ran before December 2026)."""
-    sdpo, paper = SDPOConfig(), SDPOPaperConfig()
-    return {f.name: getattr(paper, f.name) for f in dataclasses.fields(SDPOConfig)
-            if getattr(paper, f.name) != getattr(sdpo, f.name)}
-
-
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """Loads an optimizer's saved state but keeps the settings it was built with (lr, betas, weight decay):
     torch's ``load_state_dict`` restores the saved ones, and a branch (``python -m sdpo_env.run branch=...``) may

@@ -42,7 +42,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from agents.base import learner_config, resolved_learner_options
-from agents.sdpo import paper_options
 from sdpo_env import run as runner
 from sdpo_env.bench_metrics import PhaseInfo, Stat, aggregate_runs, mean_curve, phase_infos, run_metrics
 from sdpo_env.cli import command_main
@@ -175,25 +174,26 @@ def plan(args: Sequence[str]) -> tuple[BenchConfig, list[PlannedRun], Any]:
                     continue
                 differing = _differences(stored, expected)
                 if differing:
-                    hint = _earlier_defaults_hint(name, stored, differing)
                     problems.append(Problem(str(folder), "config.yaml", f"holds a run with other settings ("
-                                            f"{', '.join(differing)}) than this bench asks for; use the same settings, "
-                                            f"another out=, or remove the folder{hint}"))
+                                            f"{', '.join(differing)}) than this bench asks for; use the same settings"
+                                            f"{_settings_of(stored, differing)}, another out=, or remove the folder"))
     if problems:
         raise ConfigError(problems)
     return bench, runs, scenario
 
 
-def _earlier_defaults_hint(name: str, stored: dict[str, Any], differing: list[str]) -> str:
-    """For an ``sdpo`` run that differs only in having the defaults of before December 2026 (``agent=sdpo_paper``'s):
-    how to go on with it."""
-    earlier = paper_options()
-    if (name != "sdpo" or not set(differing) <= {f"agent.{k}" for k in earlier}
-            or any(stored.get("agent", {}).get(k) != v for k, v in earlier.items())):
-        return ""
-    given = " ".join(f"agent.{k}={v}" for k, v in earlier.items())
-    return (f" (it was run with agent=sdpo's defaults from before December 2026, which agent=sdpo_paper keeps; to go "
-            f"on with it, give them: {given})")
+def _settings_of(stored: dict[str, Any], keys: list[str]) -> str:
+    """`` (KEY=VALUE ...)``: the folder's values of ``keys`` as command-line arguments, which go on with the run in it
+    (after a default changed, say); "" when one of them is not a plain value."""
+    given = []
+    for key in keys:
+        value: Any = stored
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if not isinstance(value, (bool, int, float, str)) or not re.fullmatch(r"[\w./:+-]+", str(value)):
+            return ""
+        given.append(f"{key}={value}")
+    return f" ({' '.join(given)})"
 
 
 def _differences(stored: Any, expected: Any, prefix: str = "") -> list[str]:

@@ -58,11 +58,8 @@ def option_like(cls: type, name: str, default: Any = dataclasses.MISSING) -> Any
     """
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
     meta = f.metadata
-    checks = {k: meta[k] for k in ("min", "max", "gt", "choices", "nonempty")}
-    factory = f.default_factory
-    if default is dataclasses.MISSING and callable(factory):
-        return option(help=meta["help"], factory=factory, **checks)
-    return option(f.default if default is dataclasses.MISSING else default, meta["help"], **checks)
+    return option(f.default if default is dataclasses.MISSING else default, meta["help"], min=meta["min"],
+                  max=meta["max"], gt=meta["gt"], choices=meta["choices"], nonempty=meta["nonempty"])
 
 
 def _describe(value: Any) -> str:

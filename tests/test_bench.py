@@ -18,7 +18,6 @@ import pytest
 import yaml
 
 from agents import LEARNERS
-from agents.sdpo import paper_options
 from sdpo_env.bench import main
 from sdpo_env.bench_metrics import PhaseInfo, area_under_curve, mean_ci, run_metrics
 from sdpo_env.runfolder import RunFolder
@@ -240,6 +239,7 @@ def test_a_folder_with_other_settings_is_not_mixed_in(model_dir, scenario_file, 
     assert main([*grid_args(model_dir, scenario_file, out, ["none"]), "n_interactions=3"]) == 2
     err = capsys.readouterr().err
     assert f"{out / 'none' / 'seed0'}: config.yaml: holds a run with other settings (n_interactions)" in err
+    assert "use the same settings (n_interactions=2), another out=" in " ".join(err.split())
     # A folder written by an older version (without today's keys) reads as their defaults: still the same run.
     stored = out / "none" / "seed0" / "config.yaml"
     data = yaml.safe_load(stored.read_text())
@@ -249,21 +249,26 @@ def test_a_folder_with_other_settings_is_not_mixed_in(model_dir, scenario_file, 
     assert "finished, skipped" in capsys.readouterr().out
 
 
-def test_a_run_with_sdpos_earlier_defaults_is_named_and_can_be_compared_on(model_dir, scenario_file, tmp_path,
-                                                                          capsys) -> None:
-    """A bench folder from before agent=sdpo's defaults changed: the error says how to go on with it."""
+def test_a_folder_from_before_a_default_changed_names_the_settings_that_go_on_with_it(model_dir, scenario_file,
+                                                                                       tmp_path, capsys) -> None:
+    """An sdpo run made with the defaults of before December 2026 (agent=sdpo_paper's): the error gives its values."""
     out = tmp_path / "bench"
-    earlier = [f"agent.{k}={v}" for k, v in paper_options().items()]
+    earlier = ["agent.loss=pg", "agent.lr=0.001", "agent.optimizer=adamw", "agent.signal_gate=0.0",
+               "agent.weight_decay=2.0"]  # in the order the differences are listed
     assert main([*grid_args(model_dir, scenario_file, out, ["sdpo"]), "n_interactions=2", *earlier]) == 0
     assert main([*grid_args(model_dir, scenario_file, out, ["sdpo"]), "n_interactions=2"]) == 2
     err = " ".join(capsys.readouterr().err.split())  # the message as one line, whatever the terminal's width
-    assert "which agent=sdpo_paper keeps; to go on with it, give them: " + " ".join(earlier) in err
+    assert f"use the same settings ({' '.join(earlier)}), another out=" in err
     assert main([*grid_args(model_dir, scenario_file, out, ["sdpo"]), "n_interactions=2", *earlier]) == 0
     assert "finished, skipped" in capsys.readouterr().out
-    # another difference: no hint
-    assert main([*grid_args(model_dir, scenario_file, out, ["sdpo"]), "n_interactions=2", *earlier,
-                 "agent.lora_r=4"]) == 2
-    assert "agent=sdpo_paper" not in capsys.readouterr().err
+    # a value that is not a plain word (a list here) is not offered as an argument
+    stored = out / "sdpo" / "seed0" / "config.yaml"
+    data = yaml.safe_load(stored.read_text())
+    data["agent"]["lora_targets"] = ["q_proj", "v_proj"]
+    stored.write_text(yaml.safe_dump(data))
+    assert main([*grid_args(model_dir, scenario_file, out, ["sdpo"]), "n_interactions=2", *earlier]) == 2
+    assert "(agent.lora_targets) than this bench asks for; use the same settings, another out=" in " ".join(
+        capsys.readouterr().err.split())
 
 
 def test_seeds_may_be_a_list(tmp_path) -> None:
