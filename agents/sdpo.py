@@ -59,16 +59,16 @@ class SDPOConfig:
     weight_decay: float = option(1e-3, "decoupled weight decay: every step shrinks the LoRA weights by lr x "
                                  "weight_decay, pulling the adapter back towards the base so the policy can "
                                  "re-adapt after a preference flip, and keeping a long run from drifting into "
-                                 "loops (README, 'Beyond interaction 500')", min=0.0)
+                                 "loops (docs/results.md, 'Beyond interaction 500')", min=0.0)
     decay_factors: str = option("AB", "which LoRA factors the weight decay shrinks: AB = both, as AdamW does on "
                                 "every trainable weight, so A's random start shrinks too and a step on B moves the "
                                 "policy less and less as a run goes on; B = the up factors only (B starts at zero), "
                                 "so A keeps its scale and BA shrinks by lr x weight_decay per step, half AB's rate "
                                 "(on the flip B with weight_decay=4 re-adapted sooner and ended no higher; with "
-                                "weight_decay=3 some seeds broke down: README, 'What to expect')", choices=("AB", "B"))
+                                "weight_decay=3 some seeds broke down: docs/results.md)", choices=("AB", "B"))
     adam_beta2: float = option(0.99, "optimizer=adamw: decay of the running mean of squared gradients, which "
                                "sets each step's scale (0.99 remembers about 100 updates, torch's 0.999 about "
-                               "1000, which re-adapts worse after a flip: README, 'What to expect')",
+                               "1000, which re-adapts worse after a flip: docs/results.md)",
                                min=0.0, max=0.9999)
     grad_clip: float = option(0.2, "clip the gradient norm to this value, so an SGD step moves the weights by at "
                               "most lr x grad_clip (the sampled-token loss's norms: median 0.06-0.36 for a complaint, "
@@ -90,16 +90,16 @@ class SDPOConfig:
     signal_gate: float = option(0.3, "learn only from answers whose follow-up moves some token by |A_t| >= this "
                                 "(the sampled tokens' log-ratio, under any loss); an update whose answers all fall "
                                 "below it takes no optimizer step (on the flip 0.3 passes 95% of complaints and 9% "
-                                "of the other follow-ups); 0 learns from every follow-up, as the paper does (README, "
-                                "'Learning only from follow-ups that carry a signal')", min=0.0)
+                                "of the other follow-ups); 0 learns from every follow-up, as the paper does "
+                                "(docs/results.md, 'Learning only from follow-ups that carry a signal')", min=0.0)
     gate_decay: bool = option(False, "signal_gate: an update the gate skips still shrinks the LoRA weights by "
-                              "lr x weight_decay (on the flip this lowered every plateau: README, 'Learning only "
-                              "from follow-ups that carry a signal')")
+                              "lr x weight_decay (on the flip this lowered every plateau: docs/results.md, "
+                              "'Learning only from follow-ups that carry a signal')")
     decay_gate: float = option(0.0, "loss=pg: apply the weight decay only on updates with an answer whose follow-up "
                                "moves some token by |A_t| >= this (the user said something was wrong: forget); "
                                "the gradient step is taken on every update (on the flip the adapter then grows and "
-                               "re-adapts worse: README, 'Learning only from follow-ups that carry a signal'); "
-                               "0 decays on every update", min=0.0)
+                               "re-adapts worse: docs/results.md, 'Learning only from follow-ups that carry a "
+                               "signal'); 0 decays on every update", min=0.0)
     unlearn: float = option(0.0, "on an update whose gradient the adapter points up (<delta W, G> > 0: shrinking "
                             "it would lower the loss), also remove up to this share of that alignment from the "
                             "LoRA B factors, along their gradient (sdpo_env.sdpo.unlearn_along_gradient), scaled "
@@ -110,19 +110,19 @@ class SDPOConfig:
                          "per-prefix reverse KL, Appendix B); to_go = the sum of A over it and the rest of the answer "
                          "(the sequence-level reverse KL, whose negative is the paper's sequence-level advantage, "
                          "Appendix A), so the early tokens that set an answer's course share what the teacher thinks "
-                         "of the rest (on the flip it learned more slowly and re-adapted far worse: README, 'What to "
-                         "expect')", choices=("token", "to_go"))
+                         "of the rest (on the flip it learned more slowly and re-adapted far worse: docs/results.md)",
+                         choices=("token", "to_go"))
     extra_samples: int = option(0, "at each update, sample this many more answers to each interaction's prompt "
                                 "from the current policy and learn from them under the same follow-up (more "
                                 "samples of the same reverse-KL gradient; the paper learns from the answer the user "
-                                "saw only; on the flip it learned phase 1 sooner and ended lower: README, 'What to "
-                                "expect'); 0 = off", min=0)
+                                "saw only; on the flip it learned phase 1 sooner and ended lower: docs/results.md); "
+                                "0 = off", min=0)
     replay: int = option(0, "also learn, at every update, from the last N earlier answers whose follow-up moved "
                          "some token by |A_t| >= replay_gate (a complaint, as the learner reads it), their advantages "
                          "computed afresh (the paper's surrogate on a logged answer): between complaints the policy "
                          "is still pushed towards what the user asked for (an update's metrics include them; on the "
-                         "flip replay=1 drove the policy far from the base and it did not re-adapt: README, 'What "
-                         "to expect'); 0 = off, as in the paper", min=0)
+                         "flip replay=1 drove the policy far from the base and it did not re-adapt: docs/results.md); "
+                         "0 = off, as in the paper", min=0)
     replay_gate: float = option(0.5, "replay: |A_t| a token must reach for its answer to be replayed", gt=0.0)
     memory: int = option(0, "remember the user's last N follow-ups that moved some token by |A_t| >= memory_gate "
                          "(complaints, as the learner reads them) and put them, oldest first, before the current "
@@ -135,7 +135,7 @@ class SDPOConfig:
     ratio_clip: float | None = option(None, "PPO-style importance-ratio clip epsilon (pg loss); null = off", gt=0.0)
     aggregation: str = option("token_mean", "how token losses are combined: token_mean and sequence_mean divide "
                               f"an answer's gradient by its length, token_sum (sum / {SUM_TOKENS} tokens) does "
-                              "not (SDPO on the flip: README, 'What to expect')", choices=AGGREGATIONS)
+                              "not (SDPO on the flip: docs/results.md)", choices=AGGREGATIONS)
     truncated: str = option("train", "answers cut at policy.max_new_tokens before their EOS: train = learn from "
                             "them like any other; skip = leave them out of the update (DAPO's overlong filtering; "
                             "on the flip, collapses into looping answers begin with cut answers, but skipping them "

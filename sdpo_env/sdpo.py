@@ -101,7 +101,8 @@ def signal_rows(advantages: torch.Tensor, mask: torch.Tensor, gate: float) -> to
 
     Label-free: it reads only the advantages. Scored by the shipped tiny model, 97% of the complaints in the default
     flip run's first 250 interactions move some token by 0.5 or more, and 8% of the other follow-ups; in six gated
-    flip runs the live teacher passed 92% and 13% (README, "Learning only from follow-ups that carry a signal").
+    flip runs the live teacher passed 92% and 13% (docs/results.md, "Learning only from follow-ups that carry a
+    signal").
 
     Args:
         advantages: (B, T).
@@ -150,7 +151,7 @@ def threshold_advantages(advantages: torch.Tensor, threshold: float) -> torch.Te
 
     On the tiny model most of a complaint's |A_t| sits on a few tokens (the first words, sentence starts), while an
     unrelated or satisfied follow-up moves every token a little: at 0.2, 3% of a complaint's tokens keep 87% of
-    its |A_t| and the other follow-ups keep 35% (README, "Dropping small advantages").
+    its |A_t| and the other follow-ups keep 35% (docs/results.md, "Dropping small advantages").
 
     Args:
         advantages: (B, T).

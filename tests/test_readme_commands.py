@@ -1,5 +1,5 @@
-"""Every ``python -m sdpo_env.<command>`` in the README (shell blocks and inline code) parses and validates as
-written.
+"""Every ``python -m sdpo_env.<command>`` in the README and the pages under ``docs/`` (shell blocks and inline code)
+parses and validates as written.
 
 Each command's ``main`` runs on the README's arguments up to the point where its options are resolved and
 checked; the function it would hand them to next (the one that loads a model, trains or samples) is replaced by one
@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]  # the README first, then docs/
 
 # Commands with an argument that names what an earlier command or the user makes, or with a placeholder, are not
 # checked here (the README's example learner, my_learners, is checked in tests/test_bench.py).
@@ -62,9 +63,13 @@ STOPS: dict[str, list[tuple[str, Callable[[Callable[..., Any]], Callable[..., An
 
 
 def readme_commands() -> list[str]:
-    """The README's ``python -m sdpo_env...`` command lines: in ```bash blocks (continuation lines joined), then in
-    inline code."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    """The ``python -m sdpo_env...`` command lines of the README and of each page under ``docs/``: in ```bash blocks
+    (continuation lines joined), then in inline code."""
+    return [command for page in PAGES for command in page_commands(page.read_text(encoding="utf-8"))]
+
+
+def page_commands(text: str) -> list[str]:
+    """One page's ``python -m sdpo_env...`` command lines: in ```bash blocks, then in inline code."""
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in re.sub(r"\s*\\\n\s*", " ", block).splitlines():
@@ -88,7 +93,7 @@ def checked(command: str) -> bool:
                    for word in split(command)[1])
 
 
-COMMANDS = list(dict.fromkeys(c for c in readme_commands() if checked(c)))  # each once, in README order
+COMMANDS = list(dict.fromkeys(c for c in readme_commands() if checked(c)))  # each once, README first
 
 
 def test_the_readme_commands_are_found() -> None:
@@ -96,6 +101,8 @@ def test_the_readme_commands_are_found() -> None:
     assert {"sdpo_env.run", "sdpo_env.bench", "sdpo_env.tiny.refine"} <= modules
     assert modules <= set(STOPS), f"a README command with no stop point here: {sorted(modules - set(STOPS))}"
     assert len(COMMANDS) >= 50
+    for page in PAGES[1:]:  # each page under docs/ holds commands, so a page the search missed would show here
+        assert page_commands(page.read_text(encoding="utf-8")), f"no command found in {page.name}"
     assert [c for c in readme_commands() if not checked(c)]  # the README resumes runs: the skip list is in use
 
 

@@ -9,16 +9,16 @@ Continued training from a checkpoint on fresh corpus examples (random streams th
 learning rate. It runs on a CPU in minutes, where a full build takes hours.
 
     python -m sdpo_env.tiny.refine --out DIR --repair-share 0.3 --repair length=concise,emoji=false
-    python -m sdpo_env.tiny.refine --out DIR --invariance 100   # measured in the README; not shipped
+    python -m sdpo_env.tiny.refine --out DIR --invariance 100   # measured in docs/tiny-model.md; not shipped
 
 ``--unrelated-share`` adds examples with a neutral follow-up in the hindsight block and the answer in the base
 style (the build's "unrelated" kind), meant to keep a model trained on complaints from changing its answers after
-any follow-up (measured in the README's third refinement round).
+any follow-up (measured in docs/tiny-model.md, the third refinement round).
 
 ``--phrasing TEXT`` (repeatable) with ``--phrasing-share`` (0.3) trains on complaints worded exactly as given, each
 answered in the direction whose phrasings hold it: the probe's ``--per-phrasing`` shows the misses sitting in a few
-wordings, which the build draws no more often than the rest of their direction's (measured in the README's fourth
-refinement round).
+wordings, which the build draws no more often than the rest of their direction's (measured in docs/tiny-model.md, the
+fourth refinement round).
 
 ``--layers N`` and ``--mlp W`` grow the source model first (``sdpo_env.tiny.grow``: more layers, a wider MLP, the
 same logits), so the refinement trains a larger model at a CPU's cost.
