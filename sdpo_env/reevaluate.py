@@ -1,5 +1,5 @@
-"""``python -m sdpo_env.reevaluate run=RUN_FOLDER [samples_per_prompt=8] [n_prompts=N] [seed=S] [at=T]``: judge a
-run's policy again, with more answers.
+"""``python -m sdpo_env.reevaluate run=RUN_FOLDER [samples_per_prompt=8] [n_prompts=N] [seed=S] [at=T]
+[prompts=eval|train]``: judge a run's policy again, with more answers.
 
 Examples::
 
@@ -8,6 +8,7 @@ Examples::
     python -m sdpo_env.reevaluate run=bench/flip/sdpo/seed1 samples_per_prompt=4 seed=7
     python -m sdpo_env.reevaluate run=runs/flip-s0 at=250               # the policy at the flip (end of phase 1)
     python -m sdpo_env.reevaluate run=bench/flip at=250                 # every run of a bench, then a table
+    python -m sdpo_env.reevaluate run=runs/flip-s0 prompts=train        # on the prompts its users sent
 
 A run evaluates with ``eval.samples_per_prompt`` answers per held-out prompt (1 by default: 64 answers on the tiny
 model). That is enough to draw a curve but coarse for a single figure: the standard error of a satisfaction rate
@@ -21,6 +22,10 @@ used; the run folder is not changed except for ``reevaluations/t<T>-k<K>-p<N>-s<
 judged answer). ``seed`` picks the evaluation's answers; the default, the run's seed, with ``samples_per_prompt``
 and ``n_prompts`` as in the run, repeats the run's evaluation exactly (at the run's CPU thread count: a bench run
 with ``jobs=2`` ran at one thread, so use ``OMP_NUM_THREADS=1``). The in-context oracle is not re-evaluated.
+``prompts=train`` judges on the scenario's training pool instead (the first ``n_prompts`` of the prompts its users
+send, the ones the learner learned from), so a gap between the two pools shows what the policy learned for the
+prompts it saw and did not carry over to new ones; it writes ``...-train.json`` and has no figures of the run's to
+print beside its own.
 
 ``run=`` a bench folder (``<bench>/<learner>/seed<k>``, made by ``python -m sdpo_env.bench``) judges each of its runs
 in turn with the same settings, then prints one line per run and judged phase and the mean ± 95% CI over seeds per
@@ -58,6 +63,7 @@ from sdpo_env.run import load_policy, run_scenario
 from sdpo_env.runfolder import RunFolder
 
 SHOWN = ("win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "valid_rate", "ceiling")
+_POOL_SUFFIX = {"eval": "", "train": "-train"}  # a file name's end: the held-out pool's files keep their old names
 
 
 @dataclass
@@ -71,6 +77,9 @@ class ReevaluateConfig:
     seed: int | None = option(None, "seeds the evaluation's answers; default the run's seed", min=0)
     at: int | None = option(None, "the interaction to judge the policy after: a persona change (the run keeps the "
                                   "policy there, in snapshots/); default the latest checkpoint", min=0)
+    prompts: str = option("eval", "the scenario's prompt pool to judge on: eval (the held-out prompts the run judged "
+                                  "on) or train (the prompts its users sent, which the learner learned from)",
+                          choices=("eval", "train"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,7 +111,9 @@ def _judge(job: _Job, config: ReevaluateConfig, console: Console) -> list[dict[s
     judge = JUDGES.get(run_config.judge.backend)(**llm.judge_kwargs())
     evaluator = WinRateEvaluator(policy, judge, job.prompts, samples_per_prompt=config.samples_per_prompt,
                                  seed=run_config.seed, bootstrap=run_config.eval.bootstrap)
-    logged = {(r["interaction"], r["phase"]): r for r in folder.read_jsonl(folder.metrics)}
+    # the run judged on its held-out pool only, so on the training pool there is nothing of its own to show
+    logged = {(r["interaction"], r["phase"]): r for r in folder.read_jsonl(folder.metrics)} if (
+        config.prompts == "eval") else {}
     rows = []
     try:
         for phase in phases_to_judge(scenario, t, n):
@@ -112,7 +123,7 @@ def _judge(job: _Job, config: ReevaluateConfig, console: Console) -> list[dict[s
                 metrics, answers = evaluator.evaluate(lambda c, s: learner.answer(c, seed=s), phase.persona,
                                                       seed=evaluation_seed(job.seed, t))
             rows.append({"interaction": t, "phase": phase.index, "persona": phase.persona.name,
-                         "samples_per_prompt": config.samples_per_prompt,
+                         "prompts": config.prompts, "samples_per_prompt": config.samples_per_prompt,
                          "seed": job.seed, **metrics,
                          "answers": [{"prompt": c[-1]["content"], "policy": a, "base": b}
                                      for c, a, b in zip(evaluator.conversations, answers,
@@ -146,9 +157,11 @@ class _Job:
         scenario = run_scenario(run_config)
         state = folder.state_at(config.at)
         t = int(state["t"])
-        prompts = load_prompts(scenario.spec.prompts.eval)[: config.n_prompts or run_config.eval.n_prompts]
+        pool = scenario.spec.prompts.train if config.prompts == "train" else scenario.spec.prompts.eval
+        prompts = load_prompts(pool)[: config.n_prompts or run_config.eval.n_prompts]
         seed = run_config.seed if config.seed is None else config.seed
-        out = folder.path / "reevaluations" / f"t{t}-k{config.samples_per_prompt}-p{len(prompts)}-s{seed}.json"
+        out = folder.path / "reevaluations" / (f"t{t}-k{config.samples_per_prompt}-p{len(prompts)}-s{seed}"
+                                               f"{_POOL_SUFFIX[config.prompts]}.json")
         return cls(folder, run_config, scenario, state, t, prompts, seed, out)
 
 
@@ -235,10 +248,11 @@ def _bench_report(bench: Path, config: ReevaluateConfig, judged: dict[str, list[
 
     when = "final" if config.at is None else f"t{config.at}"
     name = f"{when}-k{config.samples_per_prompt}" + (f"-p{config.n_prompts}" if config.n_prompts else "") + (
-        f"-s{config.seed}" if config.seed is not None else "")
+        f"-s{config.seed}" if config.seed is not None else "") + _POOL_SUFFIX[config.prompts]
     policies = "the final policies" if config.at is None else f"the policies after {config.at} interactions"
     head = ["learner", "seed", "interaction", "phase", *(h for _, h in BENCH_COLUMNS)]
-    md = [f"# {bench}: {policies} judged again, {config.samples_per_prompt} answers per held-out prompt", ""]
+    pool = "held-out prompt" if config.prompts == "eval" else "training prompt"
+    md = [f"# {bench}: {policies} judged again, {config.samples_per_prompt} answers per {pool}", ""]
     for caption, body in (("Each run", per_run), ("Mean ± 95% CI over seeds", means)):
         table = Table(title=caption)
         for h in head:  # numbers on one line; a long persona name folds
@@ -313,8 +327,8 @@ def _print(console: Console, row: dict[str, Any], logged: dict[str, Any] | None,
             *sorted(k for k in row if k.startswith("base_sat/"))]
     table = Table(title=f"interaction {row['interaction']}, phase {row['phase']} ({row['persona']})")
     table.add_column("metric")
-    table.add_column("the run's evaluation" + (f" ({answers[0]} answers)" if logged else ": none at this point"),
-                     justify="right")
+    none = ": none on the training prompts" if row.get("prompts") == "train" else ": none at this point"
+    table.add_column("the run's evaluation" + (f" ({answers[0]} answers)" if logged else none), justify="right")
     table.add_column(f"re-evaluation ({answers[1]} answers)", justify="right")
     for key in keys:
         if key in row:

@@ -27,6 +27,7 @@ from sdpo_env.config import config_to_dict
 from sdpo_env.errors import SdpoEnvError
 from sdpo_env.evaluation import EvaluationWorker
 from sdpo_env.judges.evaluate import wilson_interval
+from sdpo_env.prompts import load_prompts
 from sdpo_env.reevaluate import ReevaluateConfig, learner_at, reevaluate, save_adapter_at, stored_config
 from sdpo_env.reevaluate import main as reevaluate_main
 from sdpo_env.run import main, prepare
@@ -446,6 +447,15 @@ def test_reevaluation_repeats_the_runs_evaluation_and_scales_the_answers(model_d
     low, high = wilson_interval(row["sat/detailed"], 6)
     assert (row["sat_low/detailed"], row["sat_high/detailed"]) == (low, high)
     assert f"{row['sat/detailed']:.3f} [{low:.2f}, {high:.2f}]" in printed
+
+    # on the training pool: its first prompts, in a file of their own, with nothing of the run's beside them
+    assert reevaluate_main([f"run={out}", "samples_per_prompt=1", "prompts=train"]) == 0
+    assert "the run's evaluation: none on the training prompts" in capsys.readouterr().out
+    (on_train,) = json.loads((out / "reevaluations" / "t12-k1-p6-s0-train.json").read_text())
+    assert [a["prompt"] for a in on_train["answers"]] == [p.text for p in load_prompts("train")[:6]]
+    assert [a["prompt"] for a in again["answers"]] == [p.text for p in load_prompts("eval")[:6]]
+    assert on_train["prompts"] == "train" and again["prompts"] == "eval"
+    assert reevaluate_main([f"run={out}", "prompts=test"]) == 2
 
     # the policy the run kept at the persona change, judged under the old and the new preferences as the run did
     at_change = reevaluate(ReevaluateConfig(run=str(out), samples_per_prompt=1, at=8), Console(quiet=True))
