@@ -72,8 +72,9 @@ class ReevaluateConfig:
 
     run: str = option("", "a run folder (it must hold config.yaml and checkpoint.pt), or a bench folder: each of its "
                           "runs in turn", nonempty=True)
-    samples_per_prompt: int = option(8, "answers per held-out prompt, on each side", min=1)
-    n_prompts: int | None = option(None, "held-out prompts; default the run's eval.n_prompts", min=1)
+    samples_per_prompt: int = option(8, "answers per prompt, on each side", min=1)
+    n_prompts: int | None = option(None, "prompts to judge on, the first of the pool; default the run's "
+                                            "eval.n_prompts", min=1)
     seed: int | None = option(None, "seeds the evaluation's answers; default the run's seed", min=0)
     at: int | None = option(None, "the interaction to judge the policy after: a persona change (the run keeps the "
                                   "policy there, in snapshots/); default the latest checkpoint", min=0)
