@@ -20,6 +20,12 @@ answered in the direction whose phrasings hold it: the probe's ``--per-phrasing`
 wordings, which the build draws no more often than the rest of their direction's (measured in docs/tiny-model.md, the
 fourth refinement round).
 
+``--history-share`` adds conversations with history, as the ``multiturn`` scenario's live teacher sees them: a
+request, an answer, a complaint and an answer that follows it (and sometimes a second complaint), then the hindsight
+block on the last turn with a complaint about another axis (the answer follows every complaint so far) or a neutral
+follow-up (the answer follows the earlier complaints only). The build's multi-turn examples have two user turns and
+only neutral hindsight.
+
 ``--layers N`` and ``--mlp W`` grow the source model first (``sdpo_env.tiny.grow``: more layers, a wider MLP, the
 same logits), so the refinement trains a larger model at a CPU's cost.
 
@@ -57,9 +63,11 @@ from sdpo_env.tiny.corpus import (
     neutral_follow_up,
     questions,
     render_answer,
+    sample_complaint,
 )
 from sdpo_env.tiny.grow import grown
 from sdpo_env.tiny.repair import repair_example, repairable_directions
+from sdpo_env.tiny.style import Style
 from sdpo_env.tiny.train import (
     STATE_FILE,
     Pair,
@@ -92,6 +100,7 @@ class RefineConfig:
     repair: tuple[Direction, ...] | None = None  # their complaint directions; None: every repairable one
     unrelated_share: float = 0.0  # share of extra unrelated-follow-up examples (the build's "unrelated" kind)
     phrasing_share: float = 0.0  # share of complaints worded as one of ``phrasings`` (their own direction each)
+    history_share: float = 0.0  # share of conversations with history and a hindsight block (:func:`history_example`)
     phrasings: tuple[str, ...] = ()
     layers: int | None = None  # grow the source to this many layers first (``sdpo_env.tiny.grow``); None: as is
     mlp: int | None = None  # grow its MLP to this width first; None: as is
@@ -148,14 +157,51 @@ def focused_example(rng: np.random.Generator, direction: Direction, phrase: str 
     return [*messages, {"role": "assistant", "content": render_answer(rng, question, {axis: values})}]
 
 
+def complaint_about_another_axis(rng: np.random.Generator, taken: Style) -> tuple[str, Style]:
+    """A one-direction complaint (as :func:`sdpo_env.tiny.corpus.sample_complaint` draws it) about an axis not in
+    ``taken``."""
+    while True:
+        follow_up, wanted = sample_complaint(rng, max_directions=1)
+        if not wanted.keys() & taken.keys():
+            return follow_up, wanted
+
+
+def history_example(rng: np.random.Generator) -> Messages:
+    """A conversation with history, ending in a hindsight block and the answer the hindsight asks for.
+
+    A request, a base-style answer and a complaint, then (half the time) an answer that follows it and a second
+    complaint about another axis; the last user turn then carries the hindsight block. Half the time that block holds
+    a complaint about yet another axis and the answer follows every complaint; otherwise it holds a neutral follow-up
+    and the answer follows the earlier complaints only, other axes at base. This is what the live teacher is asked
+    on a second or third turn of the ``multiturn`` scenario."""
+    question = questions()[int(rng.integers(len(questions())))]
+    messages: Messages = [{"role": "user", "content": question.text},
+                          {"role": "assistant", "content": render_answer(rng, question)}]
+    complaint, wanted = complaint_about_another_axis(rng, {})
+    messages.append({"role": "user", "content": complaint})
+    if rng.random() < 0.5:  # a third user turn
+        messages.append({"role": "assistant", "content": render_answer(rng, question, wanted)})
+        complaint, more = complaint_about_another_axis(rng, wanted)
+        messages.append({"role": "user", "content": complaint})
+        wanted = {**wanted, **more}
+    if rng.random() < 0.5:
+        follow_up, more = complaint_about_another_axis(rng, wanted)
+        wanted = {**wanted, **more}
+    else:
+        follow_up = neutral_follow_up(rng)
+    return [*hindsight_messages(messages, follow_up),
+            {"role": "assistant", "content": render_answer(rng, question, wanted)}]
+
+
 def refine_examples(n: int, seed: int, focus_share: float, focus: tuple[Direction, ...] = FOCUS,
                     repair_share: float = 0.0, repair: tuple[Direction, ...] | None = None,
                     unrelated_share: float = 0.0, phrasing_share: float = 0.0,
-                    phrasings: tuple[str, ...] = ()) -> list[Messages]:
+                    phrasings: tuple[str, ...] = (), history_share: float = 0.0) -> list[Messages]:
     """``n`` examples: the build's mix, with ``focus_share`` of them complaints in one of the ``focus`` directions,
     ``repair_share`` of them repair examples, ``unrelated_share`` of them unrelated-follow-up examples (a neutral
     follow-up in the hindsight block, the answer in the base style) on top of those in the build's mix, and
-    ``phrasing_share`` of them complaints worded as one of ``phrasings``, each answered in its own direction."""
+    ``phrasing_share`` of them complaints worded as one of ``phrasings``, each answered in its own direction, and
+    ``history_share`` of them conversations with history (:func:`history_example`)."""
     if phrasing_share and not phrasings:
         raise ValueError("phrasing_share > 0 needs at least one phrasing")
     phrased = [(phrasing_direction(f), f) for f in phrasings]
@@ -173,6 +219,8 @@ def refine_examples(n: int, seed: int, focus_share: float, focus: tuple[Directio
         elif draw < focus_share + repair_share + unrelated_share + phrasing_share:
             direction, phrase = phrased[int(rng.integers(len(phrased)))]
             out.append(focused_example(rng, direction, phrase))
+        elif draw < focus_share + repair_share + unrelated_share + phrasing_share + history_share:
+            out.append(history_example(rng))
         else:
             out.append(example(rng, kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]))
     return out
@@ -230,13 +278,14 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu", r
         print(f"grown to {model.config.num_hidden_layers} layers, MLP width {model.config.intermediate_size}: "
               f"{model.num_parameters():,} parameters", flush=True)
     chats = refine_examples(cfg.n_examples, cfg.seed, cfg.focus_share, cfg.focus, cfg.repair_share, cfg.repair,
-                            cfg.unrelated_share, cfg.phrasing_share, cfg.phrasings)
+                            cfg.unrelated_share, cfg.phrasing_share, cfg.phrasings, cfg.history_share)
     data = [e for e in encode(tokenizer, chats) if len(e[0]) - e[1] <= MAX_NEW_TOKENS]
     pairs: list[Pair] = []
     if cfg.train.invariance_weight > 0:
         pairs = encode_pairs(tokenizer, neutral_pairs(cfg.train.steps * cfg.train.invariance_batch, cfg.seed))
     print(f"refine: {len(data)} examples ({cfg.focus_share:.0%} focused, {cfg.repair_share:.0%} repairs, "
-          f"{cfg.unrelated_share:.0%} extra unrelated, {cfg.phrasing_share:.0%} in {len(cfg.phrasings)} phrasings), "
+          f"{cfg.unrelated_share:.0%} extra unrelated, {cfg.phrasing_share:.0%} in {len(cfg.phrasings)} phrasings, "
+          f"{cfg.history_share:.0%} with history), "
           f"{len(pairs)} neutral-follow-up pairs in {time.time() - started:.0f} s", flush=True)
     t0 = time.time()
     boundaries = frozenset(boundary_token_ids(tokenizer))
@@ -288,6 +337,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--phrasing-share", type=float, default=None,
                         help="share of complaints worded as one of the --phrasing texts, each answered in its own "
                              "direction (default 0.3 with --phrasing, else 0)")
+    parser.add_argument("--history-share", type=float, default=None,
+                        help="share of conversations with history (two or three user turns) whose last turn carries "
+                             "a hindsight block, answered as every complaint in them asks (default 0)")
     parser.add_argument("--invariance", type=float, default=None,
                         help="weight of the KL that teaches the model to ignore neutral follow-ups in the hindsight "
                              "block (default 0: off)")
@@ -322,12 +374,14 @@ def main(argv: list[str] | None = None) -> dict:
                   unrelated_share=cfg.unrelated_share if args.unrelated_share is None else args.unrelated_share,
                   phrasings=tuple(args.phrasing),
                   phrasing_share=phrasing_share,
+                  history_share=cfg.history_share if args.history_share is None else args.history_share,
                   layers=args.layers, mlp=args.mlp,
                   seed=cfg.seed if args.seed is None else args.seed,
                   train=replace(cfg.train, steps=steps, lr=args.lr or cfg.train.lr,
                                 invariance_weight=args.invariance or cfg.train.invariance_weight))
     shares = {"--focus-share": cfg.focus_share, "--repair-share": cfg.repair_share,
-              "--unrelated-share": cfg.unrelated_share, "--phrasing-share": cfg.phrasing_share}
+              "--unrelated-share": cfg.unrelated_share, "--phrasing-share": cfg.phrasing_share,
+              "--history-share": cfg.history_share}
     if any(not 0 <= value <= 1 for value in shares.values()) or sum(shares.values()) > 1:
         parser.error("each share must be in [0, 1] and together at most 1; got "
                      + ", ".join(f"{name} {value}" for name, value in shares.items()))

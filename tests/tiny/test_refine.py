@@ -18,6 +18,7 @@ from sdpo_env.tiny.refine import (
     RefineConfig,
     direction_name,
     focused_example,
+    history_example,
     parse_direction,
     phrasing_direction,
     refine,
@@ -27,6 +28,34 @@ from sdpo_env.tiny.refine import main as refine_main
 from sdpo_env.tiny.repair import repairable_directions
 from sdpo_env.tiny.style import measure
 from sdpo_env.tiny.train import TrainConfig
+
+
+def test_history_examples_end_in_hindsight_and_follow_every_complaint_in_them() -> None:
+    direction_of = {phrase: d for d, phrases in complaint_pool().items() for phrase in phrases}
+    rng, turns, hindsight_kinds = np.random.default_rng(0), set(), set()
+    for _ in range(60):
+        chat = history_example(rng)
+        users = [m["content"] for m in chat if m["role"] == "user"]
+        turns.add(len(users))
+        last, _, follow_up = users[-1].partition("\n\n=== HINDSIGHT CONTEXT ===\n[" + PAPER_SENTENCE + "]\n")
+        assert follow_up and "HINDSIGHT" not in "".join(users[:-1]) and chat[-1]["role"] == "assistant"
+        complaints = [*users[1:-1], last]  # every user turn after the request is a complaint
+        hindsight_kinds.add(follow_up in direction_of)
+        if follow_up in direction_of:
+            complaints.append(follow_up)
+        else:
+            assert follow_up in {*neutral_follow_ups(), *(q.text for q in questions())}
+        wanted = [direction_of[c] for c in complaints]
+        assert len({axis for axis, _ in wanted}) == len(wanted)  # each about another axis
+        style = measure(chat[-1]["content"])
+        assert all(style[axis] in values for axis, values in wanted), (wanted, chat[-1]["content"])
+        if len(users) == 3:  # the answer between the two complaints follows the first
+            axis, values = wanted[0]
+            assert measure(chat[3]["content"])[axis] in values
+    assert turns == {2, 3} and hindsight_kinds == {True, False}
+    shares = refine_examples(200, seed=1, focus_share=0.0, history_share=0.5)
+    assert 70 < sum(len([m for m in c if m["role"] == "user"]) > 1 and PAPER_SENTENCE in c[-2]["content"]
+                    for c in shares) < 130
 
 
 def test_focused_examples_satisfy_their_direction() -> None:
