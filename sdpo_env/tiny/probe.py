@@ -16,7 +16,9 @@ them on the interaction prompts instead):
   advantage is negative (>= 90%), on the interaction (train-pool) prompts: every shipped scenario's users send
   those, so SDPO computes every advantage on them. The same figures on held-out prompts are reported next to them.
   The corpus never holds those questions, and an unrelated follow-up moves the model's next-token choices there
-  about 3-4 times more per token, so the ratio is lower;
+  about 3-4 times more per token, so the ratio is lower. And on a second turn (reported): each interaction prompt's
+  answer followed by a complaint about a preference it breaks, as the ``multiturn`` scenario's user continues a
+  conversation, then the model's answer to that, scored as above;
 - oracle: share of samples that satisfy every check of a persona given its profile as system prompt (>= 85%);
 - fluency: share of well-formed samples: ended by EOS within 192 tokens, at least 5 words, no loop (>= 97%).
 
@@ -187,7 +189,7 @@ def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 
     def draw(k: int, pool: Sequence[Prompt] = prompts) -> list[Messages]:
         return [[dict(m) for m in pool[int(i)].messages] for i in rng.integers(len(pool), size=k)]
 
-    total = (3 * n + len(preferences()) * n_per_complaint + len(personas()) * n_per_persona
+    total = (4 * n + len(preferences()) * n_per_complaint + len(personas()) * n_per_persona
              + sum(len(p.follow_ups) for p in preferences().values()) * n_per_phrasing)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
@@ -258,8 +260,27 @@ def _measure(sampler: Sampler, draw: Callable[..., list[Messages]], n: int, n_pe
         figures["phrasings"] = {
             name: _phrasing_shares(sampler, pref, draw(n_per_phrasing * len(pref.follow_ups)))
             for name, pref in preferences().items()}
+    # the signal on a second turn, as the multiturn scenario's live teacher computes it (drawn after everything else,
+    # so the other figures stay as they were for a seed)
+    stage("signal: conversations with history")
+    history = _continued(interaction_convs, [t for t, _ in interaction], rng)
+    figures["signal_history"] = _signal(sampler, history, [t for t, _ in sampler.generate(history)], n_triples, rng,
+                                        unrelated_pool)
     figures["pass"] = verdicts(figures)
     return figures
+
+
+def _continued(convs: list[Messages], answers: list[str], rng: np.random.Generator) -> list[Messages]:
+    """Each conversation continued as a multi-turn user continues it: the answer, then a complaint about a
+    preference of a random persona that the answer breaks (any of the persona's, if it breaks none)."""
+    pool, out = personas(), []
+    for conv, answer in zip(convs, answers):
+        persona = pool[int(rng.integers(len(pool)))]
+        broken = [p for p in persona.preferences if not p.satisfied_by(answer)] or list(persona.preferences)
+        pref = broken[int(rng.integers(len(broken)))]
+        complaint = pref.follow_ups[int(rng.integers(len(pref.follow_ups)))]
+        out.append([*conv, {"role": "assistant", "content": answer}, {"role": "user", "content": complaint}])
+    return out
 
 
 def _phrasing_shares(sampler: Sampler, pref: Preference, convs: list[Messages]) -> dict[str, float]:
@@ -345,6 +366,11 @@ def table(figures: dict) -> str:
         f"{held_out_label:<44}{h['abs_relevant']:>6.3f}/{h['abs_unrelated']:.3f}  "
         f"ratio {h['ratio']:.1f}, summed A < 0 {h['relevant_negative']:.2f} ({h['unrelated_negative']:.2f})  "
         f"(reported)",
+        *([] if "signal_history" not in figures else [
+            f"{'signal on a second turn: |A| rel / unrel':<44}{figures['signal_history']['abs_relevant']:>6.3f}/"
+            f"{figures['signal_history']['abs_unrelated']:.3f}  ratio {figures['signal_history']['ratio']:.1f}, "
+            f"summed A < 0 {figures['signal_history']['relevant_negative']:.2f} "
+            f"({figures['signal_history']['unrelated_negative']:.2f})  (reported)"]),
         f"{'in-context oracle: full compliance (mean)':<44}{figures['oracle_mean']:>10.2f}  >= 0.85  "
         f"[{ok[figures['pass']['oracle']]}]",
         f"{'fluency: well-formed samples':<44}{figures['fluency']:>10.3f}  >= 0.97  "

@@ -10,7 +10,8 @@ import pytest
 from sdpo_env.hindsight import DEFAULT_TEMPLATE
 from sdpo_env.prompts import load_prompts
 from sdpo_env.tiny import probe as probe_module
-from sdpo_env.tiny.probe import _phrasing_shares, preferences, shift_noise_floor, table, verdicts
+from sdpo_env.tiny.corpus import personas
+from sdpo_env.tiny.probe import _continued, _phrasing_shares, preferences, shift_noise_floor, table, verdicts
 
 
 def shipped_like() -> dict:
@@ -149,13 +150,32 @@ def test_the_probe_measures_on_the_prompt_pool_it_is_given(monkeypatch: pytest.M
     figures = probe_module.probe(n=n, n_per_complaint=1, n_per_persona=1, n_triples=2, n_per_phrasing=1,
                                  prompt_pool=pool)
     texts = {p.messages[0]["content"] for p in load_prompts(pool)}
-    interaction = set(Recorder.questions[-n_phrasings() - n:-n_phrasings()])  # drawn before the phrasings
-    assert interaction <= {p.messages[0]["content"] for p in load_prompts("train")}
-    others = Recorder.questions[: -n_phrasings() - n] + Recorder.questions[-n_phrasings():]
+    asked = Recorder.questions[:-n]  # the last n: the interaction conversations continued by a second turn
+    interaction = asked[-n_phrasings() - n:-n_phrasings()]  # drawn before the phrasings
+    assert Recorder.questions[-n:] == interaction
+    assert set(interaction) <= {p.messages[0]["content"] for p in load_prompts("train")}
+    others = asked[: -n_phrasings() - n] + asked[-n_phrasings():]
     assert len(others) > 20 and set(others) <= texts
     label = "signal on held-out prompts" if pool == "eval" else "signal, second draw"
     assert any(line.startswith(label) for line in probe_module.table(figures).splitlines())
+    assert figures["signal_history"]["n_triples"] == 2
+    assert any(line.startswith("signal on a second turn") for line in probe_module.table(figures).splitlines())
 
 
 def n_phrasings() -> int:
     return sum(len(p.follow_ups) for p in preferences().values())
+
+
+def test_a_second_turn_complains_about_a_preference_the_answer_breaks() -> None:
+    convs = [[{"role": "user", "content": f"question {i}"}] for i in range(40)]
+    answers = ["Hey!! 😊 " + "word " * 150 for _ in convs]  # long, casual, with emojis: breaks several preferences
+    continued = _continued(convs, answers, np.random.default_rng(0))
+    complaints_about_it = {f for pref in preferences().values() if not pref.satisfied_by(answers[0])
+                           for f in pref.follow_ups}
+    # a persona whose every preference the answer meets complains about any of them
+    complaints_about_it |= {f for persona in personas() if all(p.satisfied_by(answers[0]) for p in persona.preferences)
+                            for p in persona.preferences for f in p.follow_ups}
+    for conv, answer, out in zip(convs, answers, continued, strict=True):
+        assert out[:2] == [*conv, {"role": "assistant", "content": answer}] and out[2]["role"] == "user"
+        assert out[2]["content"] in complaints_about_it
+    assert len({out[2]["content"] for out in continued}) > 10
