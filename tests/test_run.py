@@ -514,6 +514,15 @@ def test_a_bench_folder_is_judged_again_run_by_run_and_tabulated(model_dir, scen
     err = capsys.readouterr()
     assert "kept its state after 8, 12 interactions" in err.out and "none of its 3 runs" in err.err
 
+    # on the training prompts: files of their own, beside the held-out pool's, which stay as they were
+    held_out = (bench / "reevaluations" / "t8-k1.csv").read_text()
+    assert reevaluate_main([f"run={bench}", "samples_per_prompt=1", "at=8", "prompts=train"]) == 0
+    assert (bench / "reevaluations" / "t8-k1.csv").read_text() == held_out
+    assert "1 answers per training prompt" in (bench / "reevaluations" / "t8-k1-train.md").read_text()
+    with (bench / "reevaluations" / "t8-k1-train.csv").open() as f:
+        assert list(csv.DictReader(f))[2]["win_rate"] != again[2]["win_rate"]  # other prompts, other figures
+    assert (bench / "sdpo" / "seed1" / "reevaluations" / "t8-k1-p6-s1-train.json").is_file()
+
 
 def test_the_probe_measures_the_policy_a_run_kept_at_a_persona_change(model_dir, scenario_file, tmp_path,
                                                                       monkeypatch, capsys) -> None:

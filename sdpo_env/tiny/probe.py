@@ -348,7 +348,7 @@ def table(figures: dict) -> str:
     weak = sorted((share, name, text) for name, shares in figures.get("phrasings", {}).items()
                   for text, share in shares.items() if share < TARGETS["hindsight_min"])
     lines += [f"  phrasing {name:<33}{share:>10.2f}  {text!r}" for share, name, text in weak]
-    s, h = figures["signal"], figures["signal_held_out"]
+    s, h, turn2 = figures["signal"], figures["signal_held_out"], figures.get("signal_history")
     held_out_label = ("signal on held-out prompts: |A| rel / unrel" if figures["prompts"] == "eval"
                       else "signal, second draw: |A| rel / unrel")
     lines += [
@@ -366,11 +366,10 @@ def table(figures: dict) -> str:
         f"{held_out_label:<44}{h['abs_relevant']:>6.3f}/{h['abs_unrelated']:.3f}  "
         f"ratio {h['ratio']:.1f}, summed A < 0 {h['relevant_negative']:.2f} ({h['unrelated_negative']:.2f})  "
         f"(reported)",
-        *([] if "signal_history" not in figures else [
-            f"{'signal on a second turn: |A| rel / unrel':<44}{figures['signal_history']['abs_relevant']:>6.3f}/"
-            f"{figures['signal_history']['abs_unrelated']:.3f}  ratio {figures['signal_history']['ratio']:.1f}, "
-            f"summed A < 0 {figures['signal_history']['relevant_negative']:.2f} "
-            f"({figures['signal_history']['unrelated_negative']:.2f})  (reported)"]),
+        *([] if turn2 is None else [
+            f"{'signal on a second turn: |A| rel / unrel':<44}{turn2['abs_relevant']:>6.3f}/"
+            f"{turn2['abs_unrelated']:.3f}  ratio {turn2['ratio']:.1f}, summed A < 0 {turn2['relevant_negative']:.2f} "
+            f"({turn2['unrelated_negative']:.2f})  (reported)"]),
         f"{'in-context oracle: full compliance (mean)':<44}{figures['oracle_mean']:>10.2f}  >= 0.85  "
         f"[{ok[figures['pass']['oracle']]}]",
         f"{'fluency: well-formed samples':<44}{figures['fluency']:>10.3f}  >= 0.97  "

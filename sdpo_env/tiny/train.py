@@ -332,7 +332,13 @@ def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id
     end of the step in progress; ``TrainingStopped`` then says where). If the state file exists, training continues
     from it: an interrupted training ends with the same weights as one that never stopped. Without ``saving``,
     Ctrl-C stops at the end of the step with ``KeyboardInterrupt``.
+
+    Raises:
+        ValueError: ``data`` holds fewer examples than one batch (an epoch would have no batch to train on).
     """
+    if len(data) < cfg.batch_size:
+        raise ValueError(f"{len(data)} training examples, fewer than one batch of {cfg.batch_size}: no batch to train "
+                         "on (examples with answers over the length limit are left out)")
     rng = np.random.default_rng(seed)
     pair_rng = np.random.default_rng([seed, 11])
     use_pairs = bool(pairs) and cfg.invariance_weight > 0

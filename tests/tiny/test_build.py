@@ -114,6 +114,14 @@ def mini_training():
     return tokenizer, encode(tokenizer, chats)
 
 
+def test_fewer_examples_than_a_batch_is_an_error_not_a_crash(mini_training) -> None:
+    tokenizer, data = mini_training
+    model = build_model(tokenizer, MINI, seed=0)
+    with pytest.raises(ValueError, match="3 training examples, fewer than one batch of 4"):
+        train(model, data[:3], tokenizer.pad_token_id, TrainConfig(steps=2, batch_size=4), seed=1,
+              device=torch.device("cpu"))
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_or_sigterm_saves_the_training_at_the_end_of_a_step(tmp_path, mini_training, signum) -> None:
     tokenizer, data = mini_training

@@ -30,7 +30,8 @@ from sdpo_env.tiny.style import measure
 from sdpo_env.tiny.train import TrainConfig
 
 
-def test_history_examples_end_in_hindsight_and_follow_every_complaint_in_them() -> None:
+def test_history_examples_end_in_hindsight_and_follow_every_complaint_in_them(tmp_path, monkeypatch,
+                                                                              capsys) -> None:
     direction_of = {phrase: d for d, phrases in complaint_pool().items() for phrase in phrases}
     rng, turns, hindsight_kinds = np.random.default_rng(0), set(), set()
     for _ in range(60):
@@ -57,6 +58,14 @@ def test_history_examples_end_in_hindsight_and_follow_every_complaint_in_them() 
     assert 70 < sum(len([m for m in c if m["role"] == "user"]) > 1 and PAPER_SENTENCE in c[-2]["content"]
                     for c in shares) < 130
 
+    given = []
+    monkeypatch.setattr(refine_module, "refine", lambda source, out, cfg, **_: given.append(cfg))
+    refine_main(["--out", str(tmp_path / "r"), "--history-share", "0.3"])
+    assert given[0].history_share == 0.3 and given[0].focus_share == RefineConfig().focus_share
+    with pytest.raises(SystemExit):
+        refine_main(["--out", str(tmp_path / "r"), "--focus-share", "0.8", "--history-share", "0.3"])
+    assert "--history-share 0.3" in capsys.readouterr().err
+
 
 def test_focused_examples_satisfy_their_direction() -> None:
     rng = np.random.default_rng(0)
@@ -80,7 +89,7 @@ def test_refine_examples_are_deterministic_and_focused_in_share() -> None:
     assert 140 <= with_hindsight(a) < 200
 
 
-def test_refine_a_mini_build(tmp_path, capsys) -> None:
+def test_refine_a_mini_build(tmp_path, capsys, monkeypatch) -> None:
     source, out = tmp_path / "mini", tmp_path / "refined"
     build_main(["--mini", "--out", str(source), "--workers", "1"])
     cfg = RefineConfig(n_examples=64, train=TrainConfig(steps=4, batch_size=16, lr=1e-3, warmup=1,
@@ -89,7 +98,12 @@ def test_refine_a_mini_build(tmp_path, capsys) -> None:
     assert info["refines"][0]["final_loss"] > 0 and info["seed"] == 0  # the build's record is kept
     assert info["refines"][0]["train"]["invariance_weight"] == 1.0
     assert "neutral-follow-up KL" in capsys.readouterr().out  # the pairs reached the training loop
-    again = refine(out, tmp_path / "twice", RefineConfig(n_examples=32, train=TrainConfig(steps=2, batch_size=16)))
+    drawn: list = []  # the examples the second stage trains on: all with history, as its config asks
+    monkeypatch.setattr(refine_module, "refine_examples",
+                        lambda *a, **k: drawn.extend(refine_examples(*a, **k)) or drawn)
+    again = refine(out, tmp_path / "twice", RefineConfig(n_examples=32, focus_share=0.0, history_share=1.0,
+                                                         train=TrainConfig(steps=2, batch_size=8)))
+    assert len(drawn) == 32 and all(sum(m["role"] == "user" for m in c) > 1 for c in drawn)
     assert [stage["train"]["steps"] for stage in again["refines"]] == [4, 2]  # both stages on record
     assert json.loads((tmp_path / "twice" / "build_info.json").read_text())["refines"][1]["source"] == str(out)
     before = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
