@@ -49,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from sdpo_env.hindsight import hindsight_messages
@@ -66,6 +68,8 @@ from sdpo_env.tiny.corpus import (
     sample_complaint,
 )
 from sdpo_env.tiny.grow import grown
+from sdpo_env.tiny.own import OwnExample, load_examples, own_examples, save_examples
+from sdpo_env.tiny.probe import Sampler, preferences
 from sdpo_env.tiny.repair import repair_example, repairable_directions
 from sdpo_env.tiny.style import Style
 from sdpo_env.tiny.train import (
@@ -85,6 +89,7 @@ from sdpo_env.tiny.train import (
 # The complaint directions the build (before any refinement) followed least often (probe, 32 samples each):
 # questions back 0.59, no emojis 0.69, detailed 0.78, concise 0.84. The shipped checkpoint is that build refined
 # twice: with these defaults, then 500 steps at focus share 0.5 on detailed, no questions back and no emojis (seed 2).
+OWN_FILE = "own_answers.json"  # the model's own answers a refinement with --own-share trains on
 FOCUS: tuple[Direction, ...] = (("question", (False,)), ("emoji", (False,)), ("length", ("detailed",)),
                                 ("length", ("concise",)))
 
@@ -101,6 +106,9 @@ class RefineConfig:
     unrelated_share: float = 0.0  # share of extra unrelated-follow-up examples (the build's "unrelated" kind)
     phrasing_share: float = 0.0  # share of complaints worded as one of ``phrasings`` (their own direction each)
     history_share: float = 0.0  # share of conversations with history and a hindsight block (:func:`history_example`)
+    own_share: float = 0.0  # share of the model's own answers that follow a complaint (``sdpo_env.tiny.own``)
+    own_per_phrasing: int = 16  # answers kept per complaint phrasing for those
+    own_preferences: tuple[str, ...] | None = None  # the preferences whose phrasings to sample; None: every one
     phrasings: tuple[str, ...] = ()
     layers: int | None = None  # grow the source to this many layers first (``sdpo_env.tiny.grow``); None: as is
     mlp: int | None = None  # grow its MLP to this width first; None: as is
@@ -196,14 +204,19 @@ def history_example(rng: np.random.Generator) -> Messages:
 def refine_examples(n: int, seed: int, focus_share: float, focus: tuple[Direction, ...] = FOCUS,
                     repair_share: float = 0.0, repair: tuple[Direction, ...] | None = None,
                     unrelated_share: float = 0.0, phrasing_share: float = 0.0,
-                    phrasings: tuple[str, ...] = (), history_share: float = 0.0) -> list[Messages]:
+                    phrasings: tuple[str, ...] = (), history_share: float = 0.0, own_share: float = 0.0,
+                    own: list[Messages] | None = None) -> list[Messages]:
     """``n`` examples: the build's mix, with ``focus_share`` of them complaints in one of the ``focus`` directions,
     ``repair_share`` of them repair examples, ``unrelated_share`` of them unrelated-follow-up examples (a neutral
     follow-up in the hindsight block, the answer in the base style) on top of those in the build's mix, and
-    ``phrasing_share`` of them complaints worded as one of ``phrasings``, each answered in its own direction, and
-    ``history_share`` of them conversations with history (:func:`history_example`)."""
+    ``phrasing_share`` of them complaints worded as one of ``phrasings``, each answered in its own direction,
+    ``history_share`` of them conversations with history (:func:`history_example`), and ``own_share`` of them drawn
+    from ``own`` (the model's own answers, :mod:`sdpo_env.tiny.own`)."""
     if phrasing_share and not phrasings:
         raise ValueError("phrasing_share > 0 needs at least one phrasing")
+    own = own or []
+    if own_share and not own:
+        raise ValueError("own_share > 0 needs the model's own answers (own)")
     phrased = [(phrasing_direction(f), f) for f in phrasings]
     kinds, weights = list(MIX), np.array(list(MIX.values()))
     out = []
@@ -221,6 +234,8 @@ def refine_examples(n: int, seed: int, focus_share: float, focus: tuple[Directio
             out.append(focused_example(rng, direction, phrase))
         elif draw < focus_share + repair_share + unrelated_share + phrasing_share + history_share:
             out.append(history_example(rng))
+        elif draw < focus_share + repair_share + unrelated_share + phrasing_share + history_share + own_share:
+            out.append(own[int(rng.integers(len(own)))])
         else:
             out.append(example(rng, kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]))
     return out
@@ -253,6 +268,27 @@ def check_source(source: Path) -> None:
                       "refinement)")
 
 
+def own_answers(source: Path, out: Path, cfg: RefineConfig, device: str, *,
+                reuse: bool) -> tuple[list[OwnExample], dict[str, dict]]:
+    """The source model's own answers that follow a complaint (:func:`sdpo_env.tiny.own.own_examples`), saved in
+    ``out/own_answers.json``; with ``reuse`` (a resumed refinement) the saved ones, so it trains on the same."""
+    path = out / OWN_FILE
+    if reuse and path.exists():
+        return load_examples(path)
+    sampler = Sampler(str(source), device)
+    with Progress(TextColumn("its own answers to complaints, kept"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("kept", total=None)
+        examples, stats = own_examples(sampler, cfg.own_per_phrasing, cfg.seed, only=cfg.own_preferences,
+                                       progress=lambda k, n: bar.update(task, completed=k, total=n))
+    out.mkdir(parents=True, exist_ok=True)
+    save_examples(examples, stats, path)
+    followed = ", ".join(f"{name} {entry['followed']:.2f}" for name, entry in stats.items())
+    print(f"kept {len(examples)} answers in {sum(e['tries'] for e in stats.values())} tries; followed: {followed}",
+          flush=True)
+    return examples, stats
+
+
 def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu", resume: bool = False,
            stop_after_steps: int | None = None, save_every_s: float = 300.0) -> dict:
     """Refines the model in ``source`` and saves it into ``out``; returns what happened (also in build_info.json).
@@ -277,15 +313,17 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu", r
             raise Refused(f"{exc} (the model in {source}); --layers and --mlp can only grow it") from None
         print(f"grown to {model.config.num_hidden_layers} layers, MLP width {model.config.intermediate_size}: "
               f"{model.num_parameters():,} parameters", flush=True)
+    own, own_stats = own_answers(source, out, cfg, device, reuse=saved is not None) if cfg.own_share else ([], {})
     chats = refine_examples(cfg.n_examples, cfg.seed, cfg.focus_share, cfg.focus, cfg.repair_share, cfg.repair,
-                            cfg.unrelated_share, cfg.phrasing_share, cfg.phrasings, cfg.history_share)
+                            cfg.unrelated_share, cfg.phrasing_share, cfg.phrasings, cfg.history_share,
+                            cfg.own_share, [e.messages for e in own])
     data = [e for e in encode(tokenizer, chats) if len(e[0]) - e[1] <= MAX_NEW_TOKENS]
     pairs: list[Pair] = []
     if cfg.train.invariance_weight > 0:
         pairs = encode_pairs(tokenizer, neutral_pairs(cfg.train.steps * cfg.train.invariance_batch, cfg.seed))
     print(f"refine: {len(data)} examples ({cfg.focus_share:.0%} focused, {cfg.repair_share:.0%} repairs, "
           f"{cfg.unrelated_share:.0%} extra unrelated, {cfg.phrasing_share:.0%} in {len(cfg.phrasings)} phrasings, "
-          f"{cfg.history_share:.0%} with history), "
+          f"{cfg.history_share:.0%} with history, {cfg.own_share:.0%} of its own {len(own)} answers), "
           f"{len(pairs)} neutral-follow-up pairs in {time.time() - started:.0f} s", flush=True)
     t0 = time.time()
     boundaries = frozenset(boundary_token_ids(tokenizer))
@@ -300,6 +338,8 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu", r
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
     stage = {**settings, "final_loss": round(loss, 4), "device": device, "threads": torch.get_num_threads(),
              "train_s": round(time.time() - t0, 1), "total_s": round(time.time() - started, 1)}
+    if own_stats:
+        stage["own_answers"] = own_stats
     if saved:
         stage["resumed_at_step"] = saved["step"]  # the timings are this last session's
     info["refines"] = [*info.get("refines", []), stage]  # every stage since the build, oldest first
@@ -340,6 +380,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--history-share", type=float, default=None,
                         help="share of conversations with history (two or three user turns) whose last turn carries "
                              "a hindsight block, answered as every complaint in them asks (default 0)")
+    parser.add_argument("--own-share", type=float, default=None,
+                        help="share of the model's own answers to complaints, sampled before training and kept "
+                             "where they follow the complaint (sdpo_env.tiny.own; default 0)")
+    parser.add_argument("--own-per-phrasing", type=int, default=None,
+                        help="with --own-share: answers kept per complaint phrasing (default 16)")
+    parser.add_argument("--own-preferences", default=None,
+                        help="with --own-share: comma-separated persona preferences whose phrasings to sample "
+                             "(default: every one; the probe's table names them)")
     parser.add_argument("--invariance", type=float, default=None,
                         help="weight of the KL that teaches the model to ignore neutral follow-ups in the hindsight "
                              "block (default 0: off)")
@@ -375,16 +423,25 @@ def main(argv: list[str] | None = None) -> dict:
                   phrasings=tuple(args.phrasing),
                   phrasing_share=phrasing_share,
                   history_share=cfg.history_share if args.history_share is None else args.history_share,
+                  own_share=cfg.own_share if args.own_share is None else args.own_share,
+                  own_per_phrasing=args.own_per_phrasing or cfg.own_per_phrasing,
+                  own_preferences=None if args.own_preferences is None else tuple(
+                      t.strip() for t in args.own_preferences.split(",")),
                   layers=args.layers, mlp=args.mlp,
                   seed=cfg.seed if args.seed is None else args.seed,
                   train=replace(cfg.train, steps=steps, lr=args.lr or cfg.train.lr,
                                 invariance_weight=args.invariance or cfg.train.invariance_weight))
     shares = {"--focus-share": cfg.focus_share, "--repair-share": cfg.repair_share,
               "--unrelated-share": cfg.unrelated_share, "--phrasing-share": cfg.phrasing_share,
-              "--history-share": cfg.history_share}
+              "--history-share": cfg.history_share, "--own-share": cfg.own_share}
     if any(not 0 <= value <= 1 for value in shares.values()) or sum(shares.values()) > 1:
         parser.error("each share must be in [0, 1] and together at most 1; got "
                      + ", ".join(f"{name} {value}" for name, value in shares.items()))
+    unknown = sorted(set(cfg.own_preferences or ()) - preferences().keys())
+    if unknown:
+        parser.error(f"--own-preferences: unknown {', '.join(unknown)}; one of: {', '.join(sorted(preferences()))}")
+    if args.own_per_phrasing is not None and args.own_per_phrasing < 1:
+        parser.error(f"--own-per-phrasing must be >= 1, got {args.own_per_phrasing}")
     if cfg.phrasing_share and not cfg.phrasings:
         parser.error(f"--phrasing-share {cfg.phrasing_share} needs at least one --phrasing")
     return run_resumable(parser, lambda: refine(args.source, args.out, cfg, device=args.device, resume=args.resume,

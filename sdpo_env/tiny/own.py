@@ -1,0 +1,112 @@
+"""The model's own answers to complaints, kept where they follow the complaint (refinement examples).
+
+``python -m sdpo_env.tiny.refine --own-share S`` trains on them: for every phrasing of every persona preference the
+model samples answers to corpus questions with that phrasing in the hindsight block, and the well-formed answers that
+satisfy the preference (its persona rule, as the judge and the probe check it) become examples, ``per_phrasing`` of
+them per phrasing. A corpus answer is a template rendering the model reproduces only in part, so most of its loss
+is on wording; an answer the model sampled itself is already likely under it, so the loss falls on the few tokens
+that decide the style, which is where the misses are. Phrasings the model follows least get as many examples as the
+rest, at the cost of more tries (rejection sampling, as in expert iteration).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sdpo_env.hindsight import hindsight_messages
+from sdpo_env.tiny.corpus import Messages, questions
+from sdpo_env.tiny.probe import Sampler, preferences, well_formed
+
+CHUNK = 256  # answers sampled between two progress reports
+
+
+@dataclass(frozen=True)
+class OwnExample:
+    """One kept answer: the preference and phrasing it follows, and the chat ending with it."""
+
+    preference: str
+    phrasing: str
+    messages: Messages
+
+
+def own_examples(sampler: Sampler, per_phrasing: int, seed: int, max_tries: int = 8,
+                 only: Sequence[str] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[list[OwnExample], dict[str, dict]]:
+    """Samples until each phrasing has ``per_phrasing`` kept answers or ``max_tries`` x that many tries.
+
+    Args:
+        sampler: The model to sample from (temperature 1, as the policy samples).
+        per_phrasing: Kept answers wanted per phrasing.
+        seed: Fixes the questions drawn and the samples.
+        max_tries: A phrasing is given up after ``max_tries * per_phrasing`` tries; it keeps what it has.
+        only: The preferences (by name) whose phrasings to sample; None: every persona preference.
+        progress: Told (kept so far, wanted) after every ``CHUNK`` answers.
+
+    Returns:
+        The kept examples, phrasing by phrasing, and per preference the tries, the answers kept and the share of
+        tries that followed the complaint (well-formed or not).
+    """
+    rng = np.random.default_rng([seed, 17])
+    torch.manual_seed(seed)
+    pool, prefs = questions(), preferences()
+    if only is not None:
+        unknown = sorted(set(only) - prefs.keys())
+        if unknown:
+            raise ValueError(f"unknown preference(s) {', '.join(unknown)}; one of: {', '.join(sorted(prefs))}")
+        prefs = {name: pref for name, pref in prefs.items() if name in only}
+    wanted = [(name, phrase) for name, pref in prefs.items() for phrase in pref.follow_ups]
+    kept: dict[tuple[str, str], list[Messages]] = {key: [] for key in wanted}
+    tries = dict.fromkeys(wanted, 0)
+    followed = dict.fromkeys(wanted, 0)
+    while True:
+        # each open phrasing tries what its follow rate so far (from a prior of 0.8) says it needs, plus one
+        batch = [(key, min(math.ceil(missing * (tries[key] + 2) / (followed[key] + 1.6)) + 1,
+                           max_tries * per_phrasing - tries[key]))
+                 for key in wanted
+                 for missing in [per_phrasing - len(kept[key])]
+                 if missing > 0 and tries[key] < max_tries * per_phrasing]
+        if not batch:
+            break
+        keys = [key for key, n in batch for _ in range(n)]
+        convs = [hindsight_messages([{"role": "user", "content": pool[int(rng.integers(len(pool)))].text}], phrase)
+                 for _, phrase in keys]
+        for start in range(0, len(keys), CHUNK):
+            chunk = slice(start, start + CHUNK)
+            for key, conv, (text, ended) in zip(keys[chunk], convs[chunk], sampler.generate(convs[chunk])):
+                tries[key] += 1
+                ok = prefs[key[0]].satisfied_by(text)
+                followed[key] += ok
+                if ok and well_formed(text, ended) and len(kept[key]) < per_phrasing:
+                    kept[key].append([*conv, {"role": "assistant", "content": text}])
+            if progress is not None:
+                progress(sum(len(v) for v in kept.values()), per_phrasing * len(wanted))
+    stats: dict[str, dict] = {}
+    for (name, phrase) in wanted:
+        entry = stats.setdefault(name, {"tries": 0, "kept": 0, "followed": 0})
+        entry["tries"] += tries[(name, phrase)]
+        entry["kept"] += len(kept[(name, phrase)])
+        entry["followed"] += followed[(name, phrase)]
+    for entry in stats.values():
+        entry["followed"] = round(entry["followed"] / max(entry["tries"], 1), 4)
+    return [OwnExample(name, phrase, m) for (name, phrase) in wanted for m in kept[(name, phrase)]], stats
+
+
+def save_examples(examples: list[OwnExample], stats: dict[str, dict], path: Path) -> None:
+    """The examples and their sampling figures as one JSON file, written through a temporary file."""
+    tmp = path.with_suffix(".tmp")
+    rows = [{"preference": e.preference, "phrasing": e.phrasing, "messages": e.messages} for e in examples]
+    tmp.write_text(json.dumps({"stats": stats, "examples": rows}) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def load_examples(path: Path) -> tuple[list[OwnExample], dict[str, dict]]:
+    """The examples and figures :func:`save_examples` wrote."""
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    return [OwnExample(r["preference"], r["phrasing"], r["messages"]) for r in saved["examples"]], saved["stats"]
