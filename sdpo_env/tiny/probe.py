@@ -410,6 +410,18 @@ def _complaints_met(figures: dict) -> str:
     return f"{'hindsight: complaints followed >= 0.90':<44}{met:>5} of {len(counts)}  (reported)"
 
 
+def model_folder_problem(model: str) -> str | None:
+    """What is wrong with ``model`` as a local model folder (None if nothing, or if it names a hub model): a folder
+    without ``config.json`` (a refinement still running, say) or a path that does not exist."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return None if (path / "config.json").is_file() else (
+            "no config.json in that folder; give a model folder (the --out of a finished build or refinement)")
+    if path.exists() or path.is_absolute() or model.startswith((".", "~")):
+        return "no such model folder"
+    return None  # a Hugging Face id such as Qwen/Qwen3-0.6B
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point: prints the table, returns the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -434,6 +446,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
+    if args.model is not None and (problem := model_folder_problem(resolve_model_path(args.model))):
+        parser.error(f"--model {args.model}: {problem}")
     run: Path | None = None  # the run folder the adapter comes from (its config.yaml names the model it trained)
     if args.adapter is not None:
         given = Path(args.adapter)

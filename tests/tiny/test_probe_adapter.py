@@ -69,3 +69,16 @@ def test_a_run_folder_names_its_own_model(trained, monkeypatch, capsys) -> None:
     (run / "config.yaml").unlink()
     main(["--adapter", str(run)])  # no config.yaml: the shipped model, as without --adapter
     assert given[-1] == (None, run / "adapter")
+
+
+def test_a_model_folder_that_holds_no_model_is_refused_before_any_work(trained, tmp_path, monkeypatch,
+                                                                      capsys) -> None:
+    monkeypatch.setattr(probe_module, "probe", lambda *a, **k: pytest.fail("measured a folder with no model"))
+    (tmp_path / "refining").mkdir()  # a refinement still running: its folder holds own_answers.json, no model
+    for given, said in ((tmp_path / "refining", "no config.json in that folder"),
+                        (tmp_path / "gone", "no such model folder")):
+        with pytest.raises(SystemExit) as stopped:
+            main(["--model", str(given)])
+        assert stopped.value.code == 2 and f"--model {given}: {said}" in capsys.readouterr().err
+    assert probe_module.model_folder_problem(str(trained[0])) is None
+    assert probe_module.model_folder_problem("Qwen/Qwen3-0.6B") is None  # a hub id goes through as before
