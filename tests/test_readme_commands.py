@@ -54,7 +54,8 @@ STOPS: dict[str, list[tuple[str, Callable[[Callable[..., Any]], Callable[..., An
     "sdpo_env.heatmap": [("inspect", lambda _: stop)],
     "sdpo_env.tiny.build": [("build", lambda _: stop)],
     "sdpo_env.tiny.refine": [("refine", lambda _: stop)],  # after --focus and --repair are parsed
-    "sdpo_env.tiny.probe": [("probe", lambda _: stop)],
+    # --model names a folder an earlier refine wrote: its check (model_folder_problem) is passed
+    "sdpo_env.tiny.probe": [("model_folder_problem", lambda _: lambda _model: None), ("probe", lambda _: stop)],
     "sdpo_env.bench_step": [("random_model_folder", lambda _: stop), ("bench", lambda _: stop)],
     "sdpo_env.bench_sampling": [("random_model_folder", lambda _: stop), ("bench", lambda _: stop)],
     "sdpo_env.bench_selectivity": [("make_learner", after)],  # builds the SDPO learner from the options
