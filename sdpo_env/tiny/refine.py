@@ -26,6 +26,10 @@ block on the last turn with a complaint about another axis (the answer follows e
 follow-up (the answer follows the earlier complaints only). The build's multi-turn examples have two user turns and
 only neutral hindsight.
 
+``--own-share`` trains on the model's own answers: before training it samples answers to every complaint phrasing of
+the persona preferences (``--own-preferences``: some of them) and keeps, ``--own-per-phrasing`` per phrasing, those
+that satisfy the preference (``sdpo_env.tiny.own``; measured in docs/tiny-model.md, the eighth refinement round).
+
 ``--layers N`` and ``--mlp W`` grow the source model first (``sdpo_env.tiny.grow``: more layers, a wider MLP, the
 same logits), so the refinement trains a larger model at a CPU's cost.
 
