@@ -285,6 +285,9 @@ def own_answers(source: Path, out: Path, cfg: RefineConfig, device: str, *,
         task = bar.add_task("kept", total=None)
         examples, stats = own_examples(sampler, cfg.own_per_phrasing, cfg.seed, only=cfg.own_preferences,
                                        progress=lambda k, n: bar.update(task, completed=k, total=n))
+    if not examples:
+        raise Refused(f"--own-share: the model in {source} followed none of the complaints in "
+                      f"{sum(e['tries'] for e in stats.values())} tries; there is nothing of its own to train on")
     out.mkdir(parents=True, exist_ok=True)
     save_examples(examples, stats, path)
     followed = ", ".join(f"{name} {entry['followed']:.2f}" for name, entry in stats.items())

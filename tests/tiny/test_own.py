@@ -14,7 +14,7 @@ from sdpo_env.tiny.own import load_examples, own_examples, save_examples
 from sdpo_env.tiny.probe import Sampler, preferences, well_formed
 from sdpo_env.tiny.refine import OWN_FILE, RefineConfig, refine, refine_examples
 from sdpo_env.tiny.refine import main as refine_main
-from sdpo_env.tiny.train import TrainConfig, TrainingStopped
+from sdpo_env.tiny.train import Refused, TrainConfig, TrainingStopped
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,10 @@ def test_a_refinement_trains_on_its_own_answers_and_resumes_on_the_same(mini, tm
     refine(mini, tmp_path / "split", cfg, resume=True)
     assert calls == [1]  # sampled once, before the stop; the resumed part trains on the saved answers
     assert json.loads((tmp_path / "split" / "build_info.json").read_text())["refines"][-1]["own_answers"] == stats
+
+    monkeypatch.setattr(refine_module, "own_examples", lambda *a, **k: ([], {"prose": {"tries": 5, "kept": 0}}))
+    with pytest.raises(Refused, match="followed none of the complaints in 5 tries"):
+        refine(mini, tmp_path / "none", cfg)
 
 
 def test_own_options_on_the_command_line(tmp_path, monkeypatch, capsys) -> None:
