@@ -326,8 +326,10 @@ def test_ema_teacher_with_zero_decay_is_the_live_policy(model_dir) -> None:
             ema, _, _ = p.completion_logits(ids, comp)
         with p.base_model():
             base, _, _ = p.completion_logits(ids, comp)
-    torch.testing.assert_close(ema, live, atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(live, base, atol=1e-4)
+    # the EMA teacher adds a dense update (x @ (scaling B A)^T) where the live policy applies LoRA's two factors: the
+    # same function by another order of float operations, so it is held to a share of how far training moved it
+    moved = (live - base).abs().max()
+    assert moved > 1e-3 and (ema - live).abs().max() < 1e-4 * moved  # moved ~10, the two paths ~2e-5 apart
 
 
 @pytest.mark.parametrize("gate", [0.0, 0.3])  # non-finite advantages pass no gate: still counted and warned
