@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from sdpo_env import decoding
 from sdpo_env.errors import SdpoEnvError
-from sdpo_env.tiny import TINY_NAME, resolve_model_path
+from sdpo_env.tiny import TINY_NAME, model_folder_problem, resolve_model_path
 
 Messages = Sequence[dict[str, str]]
 # peft still calls a transformers method that transformers 5 deprecates; the warning is not the user's to act on.
@@ -111,6 +111,8 @@ class ChatPolicy:
             SdpoEnvError: the model cannot be loaded (the message names it and why).
         """
         path = resolve_model_path(name)
+        if problem := model_folder_problem(path):
+            raise SdpoEnvError(f"cannot load policy model {name!r} ({path}): {problem}")
         # The shipped tiny model is too small for a GPU to help (each token is a chain of tiny kernel launches): on
         # an H200 a flip run went about half as fast as on 2 CPU cores (README), so ``auto`` keeps it on the CPU.
         target = torch.device("cpu") if device == "auto" and name == TINY_NAME else pick_device(device)

@@ -104,13 +104,18 @@ def test_adapter_saves_in_peft_format(policy, model_dir, tmp_path) -> None:
         torch.testing.assert_close(plain(input_ids=ids).logits, policy.model(input_ids=ids).logits)
 
 
-def test_errors(policy, model_dir) -> None:
+def test_errors(policy, model_dir, tmp_path) -> None:
     with pytest.raises(SdpoEnvError, match="cannot score an empty completion"):
         policy.completion_logits([[1, 2]], [[]])
     with pytest.raises(SdpoEnvError, match="already has a LoRA adapter"):
         policy.add_lora(LoraSettings())
     with pytest.raises(SdpoEnvError, match=r"cannot load policy model 'no/such-model-folder'"):
-        ChatPolicy.load("no/such-model-folder", device="cpu")
+        ChatPolicy.load("no/such-model-folder", device="cpu")  # a hub id, as far as the name tells
+    (tmp_path / "refining").mkdir()  # a refinement still running: no model in its folder yet
+    for given, said in ((tmp_path / "refining", "no config.json in that folder"),
+                        (tmp_path / "gone", "no such model folder")):
+        with pytest.raises(SdpoEnvError, match=f"cannot load policy model '{given}' \\({given}\\): {said}"):
+            ChatPolicy.load(str(given), device="cpu")
 
 
 def test_sampling_on_merged_weights_is_the_adapted_policy(policy) -> None:

@@ -18,4 +18,17 @@ def resolve_model_path(name: str) -> str:
     return str(TINY_DIR) if name == TINY_NAME else name
 
 
-__all__ = ["TINY_DIR", "TINY_NAME", "resolve_model_path"]
+def model_folder_problem(path: str) -> str | None:
+    """What is wrong with ``path`` (a resolved model name) as a local model folder: a folder without
+    ``config.json`` (a refinement still running, say) or a path that does not exist. None if nothing is, or if it
+    names a hub model (``Qwen/Qwen3-0.6B``), which the loader looks up itself."""
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        return None if (folder / "config.json").is_file() else (
+            "no config.json in that folder; give a model folder (the --out of a finished build or refinement)")
+    if folder.exists() or folder.is_absolute() or path.startswith((".", "~")):
+        return "no such model folder"
+    return None
+
+
+__all__ = ["TINY_DIR", "TINY_NAME", "model_folder_problem", "resolve_model_path"]

@@ -61,7 +61,7 @@ from sdpo_env.hindsight import hindsight_messages
 from sdpo_env.personas import Preference
 from sdpo_env.prompts import Prompt, load_prompts
 from sdpo_env.runfolder import RunFolder
-from sdpo_env.tiny import TINY_DIR, resolve_model_path
+from sdpo_env.tiny import TINY_DIR, model_folder_problem, resolve_model_path
 from sdpo_env.tiny.corpus import personas
 
 MAX_NEW_TOKENS = 192
@@ -408,18 +408,6 @@ def _complaints_met(figures: dict) -> str:
     counts, n = figures["hindsight_followed"], figures["n_per_complaint"]
     met = sum(k / n >= TARGETS["hindsight_min"] for k in counts.values())
     return f"{'hindsight: complaints followed >= 0.90':<44}{met:>5} of {len(counts)}  (reported)"
-
-
-def model_folder_problem(model: str) -> str | None:
-    """What is wrong with ``model`` as a local model folder (None if nothing, or if it names a hub model): a folder
-    without ``config.json`` (a refinement still running, say) or a path that does not exist."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return None if (path / "config.json").is_file() else (
-            "no config.json in that folder; give a model folder (the --out of a finished build or refinement)")
-    if path.exists() or path.is_absolute() or model.startswith((".", "~")):
-        return "no such model folder"
-    return None  # a Hugging Face id such as Qwen/Qwen3-0.6B
 
 
 def main(argv: list[str] | None = None) -> dict:

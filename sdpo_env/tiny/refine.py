@@ -45,9 +45,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import itertools
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -223,25 +224,23 @@ def refine_examples(n: int, seed: int, focus_share: float, focus: tuple[Directio
         raise ValueError("own_share > 0 needs the model's own answers (own)")
     phrased = [(phrasing_direction(f), f) for f in phrasings]
     kinds, weights = list(MIX), np.array(list(MIX.values()))
+    makers: list[tuple[float, Callable[[np.random.Generator], Messages]]] = [  # each kind's share, in draw order
+        (focus_share, lambda rng: focused_example(rng, focus[int(rng.integers(len(focus)))])),
+        (repair_share, lambda rng: repair_example(rng, None if repair is None
+                                                  else repair[int(rng.integers(len(repair)))])),
+        (unrelated_share, lambda rng: example(rng, "unrelated")),
+        (phrasing_share, lambda rng: focused_example(rng, *phrased[int(rng.integers(len(phrased)))])),
+        (history_share, history_example),
+        (own_share, lambda rng: own[int(rng.integers(len(own)))]),
+    ]
+    bounds = list(itertools.accumulate(share for share, _ in makers))
     out = []
     for index in range(n):
         rng = np.random.default_rng([seed, 7, index])  # a stream the build (keyed by [seed, index]) never draws
         draw = rng.random()
-        if draw < focus_share:
-            out.append(focused_example(rng, focus[int(rng.integers(len(focus)))]))
-        elif draw < focus_share + repair_share:
-            out.append(repair_example(rng, None if repair is None else repair[int(rng.integers(len(repair)))]))
-        elif draw < focus_share + repair_share + unrelated_share:
-            out.append(example(rng, "unrelated"))
-        elif draw < focus_share + repair_share + unrelated_share + phrasing_share:
-            direction, phrase = phrased[int(rng.integers(len(phrased)))]
-            out.append(focused_example(rng, direction, phrase))
-        elif draw < focus_share + repair_share + unrelated_share + phrasing_share + history_share:
-            out.append(history_example(rng))
-        elif draw < focus_share + repair_share + unrelated_share + phrasing_share + history_share + own_share:
-            out.append(own[int(rng.integers(len(own)))])
-        else:
-            out.append(example(rng, kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]))
+        kind = next((make for (_, make), bound in zip(makers, bounds) if draw < bound), None)
+        out.append(kind(rng) if kind is not None else
+                   example(rng, kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]))  # the build's mix
     return out
 
 

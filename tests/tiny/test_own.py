@@ -13,7 +13,6 @@ from sdpo_env.tiny.build import main as build_main
 from sdpo_env.tiny.own import load_examples, own_examples, save_examples
 from sdpo_env.tiny.probe import Sampler, preferences, well_formed
 from sdpo_env.tiny.refine import OWN_FILE, RefineConfig, refine, refine_examples
-from sdpo_env.tiny.refine import main as refine_main
 from sdpo_env.tiny.train import Refused, TrainConfig, TrainingStopped
 
 
@@ -54,7 +53,8 @@ def test_only_answers_that_follow_their_complaint_are_kept(mini, tmp_path) -> No
     assert again == examples  # the seed fixes the questions and the samples
 
 
-def test_a_refinement_trains_on_its_own_answers_and_resumes_on_the_same(mini, tmp_path, monkeypatch) -> None:
+def test_a_refinement_trains_on_its_own_answers_and_resumes_on_the_same(mini, tmp_path, monkeypatch,
+                                                                       refine_draws) -> None:
     calls = []
 
     def few(sampler, per_phrasing, seed, **kwargs):
@@ -62,18 +62,12 @@ def test_a_refinement_trains_on_its_own_answers_and_resumes_on_the_same(mini, tm
         return own_examples(sampler, per_phrasing, seed, max_tries=1, **kwargs)
 
     monkeypatch.setattr(refine_module, "own_examples", few)
-    drawn: list = []
-
-    def recorded(*args, **kwargs):
-        drawn[:] = refine_examples(*args, **kwargs)
-        return list(drawn)
-
-    monkeypatch.setattr(refine_module, "refine_examples", recorded)
     cfg = RefineConfig(n_examples=16, focus_share=0.0, own_share=1.0, own_per_phrasing=1,
                        own_preferences=("prose", "no_emojis", "concise", "answer_first"),
                        train=TrainConfig(steps=2, batch_size=4))
     info = refine(mini, tmp_path / "r", cfg)
     saved, stats = load_examples(tmp_path / "r" / OWN_FILE)
+    [drawn] = refine_draws
     assert calls == [1] and len(drawn) == 16 and all(c in [e.messages for e in saved] for c in drawn)
     assert info["refines"][-1]["own_answers"] == stats and info["refines"][-1]["own_share"] == 1.0
 
@@ -89,20 +83,16 @@ def test_a_refinement_trains_on_its_own_answers_and_resumes_on_the_same(mini, tm
         refine(mini, tmp_path / "none", cfg)
 
 
-def test_own_options_on_the_command_line(tmp_path, monkeypatch, capsys) -> None:
-    given = []
-    monkeypatch.setattr(refine_module, "refine", lambda source, out, cfg, **_: given.append(cfg))
-    refine_main(["--out", str(tmp_path / "r"), "--own-share", "0.3", "--own-per-phrasing", "4"])
-    refine_main(["--out", str(tmp_path / "r"), "--own-share", "0.3", "--own-preferences", "prose, detailed"])
+def test_own_options_on_the_command_line(refine_cli) -> None:
+    given = [refine_cli.config("--own-share", "0.3", "--own-per-phrasing", "4"),
+             refine_cli.config("--own-share", "0.3", "--own-preferences", "prose, detailed")]
     assert [(c.own_share, c.own_per_phrasing, c.own_preferences) for c in given] == [
         (0.3, 4, None), (0.3, 16, ("prose", "detailed"))]
     for bad, message in ((["--own-share", "0.8"], "--own-share 0.8"),
                          (["--own-share", "0.1", "--own-per-phrasing", "0"], "--own-per-phrasing must be >= 1"),
                          (["--own-share", "0.1", "--own-preferences", "prose,detial"],
                           "--own-preferences: unknown detial; one of: ")):
-        with pytest.raises(SystemExit):
-            refine_main(["--out", str(tmp_path / "r"), *bad])
-        assert message in capsys.readouterr().err
+        assert message in refine_cli.refused(*bad)
     with pytest.raises(ValueError, match="needs the model's own answers"):
         refine_examples(5, seed=0, focus_share=0.0, own_share=0.5)
     # at share 0 the draws are those without the option, so earlier refinements reproduce

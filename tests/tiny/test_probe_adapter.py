@@ -7,6 +7,7 @@ import torch
 
 import sdpo_env.tiny.probe as probe_module
 from sdpo_env.policy import ChatPolicy, LoraSettings
+from sdpo_env.tiny import model_folder_problem
 from sdpo_env.tiny.probe import Sampler, adapter_folder, main
 from tests.models import build_random_model
 
@@ -80,5 +81,5 @@ def test_a_model_folder_that_holds_no_model_is_refused_before_any_work(trained, 
         with pytest.raises(SystemExit) as stopped:
             main(["--model", str(given)])
         assert stopped.value.code == 2 and f"--model {given}: {said}" in capsys.readouterr().err
-    assert probe_module.model_folder_problem(str(trained[0])) is None
-    assert probe_module.model_folder_problem("Qwen/Qwen3-0.6B") is None  # a hub id goes through as before
+    assert model_folder_problem(str(trained[0])) is None
+    assert model_folder_problem("Qwen/Qwen3-0.6B") is None  # a hub id goes through as before

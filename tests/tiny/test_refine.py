@@ -9,7 +9,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-import sdpo_env.tiny.refine as refine_module
 from sdpo_env.hindsight import PAPER_SENTENCE
 from sdpo_env.tiny.build import main as build_main
 from sdpo_env.tiny.corpus import complaint_pool, neutral_follow_ups, questions
@@ -30,8 +29,7 @@ from sdpo_env.tiny.style import measure
 from sdpo_env.tiny.train import TrainConfig
 
 
-def test_history_examples_end_in_hindsight_and_follow_every_complaint_in_them(tmp_path, monkeypatch,
-                                                                              capsys) -> None:
+def test_history_examples_end_in_hindsight_and_follow_every_complaint_in_them(refine_cli) -> None:
     direction_of = {phrase: d for d, phrases in complaint_pool().items() for phrase in phrases}
     rng, turns, hindsight_kinds = np.random.default_rng(0), set(), set()
     for _ in range(60):
@@ -58,13 +56,9 @@ def test_history_examples_end_in_hindsight_and_follow_every_complaint_in_them(tm
     assert 70 < sum(len([m for m in c if m["role"] == "user"]) > 1 and PAPER_SENTENCE in c[-2]["content"]
                     for c in shares) < 130
 
-    given = []
-    monkeypatch.setattr(refine_module, "refine", lambda source, out, cfg, **_: given.append(cfg))
-    refine_main(["--out", str(tmp_path / "r"), "--history-share", "0.3"])
-    assert given[0].history_share == 0.3 and given[0].focus_share == RefineConfig().focus_share
-    with pytest.raises(SystemExit):
-        refine_main(["--out", str(tmp_path / "r"), "--focus-share", "0.8", "--history-share", "0.3"])
-    assert "--history-share 0.3" in capsys.readouterr().err
+    given = refine_cli.config("--history-share", "0.3")
+    assert given.history_share == 0.3 and given.focus_share == RefineConfig().focus_share
+    assert "--history-share 0.3" in refine_cli.refused("--focus-share", "0.8", "--history-share", "0.3")
 
 
 def test_focused_examples_satisfy_their_direction() -> None:
@@ -89,20 +83,19 @@ def test_refine_examples_are_deterministic_and_focused_in_share() -> None:
     assert 140 <= with_hindsight(a) < 200
 
 
-def test_refine_a_mini_build(tmp_path, capsys, monkeypatch) -> None:
+def test_refine_a_mini_build(tmp_path, capsys, refine_draws) -> None:
     source, out = tmp_path / "mini", tmp_path / "refined"
     build_main(["--mini", "--out", str(source), "--workers", "1"])
     cfg = RefineConfig(n_examples=64, train=TrainConfig(steps=4, batch_size=16, lr=1e-3, warmup=1,
                                                         invariance_weight=1.0, invariance_batch=4))
     info = refine(source, out, cfg)
+    refine_draws.clear()
     assert info["refines"][0]["final_loss"] > 0 and info["seed"] == 0  # the build's record is kept
     assert info["refines"][0]["train"]["invariance_weight"] == 1.0
     assert "neutral-follow-up KL" in capsys.readouterr().out  # the pairs reached the training loop
-    drawn: list = []  # the examples the second stage trains on: all with history, as its config asks
-    monkeypatch.setattr(refine_module, "refine_examples",
-                        lambda *a, **k: drawn.extend(refine_examples(*a, **k)) or drawn)
     again = refine(out, tmp_path / "twice", RefineConfig(n_examples=32, focus_share=0.0, history_share=1.0,
                                                          train=TrainConfig(steps=2, batch_size=8)))
+    [drawn] = refine_draws  # the examples the second stage trains on: all with history, as its config asks
     assert len(drawn) == 32 and all(sum(m["role"] == "user" for m in c) > 1 for c in drawn)
     assert [stage["train"]["steps"] for stage in again["refines"]] == [4, 2]  # both stages on record
     assert json.loads((tmp_path / "twice" / "build_info.json").read_text())["refines"][1]["source"] == str(out)
@@ -143,7 +136,7 @@ def test_repair_directions_by_name() -> None:
         assert chat[0]["content"].endswith(phrases)
 
 
-def test_unrelated_examples_in_share_and_by_option(tmp_path, monkeypatch, capsys) -> None:
+def test_unrelated_examples_in_share_and_by_option(refine_cli) -> None:
     neutral = (*neutral_follow_ups(), *(q.text for q in questions()))
 
     def unrelated(chats) -> int:  # a neutral follow-up (or another question) in the hindsight block
@@ -154,16 +147,12 @@ def test_unrelated_examples_in_share_and_by_option(tmp_path, monkeypatch, capsys
     focused = unrelated(refine_examples(200, seed=1, focus_share=0.3))
     assert focused + 30 < unrelated(refine_examples(200, seed=1, focus_share=0.3, unrelated_share=0.3)) < focused + 90
 
-    given = []
-    monkeypatch.setattr(refine_module, "refine", lambda source, out, cfg, **_: given.append(cfg))
-    refine_main(["--out", str(tmp_path / "r"), "--unrelated-share", "0.15"])
-    assert given[0].unrelated_share == 0.15 and given[0].focus_share == RefineConfig().focus_share
-    with pytest.raises(SystemExit):
-        refine_main(["--out", str(tmp_path / "r"), "--focus-share", "0.9", "--unrelated-share", "0.2"])
-    assert "together at most 1" in capsys.readouterr().err
+    given = refine_cli.config("--unrelated-share", "0.15")
+    assert given.unrelated_share == 0.15 and given.focus_share == RefineConfig().focus_share
+    assert "together at most 1" in refine_cli.refused("--focus-share", "0.9", "--unrelated-share", "0.2")
 
 
-def test_phrasing_examples_use_the_given_wordings_each_in_its_direction(tmp_path, monkeypatch, capsys) -> None:
+def test_phrasing_examples_use_the_given_wordings_each_in_its_direction(refine_cli) -> None:
     wordings = ("no outro please", "Turn the bullet points into connected sentences.")
     assert [phrasing_direction(w) for w in wordings] == [("closing", (False,)), ("lists", (False,))]
     chats = refine_examples(60, seed=0, focus_share=0.0, phrasing_share=1.0, phrasings=wordings)
@@ -181,14 +170,10 @@ def test_phrasing_examples_use_the_given_wordings_each_in_its_direction(tmp_path
     with pytest.raises(ValueError, match="needs at least one phrasing"):  # before any draw, whatever the draws
         refine_examples(5, seed=0, focus_share=0.0, phrasing_share=0.01)
 
-    given = []
-    monkeypatch.setattr(refine_module, "refine", lambda source, out, cfg, **_: given.append(cfg))
-    refine_main(["--out", str(tmp_path / "r"), "--phrasing", wordings[0], "--phrasing", wordings[1]])
-    refine_main(["--out", str(tmp_path / "r"), "--phrasing", wordings[0], "--phrasing-share", "0.5"])
+    given = [refine_cli.config("--phrasing", wordings[0], "--phrasing", wordings[1]),
+             refine_cli.config("--phrasing", wordings[0], "--phrasing-share", "0.5")]
     assert [(c.phrasings, c.phrasing_share) for c in given] == [(wordings, 0.3), (wordings[:1], 0.5)]
     for bad, message in ((["--phrasing", "no outro pls"], "not a complaint phrasing"),
                          (["--phrasing-share", "0.2"], "needs at least one --phrasing"),
                          (["--phrasing", wordings[0], "--focus-share", "0.8"], "together at most 1")):
-        with pytest.raises(SystemExit):
-            refine_main(["--out", str(tmp_path / "r"), *bad])
-        assert message in capsys.readouterr().err
+        assert message in refine_cli.refused(*bad)
