@@ -29,12 +29,16 @@ change, ``<run>/snapshots/t<T>.pt``): at a flip, whether the policy adapted to t
 user's complaints in context, which is what its live teacher needs.
 
 ``--per-phrasing K`` adds the hindsight figure per phrasing: K samples for each follow-up of each preference, and
-the table lists the phrasings followed in under 90% of them (a preference's misses often sit in a few phrasings).
+the table lists the phrasings followed in under 90% of them (a preference's misses often sit in a few phrasings),
+each next to its preference's share without hindsight (``none``, from the room figure) and how it compares:
+``ignored`` (within two standard errors of it: the model answers as if the follow-up said nothing about the style),
+``reversed`` (under it: the complaint pushes the other way) or ``partly`` (above it, short of 90%).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import tempfile
 from collections.abc import Callable, Sequence
@@ -260,6 +264,7 @@ def _measure(sampler: Sampler, draw: Callable[..., list[Messages]], n: int, n_pe
         figures["phrasings"] = {
             name: _phrasing_shares(sampler, pref, draw(n_per_phrasing * len(pref.follow_ups)))
             for name, pref in preferences().items()}
+        figures["n_per_phrasing"] = n_per_phrasing
     # the signal on a second turn, as the multiturn scenario's live teacher computes it (drawn after everything else,
     # so the other figures stay as they were for a seed)
     stage("signal: conversations with history")
@@ -347,7 +352,8 @@ def table(figures: dict) -> str:
     lines += [f"  oracle {k:<35}{v:>10.2f}" for k, v in figures["oracle"].items()]
     weak = sorted((share, name, text) for name, shares in figures.get("phrasings", {}).items()
                   for text, share in shares.items() if share < TARGETS["hindsight_min"])
-    lines += [f"  phrasing {name:<33}{share:>10.2f}  {text!r}" for share, name, text in weak]
+    lines += [f"  phrasing {name:<33}{share:>10.2f}  {_against_room(figures, name, share)}  {text!r}"
+              for share, name, text in weak]
     s, h, turn2 = figures["signal"], figures["signal_held_out"], figures.get("signal_history")
     held_out_label = ("signal on held-out prompts: |A| rel / unrel" if figures["prompts"] == "eval"
                       else "signal, second draw: |A| rel / unrel")
@@ -382,6 +388,23 @@ def _followed(figures: dict, name: str) -> str:
     """A hindsight line's count (``  115/128 [MISS]``): two decimals round 0.898 up to 0.90, the count does not."""
     k, n = figures["hindsight_followed"][name], figures["n_per_complaint"]
     return f"  {k}/{n}" + ("" if k / n >= TARGETS["hindsight_min"] else " [MISS]")
+
+
+def phrasing_reading(share: float, room: float, k: int, n: int) -> str:
+    """How a phrasing followed in ``share`` of ``k`` answers compares with ``room``, the share of ``n`` answers
+    without hindsight that satisfy its preference anyway.
+
+    ``ignored``: within two standard errors of ``room``, the model answers as if the follow-up said nothing about
+    the style (as after an unrelated follow-up); ``reversed``: more than two standard errors under it, the complaint
+    pushes the other way (its live teacher would teach the opposite); ``partly``: above it, short of the target."""
+    se = math.sqrt(room * (1 - room) * (1 / k + 1 / n))
+    return "reversed" if share < room - 2 * se else "ignored" if share <= room + 2 * se else "partly"
+
+
+def _against_room(figures: dict, name: str, share: float) -> str:
+    """A weak phrasing's line: the preference's share without hindsight and :func:`phrasing_reading`."""
+    room = figures["room"][name]
+    return f"(none {room:.2f}: {phrasing_reading(share, room, figures['n_per_phrasing'], figures['n']):<8})"
 
 
 def shift_noise_floor(room: dict[str, float], n: int, draws: int = 4000) -> float:

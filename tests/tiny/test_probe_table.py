@@ -11,7 +11,8 @@ from sdpo_env.hindsight import DEFAULT_TEMPLATE
 from sdpo_env.prompts import load_prompts
 from sdpo_env.tiny import probe as probe_module
 from sdpo_env.tiny.corpus import personas
-from sdpo_env.tiny.probe import _continued, _phrasing_shares, preferences, shift_noise_floor, table, verdicts
+from sdpo_env.tiny.probe import (_continued, _phrasing_shares, phrasing_reading, preferences, shift_noise_floor, table,
+                                 verdicts)
 
 
 def shipped_like() -> dict:
@@ -99,11 +100,28 @@ def test_room_outside_the_band_misses() -> None:
 def test_the_table_lists_the_phrasings_followed_too_rarely_weakest_first() -> None:
     figures = shipped_like()
     assert not any(line.startswith("  phrasing") for line in table(figures).splitlines())  # not measured
+    figures["room"].update(prose=0.52, bullet_points=0.48)
     figures["phrasings"] = {"bullet_points": {"list form pls": 0.62, "bullet points please": 0.9},
                             "prose": {"no lists, paragraphs please": 1.0, "no bullet points please": 0.5}}
+    figures["n_per_phrasing"] = 16
     listed = [line.split() for line in table(figures).splitlines() if line.startswith("  phrasing")]
     assert [(words[1], words[2]) for words in listed] == [("prose", "0.50"), ("bullet_points", "0.62")]
-    assert listed[0][3:] == ["'no", "bullet", "points", "please'"]
+    # each next to its preference's share without hindsight, and how it compares with that (16 answers: s.e. 0.13)
+    assert listed[0][3:] == ["(none", "0.52:", "ignored", ")", "'no", "bullet", "points", "please'"]
+    assert listed[1][3:6] == ["(none", "0.48:", "ignored"]
+
+
+def test_a_phrasing_is_read_against_the_share_without_hindsight() -> None:
+    # 128 answers per phrasing and 256 without hindsight at a base share of 0.52: two standard errors are 0.108
+    assert phrasing_reading(0.54, 0.52, 128, 256) == "ignored"
+    assert phrasing_reading(0.62, 0.52, 128, 256) == "ignored"
+    assert phrasing_reading(0.63, 0.52, 128, 256) == "partly"
+    assert phrasing_reading(0.84, 0.52, 128, 256) == "partly"
+    assert phrasing_reading(0.42, 0.52, 128, 256) == "ignored"
+    assert phrasing_reading(0.40, 0.52, 128, 256) == "reversed"
+    assert phrasing_reading(0.29, 0.52, 128, 256) == "reversed"
+    # fewer answers, wider band: 0.29 of 16 is within the noise of 0.52
+    assert phrasing_reading(0.29, 0.52, 16, 256) == "ignored"
 
 
 class FollowsOnePhrasing:
