@@ -32,7 +32,14 @@ user's complaints in context, which is what its live teacher needs.
 the table lists the phrasings followed in under 90% of them (a preference's misses often sit in a few phrasings),
 each next to its preference's share without hindsight (``none``, from the room figure) and how it compares:
 ``ignored`` (within two standard errors of it: the model answers as if the follow-up said nothing about the style),
-``reversed`` (under it: the complaint pushes the other way) or ``partly`` (above it, short of 90%).
+``reversed`` (under it: the complaint pushes the other way), ``partly`` (above it, short of 90%) or ``unclear``
+(too few answers to tell ignored from followed).
+
+``--persona NAME_OR_PATH`` (repeatable) checks a persona's follow-ups instead of measuring the acceptance figures:
+per preference with a rule, the share of ``--n`` answers without hindsight that satisfy it, and each follow-up's
+share of ``--per-phrasing`` answers (default 32) with the same reading. SDPO's teacher is the policy reading the
+follow-up, so an ignored follow-up teaches nothing and a reversed one teaches the opposite: check a new persona's
+wordings against the policy model before running it.
 """
 
 from __future__ import annotations
@@ -41,7 +48,8 @@ import argparse
 import math
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +70,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from sdpo_env import decoding
 from sdpo_env.errors import SdpoEnvError, ValidationError
 from sdpo_env.hindsight import hindsight_messages
-from sdpo_env.personas import Preference
+from sdpo_env.personas import Persona, Preference, load_persona
 from sdpo_env.prompts import Prompt, load_prompts
 from sdpo_env.runfolder import RunFolder
 from sdpo_env.tiny import TINY_DIR, model_folder_problem, resolve_model_path
@@ -191,16 +199,40 @@ def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 
     prompts = load_prompts(prompt_pool)
 
     def draw(k: int, pool: Sequence[Prompt] = prompts) -> list[Messages]:
-        return [[dict(m) for m in pool[int(i)].messages] for i in rng.integers(len(pool), size=k)]
+        return _draw(pool, k, rng)
 
     total = (4 * n + len(preferences()) * n_per_complaint + len(personas()) * n_per_persona
              + sum(len(p.follow_ups) for p in preferences().values()) * n_per_phrasing)
+    with _progress(total) as stage:
+        sampler.sampled = stage.advance
+        return _measure(sampler, draw, n, n_per_complaint, n_triples, n_per_persona, n_per_phrasing, rng,
+                        prompt_pool, stage)
+
+
+def _draw(pool: Sequence[Prompt], k: int, rng: np.random.Generator) -> list[Messages]:
+    """``k`` conversations drawn from ``pool`` with replacement (copies: hindsight blocks are added to them)."""
+    return [[dict(m) for m in pool[int(i)].messages] for i in rng.integers(len(pool), size=k)]
+
+
+class _Stage:
+    """A progress bar's hooks: called with a stage's name, ``advance(k)`` after k answers."""
+
+    def __init__(self, bar: Progress, total: int):
+        self.bar, self.task = bar, bar.add_task("answers sampled", total=total)
+
+    def __call__(self, stage: str) -> None:
+        self.bar.update(self.task, description=stage)
+
+    def advance(self, k: int) -> None:
+        self.bar.advance(self.task, k)
+
+
+@contextmanager
+def _progress(total: int) -> Iterator[_Stage]:
+    """A transient progress bar on stderr over ``total`` sampled answers."""
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("answers sampled", total=total)
-        sampler.sampled = lambda k: bar.advance(task, k)
-        return _measure(sampler, draw, n, n_per_complaint, n_triples, n_per_persona, n_per_phrasing, rng,
-                        prompt_pool, lambda stage: bar.update(task, description=stage))
+        yield _Stage(bar, total)
 
 
 def _measure(sampler: Sampler, draw: Callable[..., list[Messages]], n: int, n_per_complaint: int, n_triples: int,
@@ -295,6 +327,61 @@ def _phrasing_shares(sampler: Sampler, pref: Preference, convs: list[Messages]) 
     samples = sampler.generate([hindsight_messages(c, f) for c, f in zip(convs, phrasings)])
     followed = np.array([pref.satisfied_by(t) for t, _ in samples], dtype=float).reshape(len(pref.follow_ups), k)
     return {f: float(share) for f, share in zip(pref.follow_ups, followed.mean(1))}
+
+
+def check_phrasings(chosen: Sequence[Persona], model_dir: str | None = None, *, n: int = 256, per_phrasing: int = 32,
+                    seed: int = 0, device: str = "cpu", batch_size: int = 64, prompt_pool: str = "eval",
+                    adapter: str | Path | None = None) -> list[dict]:
+    """Whether a model follows each complaint of each persona in ``chosen`` in its hindsight block (``probe
+    --persona``).
+
+    The live teacher of SDPO is the policy reading the follow-up, so a phrasing the model ignores carries no learning
+    signal, and one it reverses teaches the opposite. Per preference with a rule: the share of ``n`` answers without
+    hindsight that satisfy it (the same answers for every persona), and per follow-up the share of ``per_phrasing``
+    answers with that follow-up in the hindsight block that do, read by :func:`phrasing_reading`. Preferences
+    without a rule (an LLM judge's) are listed as not measured. One figures dict per persona.
+    """
+    sampler = Sampler(str(model_dir or TINY_DIR), device, batch_size, adapter)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    prompts = load_prompts(prompt_pool)
+    checked = [[pref for pref in persona.preferences if pref.checkable] for persona in chosen]
+    out = []
+    with _progress(n + per_phrasing * sum(len(p.follow_ups) for prefs in checked for p in prefs)) as stage:
+        sampler.sampled = stage.advance
+        stage("answers without hindsight")
+        base = [t for t, _ in sampler.generate(_draw(prompts, n, rng))]
+        for persona, prefs in zip(chosen, checked):
+            found: dict[str, dict] = {}
+            for pref in prefs:
+                stage(f"{persona.name}: follow-ups of {pref.name}")
+                convs = _draw(prompts, per_phrasing * len(pref.follow_ups), rng)
+                found[pref.name] = {"none": float(np.mean([pref.satisfied_by(t) for t in base])),
+                                    "phrasings": _phrasing_shares(sampler, pref, convs)}
+            out.append({"persona": persona.name, "source": persona.source, "n": n, "n_per_phrasing": per_phrasing,
+                        "prompts": prompt_pool, "preferences": found,
+                        "unchecked": [pref.name for pref in persona.preferences if not pref.checkable]})
+    return out
+
+
+def phrasings_table(figures: dict) -> str:
+    """:func:`check_phrasings`' figures, weakest phrasing first within each preference, and a count of readings."""
+    n, k = figures["n"], figures["n_per_phrasing"]
+    lines = [f"persona {figures['persona']} ({figures['source']}): {n} answers without hindsight, {k} per follow-up, "
+             f"{'held-out' if figures['prompts'] == 'eval' else 'interaction'} prompts"]
+    readings: dict[str, int] = {}
+    for name, found in figures["preferences"].items():
+        lines.append(f"  {name}: satisfied without hindsight {found['none']:.2f}")
+        for text, share in sorted(found["phrasings"].items(), key=lambda kv: kv[1]):
+            reading = phrasing_reading(share, found["none"], k, n)
+            readings[reading] = readings.get(reading, 0) + 1
+            lines.append(f"    {share:>5.2f}  {reading:<8}  {text!r}")
+    lines += [f"  {name}: no rule (judged by an LLM only), not measured" for name in figures["unchecked"]]
+    total = sum(readings.values())
+    lines.append(f"follow-ups: {total}; " + ", ".join(
+        f"{readings.get(r, 0)} {r}" for r in ("followed", "partly", "unclear", "ignored", "reversed"))
+        + f" (followed: in {TARGETS['hindsight_min']:.2f} or more of the answers)")
+    return "\n".join(lines)
 
 
 def verdicts(figures: dict) -> dict[str, bool]:
@@ -394,11 +481,20 @@ def phrasing_reading(share: float, room: float, k: int, n: int) -> str:
     """How a phrasing followed in ``share`` of ``k`` answers compares with ``room``, the share of ``n`` answers
     without hindsight that satisfy its preference anyway.
 
-    ``ignored``: within two standard errors of ``room``, the model answers as if the follow-up said nothing about
-    the style (as after an unrelated follow-up); ``reversed``: more than two standard errors under it, the complaint
-    pushes the other way (its live teacher would teach the opposite); ``partly``: above it, short of the target."""
+    ``followed``: in 0.90 or more of the answers (the probe's target). Below that, ``ignored``: within two standard
+    errors of ``room``, the model answers as if the follow-up said nothing about the style (as after an unrelated
+    follow-up); ``reversed``: more than two standard errors under it, the complaint pushes the other way (its live
+    teacher would teach the opposite); ``partly``: above it, short of the target; ``unclear``: within two standard
+    errors of ``room`` and of the target alike (too few answers to tell; 32 per phrasing tell most apart)."""
+    if share >= TARGETS["hindsight_min"]:
+        return "followed"
+    target = TARGETS["hindsight_min"]
     se = math.sqrt(room * (1 - room) * (1 / k + 1 / n))
-    return "reversed" if share < room - 2 * se else "ignored" if share <= room + 2 * se else "partly"
+    if share < room - 2 * se:
+        return "reversed"
+    if share > room + 2 * se:
+        return "partly"
+    return "ignored" if share < target - 2 * math.sqrt(target * (1 - target) / k) else "unclear"
 
 
 def _against_room(figures: dict, name: str, share: float) -> str:
@@ -451,12 +547,22 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--triples", type=int, default=200, help="(x, y, o) triples for the signal")
     parser.add_argument("--per-phrasing", type=int, default=0,
                         help="samples per follow-up phrasing of each preference (default 0: not measured)")
+    parser.add_argument("--persona", action="append", default=None, metavar="NAME_OR_PATH",
+                        help="instead of the acceptance figures: whether the model follows each follow-up of this "
+                             "persona (a shipped name or a YAML file; repeat for several), with --n answers "
+                             "without hindsight and --per-phrasing (default 32) per follow-up")
     parser.add_argument("--prompts", choices=("eval", "train"), default="eval",
                         help="prompt pool of every figure but the interaction signal (default eval: held out)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
+    chosen: list[Persona] = []
+    for name in args.persona or ():
+        try:
+            chosen.append(load_persona(name))
+        except SdpoEnvError as exc:
+            parser.error(f"--persona {name}: {exc}")
     if args.model is not None and (problem := model_folder_problem(resolve_model_path(args.model))):
         parser.error(f"--model {args.model}: {problem}")
     run: Path | None = None  # the run folder the adapter comes from (its config.yaml names the model it trained)
@@ -487,6 +593,12 @@ def main(argv: list[str] | None = None) -> dict:
                 said = [p.message for p in exc.problems] if isinstance(exc, ValidationError) else [str(exc)]
                 parser.error(f"--at {args.at}: " + "; ".join(said))
             print(f"policy: {run} after {args.at} interactions")
+        if chosen:
+            checks = check_phrasings(chosen, args.model, n=args.n, per_phrasing=args.per_phrasing or 32,
+                                     seed=args.seed, device=args.device, batch_size=args.batch_size,
+                                     prompt_pool=args.prompts, adapter=args.adapter)
+            print("\n\n".join(phrasings_table(c) for c in checks))
+            return {"personas": checks}
         figures = probe(args.model, n=args.n, n_per_complaint=args.per_complaint, n_triples=args.triples,
                         n_per_persona=args.per_persona, n_per_phrasing=args.per_phrasing, seed=args.seed,
                         device=args.device, batch_size=args.batch_size, prompt_pool=args.prompts,

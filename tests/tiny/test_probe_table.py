@@ -11,8 +11,15 @@ from sdpo_env.hindsight import DEFAULT_TEMPLATE
 from sdpo_env.prompts import load_prompts
 from sdpo_env.tiny import probe as probe_module
 from sdpo_env.tiny.corpus import personas
-from sdpo_env.tiny.probe import (_continued, _phrasing_shares, phrasing_reading, preferences, shift_noise_floor, table,
-                                 verdicts)
+from sdpo_env.tiny.probe import (
+    _continued,
+    _phrasing_shares,
+    phrasing_reading,
+    preferences,
+    shift_noise_floor,
+    table,
+    verdicts,
+)
 
 
 def shipped_like() -> dict:
@@ -122,6 +129,10 @@ def test_a_phrasing_is_read_against_the_share_without_hindsight() -> None:
     assert phrasing_reading(0.29, 0.52, 128, 256) == "reversed"
     # fewer answers, wider band: 0.29 of 16 is within the noise of 0.52
     assert phrasing_reading(0.29, 0.52, 16, 256) == "ignored"
+    # 7 of 8 is within the noise of 0.55 and of the target alike: too few answers to tell
+    assert phrasing_reading(7 / 8, 0.55, 8, 64) == "unclear"
+    assert phrasing_reading(7 / 8, 0.55, 64, 64) == "partly"
+    assert phrasing_reading(0.9, 0.55, 8, 64) == phrasing_reading(0.95, 0.99, 8, 64) == "followed"
 
 
 class FollowsOnePhrasing:

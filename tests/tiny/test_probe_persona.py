@@ -1,0 +1,84 @@
+"""``probe --persona``: whether the model follows each follow-up of a persona, read against its answers without
+hindsight."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdpo_env.personas import load_persona
+from sdpo_env.tiny import probe as probe_module
+from sdpo_env.tiny.probe import check_phrasings, main, phrasings_table
+
+PERSONA = """\
+name: terse
+profile: Wants short answers.
+preferences:
+  - name: concise
+    description: short
+    rule: {metric: word_count, max: 50}
+    follow_ups: ["Shorter please.", "too long", "tl;dr?"]
+  - name: warm
+    description: judged by an LLM only
+    follow_ups: ["Be nicer."]
+"""
+
+
+class Stub:
+    """Stands in for the sampler: short answers to "Shorter please.", long ones to "tl;dr?" and without
+    hindsight, and short ones to "too long" in every other answer."""
+
+    def __init__(self, *args, **kwargs):
+        self.calls = 0
+        self.sampled = lambda k: None
+
+    def generate(self, conversations):
+        out = []
+        for c in conversations:
+            last = c[-1]["content"]
+            self.calls += 1
+            short = "Shorter please." in last or ("too long" in last and self.calls % 2 == 0)
+            out.append(("Short and to the point." if short else "word " * 80, True))
+        self.sampled(len(conversations))
+        return out
+
+
+@pytest.fixture
+def terse(tmp_path):
+    path = tmp_path / "terse.yaml"
+    path.write_text(PERSONA)
+    return load_persona(path)
+
+
+def test_each_follow_up_is_read_against_the_answers_without_hindsight(terse, monkeypatch) -> None:
+    monkeypatch.setattr(probe_module, "Sampler", Stub)
+    [figures] = check_phrasings([terse], n=64, per_phrasing=32)
+    found = figures["preferences"]["concise"]
+    assert found["none"] == 0.0
+    assert found["phrasings"] == {"Shorter please.": 1.0, "too long": 0.5, "tl;dr?": 0.0}
+    assert figures["unchecked"] == ["warm"]  # no rule: an LLM judge's preference, not measured
+    lines = phrasings_table(figures).splitlines()
+    assert lines[0].startswith("persona terse (") and "64 answers without hindsight, 32 per follow-up" in lines[0]
+    assert [line.split()[:2] for line in lines[2:5]] == [["0.00", "ignored"], ["0.50", "partly"], ["1.00", "followed"]]
+    assert lines[5] == "  warm: no rule (judged by an LLM only), not measured"
+    assert lines[-1].startswith("follow-ups: 3; 1 followed, 1 partly, 0 unclear, 1 ignored, 0 reversed")
+
+
+@pytest.mark.slow
+def test_the_command_checks_a_shipped_persona_on_the_shipped_model(capsys) -> None:
+    result = main(["--persona", "fewer_lists", "--n", "32", "--per-phrasing", "4", "--seed", "3"])
+    [figures] = result["personas"]
+    shares = figures["preferences"]["prose"]["phrasings"]
+    assert len(shares) == 12 and all(share in (0, 0.25, 0.5, 0.75, 1) for share in shares.values())
+    assert 0.2 <= figures["preferences"]["prose"]["none"] <= 0.8  # room to personalise, as the probe's table says
+    assert sum(shares.values()) / len(shares) > 0.6  # most follow-ups are followed
+    out = capsys.readouterr().out
+    assert "persona fewer_lists" in out and "follow-ups: 12;" in out
+
+
+def test_an_unknown_persona_is_refused_before_any_work(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(probe_module, "Sampler", lambda *a, **k: pytest.fail("loaded a model"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--persona", "no_such_persona"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--persona no_such_persona:" in err and "fewer_lists" in err  # lists the shipped names
