@@ -77,6 +77,7 @@ from sdpo_env.tiny import TINY_DIR, model_folder_problem, resolve_model_path
 from sdpo_env.tiny.corpus import personas
 
 MAX_NEW_TOKENS = 192
+SIGNAL_GATE = 0.3  # agent=sdpo's default signal_gate: it learns from answers whose follow-up moves a token this much
 Messages = list[dict[str, str]]
 TARGETS = {"room_min": 0.20, "room_max": 0.80, "hindsight_min": 0.90, "unrelated_max_shift": 0.10,
            "signal_ratio_min": 5.0, "signal_negative_min": 0.90, "oracle_min": 0.85, "fluency_min": 0.97}
@@ -331,57 +332,94 @@ def _phrasing_shares(sampler: Sampler, pref: Preference, convs: list[Messages]) 
 
 def check_phrasings(chosen: Sequence[Persona], model_dir: str | None = None, *, n: int = 256, per_phrasing: int = 32,
                     seed: int = 0, device: str = "cpu", batch_size: int = 64, prompt_pool: str = "eval",
-                    adapter: str | Path | None = None) -> list[dict]:
-    """Whether a model follows each complaint of each persona in ``chosen`` in its hindsight block (``probe
-    --persona``).
+                    adapter: str | Path | None = None, gate: float = SIGNAL_GATE) -> list[dict]:
+    """Whether a model follows each complaint of each persona in ``chosen`` in its hindsight block, and what SDPO
+    would learn from it (``probe --persona``).
 
     The live teacher of SDPO is the policy reading the follow-up, so a phrasing the model ignores carries no learning
-    signal, and one it reverses teaches the opposite. Per preference with a rule: the share of ``n`` answers without
-    hindsight that satisfy it (the same answers for every persona), and per follow-up the share of ``per_phrasing``
-    answers with that follow-up in the hindsight block that do, read by :func:`phrasing_reading`. Preferences
-    without a rule (an LLM judge's) are listed as not measured. One figures dict per persona.
+    signal, and one it reverses teaches the opposite. Per preference with a rule:
+    - ``none``: the share of ``n`` answers without hindsight that satisfy it (the same answers for every persona);
+    - ``phrasings``: per follow-up, the share of ``per_phrasing`` answers with it in the hindsight block that do,
+      read by :func:`phrasing_reading`;
+    - ``signal``: per follow-up, on up to ``per_phrasing`` of the answers without hindsight that break the
+      preference, the token advantages A_t = log pi(y_t | x, o) - log pi(y_t | x) an update would learn from: mean
+      |A_t| (``abs``), the share whose summed advantage is negative (``negative``: the teacher finds the answer less
+      likely, as a complaint should) and the share in which some token moves by ``gate`` or more (``moves``:
+      ``agent=sdpo``'s default gate learns from those only); ``unrelated`` holds the same for an unrelated follow-up
+      drawn per answer, the level of a follow-up that says nothing.
+    Preferences without a rule (an LLM judge's) are listed as not measured. One figures dict per persona.
     """
     sampler = Sampler(str(model_dir or TINY_DIR), device, batch_size, adapter)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     prompts = load_prompts(prompt_pool)
+    unrelated_pool = personas()[0].unrelated_pool
     checked = [[pref for pref in persona.preferences if pref.checkable] for persona in chosen]
     out = []
     with _progress(n + per_phrasing * sum(len(p.follow_ups) for prefs in checked for p in prefs)) as stage:
         sampler.sampled = stage.advance
         stage("answers without hindsight")
-        base = [t for t, _ in sampler.generate(_draw(prompts, n, rng))]
+        base_convs = _draw(prompts, n, rng)
+        base = [t for t, _ in sampler.generate(base_convs)]
         for persona, prefs in zip(chosen, checked):
             found: dict[str, dict] = {}
             for pref in prefs:
                 stage(f"{persona.name}: follow-ups of {pref.name}")
                 convs = _draw(prompts, per_phrasing * len(pref.follow_ups), rng)
-                found[pref.name] = {"none": float(np.mean([pref.satisfied_by(t) for t in base])),
-                                    "phrasings": _phrasing_shares(sampler, pref, convs)}
+                broken = [i for i, t in enumerate(base) if t.strip() and not pref.satisfied_by(t)][:per_phrasing]
+                xs, ys = [base_convs[i] for i in broken], [base[i] for i in broken]
+                plain = sampler.token_logprobs(xs, ys)
+
+                def signal(follow_ups: Sequence[str], xs=xs, ys=ys, plain=plain) -> dict[str, float]:
+                    scored = sampler.token_logprobs([hindsight_messages(x, o) for x, o in zip(xs, follow_ups)], ys)
+                    adv = [h - p for h, p in zip(scored, plain)]
+                    return {"abs": float(np.mean([np.abs(a).mean() for a in adv])),
+                            "negative": float(np.mean([a.sum() < 0 for a in adv])),
+                            "moves": float(np.mean([np.abs(a).max() >= gate for a in adv]))}
+
+                unrelated = [unrelated_pool[int(i)] for i in rng.integers(len(unrelated_pool), size=len(xs))]
+                found[pref.name] = {
+                    "none": float(np.mean([pref.satisfied_by(t) for t in base])),
+                    "phrasings": _phrasing_shares(sampler, pref, convs),
+                    "n_broken": len(xs),
+                    "signal": {o: signal([o] * len(xs)) for o in pref.follow_ups} if xs else {},
+                    "unrelated": signal(unrelated) if xs else None,
+                }
             out.append({"persona": persona.name, "source": persona.source, "n": n, "n_per_phrasing": per_phrasing,
-                        "prompts": prompt_pool, "preferences": found,
+                        "prompts": prompt_pool, "gate": gate, "preferences": found,
                         "unchecked": [pref.name for pref in persona.preferences if not pref.checkable]})
     return out
 
 
 def phrasings_table(figures: dict) -> str:
     """:func:`check_phrasings`' figures, weakest phrasing first within each preference, and a count of readings."""
-    n, k = figures["n"], figures["n_per_phrasing"]
+    n, k, gate = figures["n"], figures["n_per_phrasing"], figures["gate"]
     lines = [f"persona {figures['persona']} ({figures['source']}): {n} answers without hindsight, {k} per follow-up, "
-             f"{'held-out' if figures['prompts'] == 'eval' else 'interaction'} prompts"]
+             f"{'held-out' if figures['prompts'] == 'eval' else 'interaction'} prompts",
+             f"  followed: share of answers with the follow-up in the hindsight block that satisfy the preference; "
+             f"|A|, A<0, moves: on answers without hindsight that break it, mean |A_t|, share with summed A < 0, "
+             f"share with some |A_t| >= {gate:g}"]
     readings: dict[str, int] = {}
     for name, found in figures["preferences"].items():
-        lines.append(f"  {name}: satisfied without hindsight {found['none']:.2f}")
+        lines.append(f"  {name}: satisfied without hindsight {found['none']:.2f}; {found['n_broken']} answers break "
+                     f"it" + ("" if found["unrelated"] is None else
+                              f"; an unrelated follow-up: {_signal_cells(found['unrelated'])}"))
+        lines.append(f"    {'followed':>8}  {'reading':<8}  {'|A|':>5} {'A<0':>4} {'moves':>5}  follow-up")
         for text, share in sorted(found["phrasings"].items(), key=lambda kv: kv[1]):
             reading = phrasing_reading(share, found["none"], k, n)
             readings[reading] = readings.get(reading, 0) + 1
-            lines.append(f"    {share:>5.2f}  {reading:<8}  {text!r}")
+            cells = _signal_cells(found["signal"][text]) if text in found["signal"] else f"{'-':>5} {'-':>4} {'-':>5}"
+            lines.append(f"    {share:>8.2f}  {reading:<8}  {cells}  {text!r}")
     lines += [f"  {name}: no rule (judged by an LLM only), not measured" for name in figures["unchecked"]]
     total = sum(readings.values())
     lines.append(f"follow-ups: {total}; " + ", ".join(
         f"{readings.get(r, 0)} {r}" for r in ("followed", "partly", "unclear", "ignored", "reversed"))
         + f" (followed: in {TARGETS['hindsight_min']:.2f} or more of the answers)")
     return "\n".join(lines)
+
+
+def _signal_cells(signal: dict[str, float]) -> str:
+    return f"{signal['abs']:>5.3f} {signal['negative']:>4.2f} {signal['moves']:>5.2f}"
 
 
 def verdicts(figures: dict) -> dict[str, bool]:

@@ -3,6 +3,7 @@ hindsight."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from sdpo_env.personas import load_persona
@@ -41,6 +42,17 @@ class Stub:
         self.sampled(len(conversations))
         return out
 
+    def token_logprobs(self, conversations, answers):
+        """Only "Shorter please." makes an answer less likely: by 0.5 per token, one token by 1.5."""
+        out = []
+        for c, answer in zip(conversations, answers):
+            logp = np.full(len(answer.split()) + 1, -1.0)
+            if "Shorter please." in c[-1]["content"]:
+                logp -= 0.5
+                logp[0] -= 1.0
+            out.append(logp)
+        return out
+
 
 @pytest.fixture
 def terse(tmp_path):
@@ -55,11 +67,19 @@ def test_each_follow_up_is_read_against_the_answers_without_hindsight(terse, mon
     found = figures["preferences"]["concise"]
     assert found["none"] == 0.0
     assert found["phrasings"] == {"Shorter please.": 1.0, "too long": 0.5, "tl;dr?": 0.0}
+    # what an update would learn, on the answers without hindsight that break the preference (all 64, 32 scored)
+    assert found["n_broken"] == 32
+    assert found["signal"]["Shorter please."] == {"abs": pytest.approx((81 * 0.5 + 1.0) / 81), "negative": 1.0,
+                                                  "moves": 1.0}
+    assert found["signal"]["too long"] == found["unrelated"] == {"abs": 0.0, "negative": 0.0, "moves": 0.0}
     assert figures["unchecked"] == ["warm"]  # no rule: an LLM judge's preference, not measured
     lines = phrasings_table(figures).splitlines()
     assert lines[0].startswith("persona terse (") and "64 answers without hindsight, 32 per follow-up" in lines[0]
-    assert [line.split()[:2] for line in lines[2:5]] == [["0.00", "ignored"], ["0.50", "partly"], ["1.00", "followed"]]
-    assert lines[5] == "  warm: no rule (judged by an LLM only), not measured"
+    rows = [line.split() for line in lines[4:7]]
+    assert [row[:2] for row in rows] == [["0.00", "ignored"], ["0.50", "partly"], ["1.00", "followed"]]
+    assert rows[2][2:5] == [f"{(81 * 0.5 + 1.0) / 81:.3f}", "1.00", "1.00"]
+    assert rows[0][2:5] == ["0.000", "0.00", "0.00"]
+    assert lines[7] == "  warm: no rule (judged by an LLM only), not measured"
     assert lines[-1].startswith("follow-ups: 3; 1 followed, 1 partly, 0 unclear, 1 ignored, 0 reversed")
 
 
@@ -82,3 +102,9 @@ def test_an_unknown_persona_is_refused_before_any_work(monkeypatch, capsys) -> N
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--persona no_such_persona:" in err and "fewer_lists" in err  # lists the shipped names
+
+
+def test_the_signal_is_read_at_agent_sdpos_default_gate() -> None:
+    from agents.sdpo import SDPOConfig
+
+    assert probe_module.SIGNAL_GATE == SDPOConfig().signal_gate
