@@ -55,7 +55,8 @@ STOPS: dict[str, list[tuple[str, Callable[[Callable[..., Any]], Callable[..., An
     "sdpo_env.tiny.build": [("build", lambda _: stop)],
     "sdpo_env.tiny.refine": [("refine", lambda _: stop)],  # after --focus and --repair are parsed
     # --model names a folder an earlier refine wrote: its check (model_folder_problem) is passed
-    "sdpo_env.tiny.probe": [("model_folder_problem", lambda _: lambda _model: None), ("probe", lambda _: stop)],
+    "sdpo_env.tiny.probe": [("model_folder_problem", lambda _: lambda _model: None), ("probe", lambda _: stop),
+                            ("check_phrasings", lambda _: stop)],  # --persona: after the personas are loaded
     "sdpo_env.bench_step": [("random_model_folder", lambda _: stop), ("bench", lambda _: stop)],
     "sdpo_env.bench_sampling": [("random_model_folder", lambda _: stop), ("bench", lambda _: stop)],
     "sdpo_env.bench_selectivity": [("make_learner", after)],  # builds the SDPO learner from the options
@@ -136,6 +137,7 @@ def test_the_readme_command_is_valid(command: str, monkeypatch: pytest.MonkeyPat
     ("python -m sdpo_env.tiny.refine --out /tmp/x --focus lists=false",
      "python -m sdpo_env.tiny.refine --out /tmp/x --focus lists=sometimes"),
     ("python -m sdpo_env.tiny.probe --per-complaint 8", "python -m sdpo_env.tiny.probe --per-complaints 8"),
+    ("python -m sdpo_env.tiny.probe --persona fewer_lists", "python -m sdpo_env.tiny.probe --persona fewer_list"),
 ])
 def test_a_wrong_option_in_a_command_fails_the_check(good: str, bad: str, monkeypatch: pytest.MonkeyPatch,
                                                      tmp_path: Path) -> None:
