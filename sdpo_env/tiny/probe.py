@@ -345,15 +345,14 @@ def check_phrasings(chosen: Sequence[Persona], model_dir: str | None = None, *, 
       preference, the token advantages A_t = log pi(y_t | x, o) - log pi(y_t | x) an update would learn from: mean
       |A_t| (``abs``), the share whose summed advantage is negative (``negative``: the teacher finds the answer less
       likely, as a complaint should) and the share in which some token moves by ``gate`` or more (``moves``:
-      ``agent=sdpo``'s default gate learns from those only); ``unrelated`` holds the same for an unrelated follow-up
-      drawn per answer, the level of a follow-up that says nothing.
+      ``agent=sdpo``'s default gate learns from those only); ``unrelated`` holds the same for one of the persona's
+      unrelated follow-ups drawn per answer, the level of a follow-up that says nothing.
     Preferences without a rule (an LLM judge's) are listed as not measured. One figures dict per persona.
     """
     sampler = Sampler(str(model_dir or TINY_DIR), device, batch_size, adapter)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     prompts = load_prompts(prompt_pool)
-    unrelated_pool = personas()[0].unrelated_pool
     checked = [[pref for pref in persona.preferences if pref.checkable] for persona in chosen]
     out = []
     with _progress(n + per_phrasing * sum(len(p.follow_ups) for prefs in checked for p in prefs)) as stage:
@@ -377,7 +376,8 @@ def check_phrasings(chosen: Sequence[Persona], model_dir: str | None = None, *, 
                             "negative": float(np.mean([a.sum() < 0 for a in adv])),
                             "moves": float(np.mean([np.abs(a).max() >= gate for a in adv]))}
 
-                unrelated = [unrelated_pool[int(i)] for i in rng.integers(len(unrelated_pool), size=len(xs))]
+                pool = persona.unrelated_pool  # the persona's own, as its user sends them
+                unrelated = [pool[int(i)] for i in rng.integers(len(pool), size=len(xs))]
                 found[pref.name] = {
                     "none": float(np.mean([pref.satisfied_by(t) for t in base])),
                     "phrasings": _phrasing_shares(sampler, pref, convs),

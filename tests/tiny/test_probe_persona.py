@@ -21,7 +21,11 @@ preferences:
   - name: warm
     description: judged by an LLM only
     follow_ups: ["Be nicer."]
+unrelated_follow_ups: ["What about tomatoes?"]
 """
+
+
+SCORED: list[str] = []  # the last message of every conversation the stub scored
 
 
 class Stub:
@@ -43,12 +47,13 @@ class Stub:
         return out
 
     def token_logprobs(self, conversations, answers):
-        """Only "Shorter please." makes an answer less likely: by 0.5 per token, one token by 1.5."""
+        """Only "Shorter please." makes an answer less likely: by 0.1 per token (under the gate), one token by 1.1."""
         out = []
         for c, answer in zip(conversations, answers):
+            SCORED.append(c[-1]["content"])
             logp = np.full(len(answer.split()) + 1, -1.0)
             if "Shorter please." in c[-1]["content"]:
-                logp -= 0.5
+                logp -= 0.1
                 logp[0] -= 1.0
             out.append(logp)
         return out
@@ -63,21 +68,24 @@ def terse(tmp_path):
 
 def test_each_follow_up_is_read_against_the_answers_without_hindsight(terse, monkeypatch) -> None:
     monkeypatch.setattr(probe_module, "Sampler", Stub)
+    SCORED.clear()
     [figures] = check_phrasings([terse], n=64, per_phrasing=32)
     found = figures["preferences"]["concise"]
     assert found["none"] == 0.0
     assert found["phrasings"] == {"Shorter please.": 1.0, "too long": 0.5, "tl;dr?": 0.0}
     # what an update would learn, on the answers without hindsight that break the preference (all 64, 32 scored)
     assert found["n_broken"] == 32
-    assert found["signal"]["Shorter please."] == {"abs": pytest.approx((81 * 0.5 + 1.0) / 81), "negative": 1.0,
+    assert found["signal"]["Shorter please."] == {"abs": pytest.approx((81 * 0.1 + 1.0) / 81), "negative": 1.0,
                                                   "moves": 1.0}
     assert found["signal"]["too long"] == found["unrelated"] == {"abs": 0.0, "negative": 0.0, "moves": 0.0}
+    # the control is the persona's own unrelated follow-up, in the hindsight block
+    assert sum("What about tomatoes?" in text for text in SCORED) == 32
     assert figures["unchecked"] == ["warm"]  # no rule: an LLM judge's preference, not measured
     lines = phrasings_table(figures).splitlines()
     assert lines[0].startswith("persona terse (") and "64 answers without hindsight, 32 per follow-up" in lines[0]
     rows = [line.split() for line in lines[4:7]]
     assert [row[:2] for row in rows] == [["0.00", "ignored"], ["0.50", "partly"], ["1.00", "followed"]]
-    assert rows[2][2:5] == [f"{(81 * 0.5 + 1.0) / 81:.3f}", "1.00", "1.00"]
+    assert rows[2][2:5] == [f"{(81 * 0.1 + 1.0) / 81:.3f}", "1.00", "1.00"]
     assert rows[0][2:5] == ["0.000", "0.00", "0.00"]
     assert lines[7] == "  warm: no rule (judged by an LLM only), not measured"
     assert lines[-1].startswith("follow-ups: 3; 1 followed, 1 partly, 0 unclear, 1 ignored, 0 reversed")
