@@ -37,9 +37,12 @@ each next to its preference's share without hindsight (``none``, from the room f
 
 ``--persona NAME_OR_PATH`` (repeatable) checks a persona's follow-ups instead of measuring the acceptance figures:
 per preference with a rule, the share of ``--n`` answers without hindsight that satisfy it, and each follow-up's
-share of ``--per-phrasing`` answers (default 32) with the same reading. SDPO's teacher is the policy reading the
-follow-up, so an ignored follow-up teaches nothing and a reversed one teaches the opposite: check a new persona's
-wordings against the policy model before running it.
+share of ``--per-phrasing`` answers (default 32) with the same reading. Next to it, on the answers without hindsight
+that break the preference, what an update would learn from the follow-up: mean |A_t|, the share whose summed
+advantage is negative and the share in which some token moves past ``agent=sdpo``'s gate (0.3), against one of the
+persona's unrelated follow-ups on the same answers. SDPO's teacher is the policy reading the follow-up, so an ignored
+follow-up teaches nothing and a reversed one teaches the opposite: check a new persona's wordings against the policy
+model before running it (``--prompts train``: on the prompts the shipped scenarios' users send).
 """
 
 from __future__ import annotations
@@ -524,9 +527,9 @@ def phrasing_reading(share: float, room: float, k: int, n: int) -> str:
     follow-up); ``reversed``: more than two standard errors under it, the complaint pushes the other way (its live
     teacher would teach the opposite); ``partly``: above it, short of the target; ``unclear``: within two standard
     errors of ``room`` and of the target alike (too few answers to tell; 32 per phrasing tell most apart)."""
-    if share >= TARGETS["hindsight_min"]:
-        return "followed"
     target = TARGETS["hindsight_min"]
+    if share >= target:
+        return "followed"
     se = math.sqrt(room * (1 - room) * (1 / k + 1 / n))
     if share < room - 2 * se:
         return "reversed"
