@@ -27,6 +27,7 @@ from sdpo_env.sdpo import (
     AGGREGATIONS,
     SUM_TOKENS,
     center_advantages,
+    contrasted_teacher_logits,
     divergence,
     full_divergence_loss,
     policy_gradient_loss,
@@ -150,11 +151,19 @@ class SDPOConfig:
     lora_dropout: float = option(0.0, "LoRA dropout", min=0.0, max=1.0)
     lora_targets: str | list[str] = option("all-linear", "modules to adapt: all-linear or a list of names")
     hindsight_template: str = option(DEFAULT_TEMPLATE, "appended to the last user turn; must contain {follow_up}")
+    contrast: str = option("", "a neutral follow-up (for example 'Thanks.'): the teacher is contrasted with the "
+                           "same hindsight block holding it, and the student learns log pi(.|x) + log pi(.|x,o) - "
+                           "log pi(.|x,contrast), what the follow-up says beyond a neutral one (the advantages, the "
+                           "gate and the metrics read that teacher; an extra teacher forward per update); empty = "
+                           "off, as in the paper")
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
         if "{follow_up}" not in self.hindsight_template:
             problems.append(("hindsight_template", "must contain {follow_up}"))
+        if self.contrast != self.contrast.strip() or (self.contrast and self.memory):
+            problems.append(("contrast", "no leading or trailing spaces; not with memory (the remembered "
+                                         "follow-ups would need a contrast of their own)"))
         for key, off in (("advantage_threshold", 0), ("decay_gate", 0), ("credit", "token")):
             if getattr(self, key) != off and self.loss != "pg":
                 problems.append((key, f"applies to loss=pg only (loss={self.loss} learns from the teacher's "
@@ -293,6 +302,10 @@ class SDPOLearner:
         remembered = [self.with_memory(t.follow_up) for t in batch] if self.remembered else None
         with torch.no_grad(), teacher_view(policy, c.teacher, self.ema):
             teacher_logits, targets, mask = policy.completion_logits(hindsight, completions)  # (B, T, V)
+            if c.contrast:  # the same block holding a neutral follow-up
+                baseline_logits, _, _ = policy.completion_logits(
+                    [policy.encode(hindsight_messages(t.messages, c.contrast, template=c.hindsight_template))
+                     for t in batch], completions)
             if remembered is not None:  # the teacher the policy learns from; the one above is for the readings
                 teacher_logits_read = teacher_logits
                 teacher_logits, _, _ = policy.completion_logits(
@@ -300,6 +313,9 @@ class SDPOLearner:
                      for t, o in zip(batch, remembered)], completions)
         teacher_done = time.perf_counter()
         student_logits, _, _ = policy.completion_logits(contexts, completions)  # (B, T, V), with grad
+        if c.contrast:
+            teacher_logits = contrasted_teacher_logits(student_logits=student_logits, teacher_logits=teacher_logits,
+                                                       baseline_logits=baseline_logits)
         student_lp = selective_log_softmax(student_logits, targets)  # (B, T)
         teacher_lp = selective_log_softmax(teacher_logits, targets)  # (B, T)
         advantages = token_advantages(teacher_logprobs=teacher_lp, student_logprobs=student_lp, mask=mask)

@@ -12,6 +12,7 @@ from sdpo_env.sdpo import (
     SUM_TOKENS,
     aggregate,
     center_advantages,
+    contrasted_teacher_logits,
     divergence,
     full_divergence_loss,
     policy_gradient_loss,
@@ -354,3 +355,18 @@ def test_divergence_losses_do_not_train_the_teacher() -> None:
     teacher.requires_grad_(True)
     full_divergence_loss(student_logits=student, teacher_logits=teacher, mask=mask).backward()
     assert teacher.grad is None and student.grad is not None
+
+
+def test_the_contrasted_teacher_is_the_student_reweighted_by_the_ratio_of_the_two_hindsight_teachers() -> None:
+    gen = torch.Generator().manual_seed(3)
+    student, teacher, baseline = (torch.randn(2, 4, 7, generator=gen) * 2 for _ in range(3))  # (B, T, V) logits
+    contrasted = contrasted_teacher_logits(student_logits=student, teacher_logits=teacher, baseline_logits=baseline)
+    # the reference in probability space: p_s * p_o / p_u, renormalised
+    p_s, p_o, p_u = (torch.softmax(x.double(), -1) for x in (student, teacher, baseline))
+    reference = p_s * p_o / p_u
+    reference = reference / reference.sum(-1, keepdim=True)
+    assert torch.allclose(torch.softmax(contrasted.double(), -1), reference, atol=1e-6)
+    # a follow-up no different from the neutral one leaves the student's distribution
+    same = contrasted_teacher_logits(student_logits=student, teacher_logits=teacher, baseline_logits=teacher)
+    assert torch.allclose(torch.log_softmax(same, -1), torch.log_softmax(student, -1), atol=1e-6)
+    assert not contrasted.requires_grad

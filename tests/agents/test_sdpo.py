@@ -135,7 +135,7 @@ def test_schedule_update_every_and_batch(model_dir) -> None:
     {"replay": 1, "replay_gate": 1e-9}, {"decay_factors": "B"}, {"memory": 2, "memory_gate": 1e-9},
     {"teacher": "base"}, {"teacher": "ema"},
     {"aggregation": "sequence_mean", "batch_size": 2}, {"optimizer": "sgd", "lr": 1.0, "weight_decay": 1e-3},
-    {"extra_samples": 2},
+    {"extra_samples": 2}, {"contrast": "Thanks."}, {"name": "sdpo", "contrast": "Thanks.", "signal_gate": 1e-6},
 ])
 def test_every_option_trains(model_dir, options) -> None:
     learner = make(model_dir, **options)
@@ -390,6 +390,31 @@ def test_extra_samples_are_fresh_answers_learned_under_the_same_follow_up(model_
         torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+def test_contrast_with_the_follow_up_itself_teaches_nothing(model_dir) -> None:
+    # the teacher contrasted with the same hindsight block is the student's own distribution: no advantage, and an
+    # SGD step (without weight decay, which would shrink the weights anyway) leaves the weights as they were (AdamW
+    # would blow the float noise up to a full step)
+    for name in ("sdpo", "sdpo_paper"):
+        learner = make(model_dir, name=name, contrast="Too long, keep it short.", signal_gate=0, weight_decay=0)
+        before = [p.detach().clone() for p in learner.params]
+        _, transitions = interact(learner)  # its follow-up is the contrast
+        metrics = learner.observe(transitions)
+        assert metrics["sdpo/advantage_abs_mean"] < 1e-6 and abs(metrics["sdpo/loss"]) < 1e-6, metrics
+        if name == "sdpo":
+            assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(before, learner.params))
+    # and with a gate, the update is skipped; another follow-up than the contrast does teach
+    learner = make(model_dir, name="sdpo", contrast="Too long, keep it short.")
+    assert learner.observe(interact(learner)[1])["sdpo/signal_passed"] == 0
+    learner = make(model_dir, name="sdpo", contrast="Thanks.", signal_gate=0)
+    assert learner.observe(interact(learner)[1])["sdpo/advantage_abs_mean"] > 1e-4
+
+
+def test_contrast_takes_one_more_teacher_forward(model_dir) -> None:
+    learner = make(model_dir)
+    _, transitions = interact(learner)
+    assert _forwards(make(model_dir, contrast="Thanks."), transitions) == 3
+
+
 def test_options_are_validated_together(model_dir) -> None:
     policy = ChatPolicy.load(str(model_dir), device="cpu")
     with pytest.raises(ConfigError) as caught:
@@ -404,6 +429,8 @@ def test_options_are_validated_together(model_dir) -> None:
     with pytest.raises(ConfigError, match=r"agent\.credit: applies to loss=pg only \(loss=full .* or give loss=pg too"):
         make_learner({"name": "sdpo", "credit": "to_go"}, policy, seed=0)  # the default loss is the exact gradient
     assert make_learner({"name": "sdpo", "credit": "to_go", "loss": "pg"}, policy, seed=0).config.credit == "to_go"
+    with pytest.raises(ConfigError, match=r"agent\.contrast: no leading or trailing spaces; not with memory"):
+        make_learner({"name": "sdpo", "contrast": "Thanks.", "memory": 2}, policy, seed=0)
     with pytest.raises(UnknownNameError, match=r"unknown learner 'sdp'\. Did you mean 'sdpo'"):
         make_learner({"name": "sdp"}, policy, seed=0)
     with pytest.raises(SdpoEnvError, match=r"cannot import learner 'nowhere\.mod:Learner': module 'nowhere\.mod'"):
