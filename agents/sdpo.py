@@ -161,9 +161,12 @@ class SDPOConfig:
         problems = []
         if "{follow_up}" not in self.hindsight_template:
             problems.append(("hindsight_template", "must contain {follow_up}"))
-        if self.contrast != self.contrast.strip() or (self.contrast and self.memory):
-            problems.append(("contrast", "no leading or trailing spaces; not with memory (the remembered "
-                                         "follow-ups would need a contrast of their own)"))
+        if self.contrast != self.contrast.strip():
+            problems.append(("contrast", "no leading or trailing spaces (the follow-up is put in the hindsight "
+                                         "block as given)"))
+        if self.contrast and self.memory:
+            problems.append(("contrast", "not with memory (the remembered follow-ups would need a contrast of "
+                                         "their own); set one of them to its default"))
         for key, off in (("advantage_threshold", 0), ("decay_gate", 0), ("credit", "token")):
             if getattr(self, key) != off and self.loss != "pg":
                 problems.append((key, f"applies to loss=pg only (loss={self.loss} learns from the teacher's "
