@@ -43,11 +43,14 @@ advantage is negative and the share in which some token moves past ``agent=sdpo`
 persona's unrelated follow-ups on the same answers. SDPO's teacher is the policy reading the follow-up, so an ignored
 follow-up teaches nothing and a reversed one teaches the opposite: check a new persona's wordings against the policy
 model before running it (``--prompts train``: on the prompts the shipped scenarios' users send).
+
+``--json PATH`` writes the figures of either mode, with the options as given, to a JSON file as well.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import tempfile
@@ -592,12 +595,17 @@ def main(argv: list[str] | None = None) -> dict:
                         help="instead of the acceptance figures: whether the model follows each follow-up of this "
                              "persona (a shipped name or a YAML file; repeat for several), with --n answers "
                              "without hindsight and --per-phrasing (default 32) per follow-up")
+    parser.add_argument("--json", default=None, metavar="PATH",
+                        help="also write the figures (and the options that made them) to this JSON file")
     parser.add_argument("--prompts", choices=("eval", "train"), default="eval",
                         help="prompt pool of every figure but the interaction signal (default eval: held out)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
+    if args.json is not None and Path(args.json).is_dir():
+        parser.error(f"--json {args.json}: a folder; give a file path (for example {Path(args.json) / 'probe.json'})")
+    options = {k: v for k, v in vars(args).items() if k != "json"}  # as given, before the run folder fills them in
     chosen: list[Persona] = []
     for name in args.persona or ():
         try:
@@ -639,12 +647,23 @@ def main(argv: list[str] | None = None) -> dict:
                                      seed=args.seed, device=args.device, batch_size=args.batch_size,
                                      prompt_pool=args.prompts, adapter=args.adapter)
             print("\n\n".join(phrasings_table(c) for c in checks))
-            return {"personas": checks}
+            return _written({"personas": checks}, args.json, options)
         figures = probe(args.model, n=args.n, n_per_complaint=args.per_complaint, n_triples=args.triples,
                         n_per_persona=args.per_persona, n_per_phrasing=args.per_phrasing, seed=args.seed,
                         device=args.device, batch_size=args.batch_size, prompt_pool=args.prompts,
                         adapter=args.adapter)
     print(table(figures))
+    return _written(figures, args.json, options)
+
+
+def _written(figures: dict, path: str | None, options: dict) -> dict:
+    """``figures``, also written with the command's ``options`` to ``path`` (a JSON file) when one is given."""
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({"options": options, **figures}, indent=2, ensure_ascii=False,
+                                         default=lambda x: x.item() if hasattr(x, "item") else str(x)),
+                              encoding="utf-8")
+        print(f"figures written to {path}")
     return figures
 
 

@@ -3,6 +3,8 @@ hindsight."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -116,3 +118,17 @@ def test_the_signal_is_read_at_agent_sdpos_default_gate() -> None:
     from agents.sdpo import SDPOConfig
 
     assert probe_module.SIGNAL_GATE == SDPOConfig().signal_gate
+
+
+def test_the_figures_and_options_are_written_to_json(terse, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(probe_module, "Sampler", Stub)
+    out = tmp_path / "checks" / "terse.json"  # its folder is made
+    result = main(["--persona", terse.source, "--n", "8", "--per-phrasing", "2", "--json", str(out)])
+    written = json.loads(out.read_text(encoding="utf-8"))
+    assert written["options"]["persona"] == [terse.source] and written["options"]["per_phrasing"] == 2
+    assert written["personas"] == json.loads(json.dumps(result["personas"]))
+    assert written["personas"][0]["preferences"]["concise"]["phrasings"]["Shorter please."] == 1.0
+    assert f"figures written to {out}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # a folder is refused before any work
+        main(["--persona", terse.source, "--json", str(tmp_path)])
+    assert "--json" in capsys.readouterr().err
