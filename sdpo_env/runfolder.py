@@ -53,6 +53,11 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def write_json(path: Path, value: Any) -> None:
+    """Writes ``value`` to ``path`` as indented JSON: NaN/inf as null, tensors and numpy scalars as numbers."""
+    path.write_text(json.dumps(_clean(value), indent=2, ensure_ascii=False), encoding="utf-8")
+
+
 def save_atomically(state: dict[str, Any], path: Path) -> None:
     """``torch.save`` through a temporary file: a crash mid-write leaves the previous file intact."""
     tmp = path.with_suffix(".tmp")
@@ -250,4 +255,4 @@ class RunFolder:
 
     def write_json(self, path: Path, value: Any) -> None:
         """Writes ``value`` as indented JSON (NaN as null)."""
-        path.write_text(json.dumps(_clean(value), indent=2, ensure_ascii=False), encoding="utf-8")
+        write_json(path, value)

@@ -50,7 +50,6 @@ model before running it (``--prompts train``: on the prompts the shipped scenari
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import tempfile
@@ -78,7 +77,7 @@ from sdpo_env.errors import SdpoEnvError, ValidationError
 from sdpo_env.hindsight import hindsight_messages
 from sdpo_env.personas import Persona, Preference, load_persona
 from sdpo_env.prompts import Prompt, load_prompts
-from sdpo_env.runfolder import RunFolder
+from sdpo_env.runfolder import RunFolder, write_json
 from sdpo_env.tiny import TINY_DIR, model_folder_problem, resolve_model_path
 from sdpo_env.tiny.corpus import personas
 
@@ -374,22 +373,16 @@ def check_phrasings(chosen: Sequence[Persona], model_dir: str | None = None, *, 
                 broken = [i for i, t in enumerate(base) if t.strip() and not pref.satisfied_by(t)][:per_phrasing]
                 xs, ys = [base_convs[i] for i in broken], [base[i] for i in broken]
                 plain = sampler.token_logprobs(xs, ys)
-
-                def signal(follow_ups: Sequence[str], xs=xs, ys=ys, plain=plain) -> dict[str, float]:
-                    scored = sampler.token_logprobs([hindsight_messages(x, o) for x, o in zip(xs, follow_ups)], ys)
-                    adv = [h - p for h, p in zip(scored, plain)]
-                    return {"abs": float(np.mean([np.abs(a).mean() for a in adv])),
-                            "negative": float(np.mean([a.sum() < 0 for a in adv])),
-                            "moves": float(np.mean([np.abs(a).max() >= gate for a in adv]))}
-
                 pool = persona.unrelated_pool  # the persona's own, as its user sends them
                 unrelated = [pool[int(i)] for i in rng.integers(len(pool), size=len(xs))]
                 found[pref.name] = {
                     "none": float(np.mean([pref.satisfied_by(t) for t in base])),
                     "phrasings": _phrasing_shares(sampler, pref, convs),
                     "n_broken": len(xs),
-                    "signal": {o: signal([o] * len(xs)) for o in pref.follow_ups} if xs else {},
-                    "unrelated": signal(unrelated) if xs else None,
+                    "signal": {o: _advantage_figures(_advantages(sampler, xs, ys, [o] * len(xs), plain), gate)
+                               for o in pref.follow_ups} if xs else {},
+                    "unrelated": _advantage_figures(_advantages(sampler, xs, ys, unrelated, plain), gate)
+                                 if xs else None,
                 }
             out.append({"persona": persona.name, "source": persona.source, "n": n, "n_per_phrasing": per_phrasing,
                         "prompts": prompt_pool, "gate": gate, "preferences": found,
@@ -460,16 +453,27 @@ def _signal(sampler: Sampler, convs: list[Messages], answers: list[str], n_tripl
     xs = [x for x, _, _, _ in triples]
     ys = [y for _, y, _, _ in triples]
     plain = sampler.token_logprobs(xs, ys)
-    relevant = sampler.token_logprobs([hindsight_messages(x, o) for x, _, o, _ in triples], ys)
-    unrelated = sampler.token_logprobs([hindsight_messages(x, u) for x, _, _, u in triples], ys)
-    adv_rel = [r - p for r, p in zip(relevant, plain)]
-    adv_unr = [u - p for u, p in zip(unrelated, plain)]
-    abs_rel = float(np.mean([np.abs(a).mean() for a in adv_rel]))
-    abs_unr = float(np.mean([np.abs(a).mean() for a in adv_unr]))
-    return {"n_triples": len(triples), "abs_relevant": abs_rel, "abs_unrelated": abs_unr,
-            "ratio": abs_rel / max(abs_unr, 1e-9),
-            "relevant_negative": float(np.mean([a.sum() < 0 for a in adv_rel])),
-            "unrelated_negative": float(np.mean([a.sum() < 0 for a in adv_unr]))}
+    rel = _advantage_figures(_advantages(sampler, xs, ys, [o for _, _, o, _ in triples], plain))
+    unr = _advantage_figures(_advantages(sampler, xs, ys, [u for _, _, _, u in triples], plain))
+    return {"n_triples": len(triples), "abs_relevant": rel["abs"], "abs_unrelated": unr["abs"],
+            "ratio": rel["abs"] / max(unr["abs"], 1e-9),
+            "relevant_negative": rel["negative"], "unrelated_negative": unr["negative"]}
+
+
+def _advantages(sampler: Sampler, xs: Sequence[Messages], ys: Sequence[str], follow_ups: Sequence[str],
+                plain: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per answer, A_t = log pi(y_t | x, o) - log pi(y_t | x) with its follow-up ``o`` in the hindsight block;
+    ``plain`` holds the answers' log-probs without it."""
+    scored = sampler.token_logprobs([hindsight_messages(x, o) for x, o in zip(xs, follow_ups)], ys)
+    return [h - p for h, p in zip(scored, plain)]
+
+
+def _advantage_figures(advantages: Sequence[np.ndarray], gate: float = SIGNAL_GATE) -> dict[str, float]:
+    """Over the answers: mean |A_t| (``abs``), the share whose summed advantage is negative (``negative``) and the
+    share in which some token moves by ``gate`` or more (``moves``)."""
+    return {"abs": float(np.mean([np.abs(a).mean() for a in advantages])),
+            "negative": float(np.mean([a.sum() < 0 for a in advantages])),
+            "moves": float(np.mean([np.abs(a).max() >= gate for a in advantages]))}
 
 
 def table(figures: dict) -> str:
@@ -660,9 +664,7 @@ def _written(figures: dict, path: str | None, options: dict) -> dict:
     """``figures``, also written with the command's ``options`` to ``path`` (a JSON file) when one is given."""
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps({"options": options, **figures}, indent=2, ensure_ascii=False,
-                                         default=lambda x: x.item() if hasattr(x, "item") else str(x)),
-                              encoding="utf-8")
+        write_json(Path(path), {"options": options, **figures})
         print(f"figures written to {path}")
     return figures
 
