@@ -156,6 +156,10 @@ class SDPOConfig:
                            "log pi(.|x,contrast), what the follow-up says beyond a neutral one (the advantages, the "
                            "gate and the metrics read that teacher; an extra teacher forward per update); empty = "
                            "off, as in the paper")
+    contrast_clip: float | None = option(None, "contrast: hold the log-ratio of the follow-up's block to the neutral "
+                                         "one to [-this, this] per token of the vocabulary (where the neutral block "
+                                         "gives a token little probability the ratio is unbounded); null = "
+                                         "unbounded", gt=0.0)
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
@@ -164,6 +168,9 @@ class SDPOConfig:
         if self.contrast != self.contrast.strip():
             problems.append(("contrast", "no leading or trailing spaces (the follow-up is put in the hindsight "
                                          "block as given)"))
+        if self.contrast_clip is not None and not self.contrast:
+            problems.append(("contrast_clip", "applies with contrast only; give contrast too (for example "
+                                              "agent.contrast=Thanks.) or set contrast_clip to null"))
         if self.contrast and self.memory:
             problems.append(("contrast", "not with memory (the remembered follow-ups would need a contrast of "
                                          "their own); set one of them to its default"))
@@ -318,7 +325,7 @@ class SDPOLearner:
         student_logits, _, _ = policy.completion_logits(contexts, completions)  # (B, T, V), with grad
         if c.contrast:
             teacher_logits = contrasted_teacher_logits(student_logits=student_logits, teacher_logits=teacher_logits,
-                                                       baseline_logits=baseline_logits)
+                                                       baseline_logits=baseline_logits, clip=c.contrast_clip)
         student_lp = selective_log_softmax(student_logits, targets)  # (B, T)
         teacher_lp = selective_log_softmax(teacher_logits, targets)  # (B, T)
         advantages = token_advantages(teacher_logprobs=teacher_lp, student_logprobs=student_lp, mask=mask)

@@ -97,25 +97,30 @@ def rewards_to_go(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def contrasted_teacher_logits(*, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                              baseline_logits: torch.Tensor) -> torch.Tensor:
+                              baseline_logits: torch.Tensor, clip: float | None = None) -> torch.Tensor:
     """The teacher with what any hindsight block does to the policy taken out (``agent.contrast``).
 
     Per position, ``log pi(.|x) + log pi(.|x, o) - log pi(.|x, u)`` with ``u`` a neutral follow-up: the student's
     distribution moved by what the follow-up ``o`` says beyond a neutral one, as classifier-free guidance contrasts
     two prompts. Unnormalised; the losses take its log-softmax. With ``o == u`` it is the student's own distribution,
-    so the follow-up teaches nothing.
+    so the follow-up teaches nothing. The log-ratio of the two blocks is unbounded where the neutral one gives a token
+    little probability; ``clip`` holds it to ``[-clip, clip]`` per token of the vocabulary, so the teacher's odds of
+    any two tokens differ from the student's by at most ``exp(2 clip)``.
 
     Args:
         student_logits: (B, T, V) under the original context; detached here.
         teacher_logits: (B, T, V) under the hindsight block holding the follow-up.
         baseline_logits: (B, T, V) under the same block holding the neutral follow-up.
+        clip: Largest |log-ratio| of the two blocks kept; None = unbounded.
 
     Returns:
         (B, T, V) float logits without gradient.
     """
-    return (torch.log_softmax(student_logits.detach().float(), dim=-1)
-            + torch.log_softmax(teacher_logits.detach().float(), dim=-1)
-            - torch.log_softmax(baseline_logits.detach().float(), dim=-1))
+    ratio = (torch.log_softmax(teacher_logits.detach().float(), dim=-1)
+             - torch.log_softmax(baseline_logits.detach().float(), dim=-1))
+    if clip is not None:
+        ratio = ratio.clamp(-clip, clip)
+    return torch.log_softmax(student_logits.detach().float(), dim=-1) + ratio
 
 
 def signal_rows(advantages: torch.Tensor, mask: torch.Tensor, gate: float) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -370,3 +371,26 @@ def test_the_contrasted_teacher_is_the_student_reweighted_by_the_ratio_of_the_tw
     same = contrasted_teacher_logits(student_logits=student, teacher_logits=teacher, baseline_logits=teacher)
     assert torch.allclose(torch.log_softmax(same, -1), torch.log_softmax(student, -1), atol=1e-6)
     assert not contrasted.requires_grad
+
+
+def test_the_clipped_contrast_bounds_the_ratio_of_the_two_hindsight_teachers() -> None:
+    gen = torch.Generator().manual_seed(4)
+    student, teacher, baseline = (torch.randn(2, 4, 7, generator=gen) * 3 for _ in range(3))  # (B, T, V) logits
+    clip = 0.5
+    clipped = contrasted_teacher_logits(student_logits=student, teacher_logits=teacher, baseline_logits=baseline,
+                                        clip=clip)
+    # the reference in probability space: p_s * min(max(p_o / p_u, e^-clip), e^clip), renormalised
+    p_s, p_o, p_u = (torch.softmax(x.double(), -1) for x in (student, teacher, baseline))
+    ratio = p_o / p_u
+    assert (ratio > math.exp(clip)).any() and (ratio < math.exp(-clip)).any()  # both bounds are reached here
+    reference = p_s * torch.minimum(torch.maximum(ratio, torch.tensor(math.exp(-clip))), torch.tensor(math.exp(clip)))
+    reference = reference / reference.sum(-1, keepdim=True)
+    assert torch.allclose(torch.softmax(clipped.double(), -1), reference, atol=1e-6)
+    # so the teacher's odds of any two tokens differ from the student's by at most exp(2 clip)
+    odds = (torch.log_softmax(clipped.double(), -1) - torch.log_softmax(student.double(), -1))
+    assert float(odds.amax(-1).sub(odds.amin(-1)).max()) <= 2 * clip + 1e-5  # float32 logits
+    # a clip wider than every ratio changes nothing
+    unclipped = contrasted_teacher_logits(student_logits=student, teacher_logits=teacher, baseline_logits=baseline)
+    wide = contrasted_teacher_logits(student_logits=student, teacher_logits=teacher, baseline_logits=baseline,
+                                     clip=float(ratio.log().abs().max()) + 1)
+    assert torch.equal(wide, unclipped)

@@ -135,7 +135,8 @@ def test_schedule_update_every_and_batch(model_dir) -> None:
     {"replay": 1, "replay_gate": 1e-9}, {"decay_factors": "B"}, {"memory": 2, "memory_gate": 1e-9},
     {"teacher": "base"}, {"teacher": "ema"},
     {"aggregation": "sequence_mean", "batch_size": 2}, {"optimizer": "sgd", "lr": 1.0, "weight_decay": 1e-3},
-    {"extra_samples": 2}, {"contrast": "Thanks."}, {"name": "sdpo", "contrast": "Thanks.", "signal_gate": 1e-6},
+    {"extra_samples": 2}, {"contrast": "Thanks."}, {"contrast": "Thanks.", "contrast_clip": 0.5},
+    {"name": "sdpo", "contrast": "Thanks.", "signal_gate": 1e-6},
 ])
 def test_every_option_trains(model_dir, options) -> None:
     learner = make(model_dir, **options)
@@ -433,6 +434,10 @@ def test_options_are_validated_together(model_dir) -> None:
         make_learner({"name": "sdpo", "contrast": "Thanks.", "memory": 2}, policy, seed=0)
     with pytest.raises(ConfigError, match=r"agent\.contrast: no leading or trailing spaces"):
         make_learner({"name": "sdpo", "contrast": " Thanks."}, policy, seed=0)
+    with pytest.raises(ConfigError, match=r"agent\.contrast_clip: applies with contrast only"):
+        make_learner({"name": "sdpo", "contrast_clip": 1.0}, policy, seed=0)
+    with pytest.raises(ConfigError, match=r"agent\.contrast_clip"):
+        make_learner({"name": "sdpo", "contrast": "Thanks.", "contrast_clip": 0}, policy, seed=0)
     with pytest.raises(UnknownNameError, match=r"unknown learner 'sdp'\. Did you mean 'sdpo'"):
         make_learner({"name": "sdp"}, policy, seed=0)
     with pytest.raises(SdpoEnvError, match=r"cannot import learner 'nowhere\.mod:Learner': module 'nowhere\.mod'"):
