@@ -410,6 +410,20 @@ def test_contrast_with_the_follow_up_itself_teaches_nothing(model_dir) -> None:
     assert learner.observe(interact(learner)[1])["sdpo/advantage_abs_mean"] > 1e-4
 
 
+def test_the_contrast_clip_bounds_what_a_token_learns(model_dir) -> None:
+    # each token's advantage under the contrasted teacher is within 2 * clip of zero (its log-ratio to the student
+    # is held to [-clip, clip] before the teacher is renormalised): a gate just above that passes no answer
+    _, transitions = interact(make(model_dir))
+
+    def passed(gate, **options):
+        learner = make(model_dir, name="sdpo", contrast="Thanks.", signal_gate=gate, **options)
+        return learner.observe(transitions)["sdpo/signal_passed"]
+
+    assert passed(0.1 + 1e-6, contrast_clip=0.05) == 0
+    assert passed(1e-3, contrast_clip=0.05) == 1  # a signal, only a bounded one
+    assert passed(0.1 + 1e-6) == 1  # unclipped, both answers move a token further
+
+
 def test_contrast_takes_one_more_teacher_forward(model_dir) -> None:
     learner = make(model_dir)
     _, transitions = interact(learner)
