@@ -60,7 +60,7 @@ from sdpo_env.llm.setup import LLMComponents, check_keys
 from sdpo_env.policy import ChatPolicy
 from sdpo_env.prompts import Prompt, load_prompts
 from sdpo_env.run import load_policy, run_scenario
-from sdpo_env.runfolder import RunFolder
+from sdpo_env.runfolder import RunFolder, write_json
 
 SHOWN = ("win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "valid_rate", "ceiling")
 _POOL_SUFFIX = {"eval": "", "train": "-train"}  # a file name's end: the held-out pool's files keep their old names
@@ -134,7 +134,7 @@ def _judge(job: _Job, config: ReevaluateConfig, console: Console) -> list[dict[s
     finally:
         llm.close()
     job.out.parent.mkdir(exist_ok=True)
-    folder.write_json(job.out, rows)
+    write_json(job.out, rows)
     console.print(f"written: {job.out}" + (f" (LLM judge: ${llm.meter.spent_usd:.4f})" if llm.services else ""))
     return rows
 

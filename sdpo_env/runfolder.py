@@ -248,11 +248,7 @@ class RunFolder:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
 
     def write_branches(self, branches: list[dict[str, Any]]) -> None:
-        self.write_json(self.path / BRANCHES_FILE, branches)
+        write_json(self.path / BRANCHES_FILE, branches)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        self.write_json(self.summary, summary)
-
-    def write_json(self, path: Path, value: Any) -> None:
-        """Writes ``value`` as indented JSON (NaN as null)."""
-        write_json(path, value)
+        write_json(self.summary, summary)
