@@ -7,11 +7,12 @@ import signal
 
 import pytest
 
-from sdpo_env import bench, heatmap, offline, reevaluate, run
+from sdpo_env import bench, compare, heatmap, offline, reevaluate, run
 from sdpo_env.cli import command_main, terminate_as_interrupt
 from sdpo_env.errors import SdpoEnvError
 
-COMMANDS = {"run": run, "bench": bench, "offline": offline, "heatmap": heatmap, "reevaluate": reevaluate}
+COMMANDS = {"run": run, "bench": bench, "offline": offline, "heatmap": heatmap, "reevaluate": reevaluate,
+            "compare": compare}
 
 
 def test_bad_input_exits_2_with_one_plain_message(capsys) -> None:

@@ -51,6 +51,7 @@ STOPS: dict[str, list[tuple[str, Callable[[Callable[..., Any]], Callable[..., An
     "sdpo_env.bench": [("plan", after)],   # validates the grid and every run's options
     "sdpo_env.offline": [("data_stats", lambda _: stop)],
     "sdpo_env.reevaluate": [("reevaluate", lambda _: stop)],
+    "sdpo_env.compare": [("compare", lambda _: stop)],
     "sdpo_env.heatmap": [("inspect", lambda _: stop)],
     "sdpo_env.tiny.build": [("build", lambda _: stop)],
     "sdpo_env.tiny.refine": [("refine", lambda _: stop)],  # after --focus and --repair are parsed

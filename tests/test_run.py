@@ -23,6 +23,7 @@ from rich.console import Console
 
 import sdpo_env.tiny.probe as probe_module
 from agents.sdpo import SDPOConfig
+from sdpo_env.compare import CompareConfig, compare
 from sdpo_env.config import config_to_dict
 from sdpo_env.errors import SdpoEnvError
 from sdpo_env.evaluation import EvaluationWorker
@@ -496,6 +497,12 @@ def test_a_bench_folder_is_judged_again_run_by_run_and_tabulated(model_dir, scen
     mean = (float(table[1]["win_rate"]) + float(table[3]["win_rate"])) / 2
     md = (bench / "reevaluations" / "t8-k1.md").read_text()
     assert "| sdpo | 2 seeds | 8 | 1 (" in md and f"| {mean:.3f} ± " in md
+    # the table pairs with itself seed by seed: every difference 0 (python -m sdpo_env.compare)
+    compared = compare(CompareConfig(a=str(bench), b=str(bench), table="t8-k1"), Console(quiet=True))
+    assert [(t, phase) for t, phase, _ in compared] == [(8, 0), (8, 1)]
+    for figures in compared.values():
+        assert figures[0].seeds == (0, 1) and figures[3].figure == "least satisfied preference"
+        assert all(f.difference == (0.0, 0.0) and f.a == f.b and f.b_higher == 0 for f in figures)
 
     # a run judged before is read, not judged again: the command continues an interrupted one
     seed0 = bench / "sdpo" / "seed0" / "reevaluations" / "t8-k1-p6-s0.json"
