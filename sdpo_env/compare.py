@@ -94,9 +94,9 @@ def compare(config: CompareConfig, console: Console) -> dict[Key, list[Paired]]:
                                                       f"no seed judged at the same phase in {config.table}")])
     title = f"A = {config.a} ({learner_a}), B = {config.b} ({learner_b}), {config.table}"
     md = [f"# {title}", ""]
-    console.print(title)
+    console.print(title, markup=False)  # paths are printed as they are, brackets included
     for line in unpaired:
-        console.print(f"[yellow]{line}[/]")
+        console.print(line, style="yellow", markup=False)
         md += [line, ""]
     for (t, phase, persona), figures in compared.items():
         seeds = figures[0].seeds
