@@ -18,7 +18,7 @@ from sdpo_env.compare import compare, main
 from sdpo_env.errors import ConfigError
 from sdpo_env.reevaluate import ReevaluateConfig, _bench_report
 
-T_975 = {3: 3.182, 4: 2.776}  # Student t, 97.5% quantile, by degrees of freedom
+T_975 = {3: 3.182}  # Student t, 97.5% quantile, by degrees of freedom
 
 
 def judged_row(t: int, phase: int, persona: str, excl: float, rates: dict[str, float]) -> dict[str, Any]:
