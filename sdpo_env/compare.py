@@ -6,6 +6,7 @@ Examples::
     python -m sdpo_env.compare a=bench/flip b=bench/flip-contrast                  # the final policies, 512 answers
     python -m sdpo_env.compare a=bench/flip b=bench/flip-contrast table=t250-k8    # the policies at the flip
     python -m sdpo_env.compare a=bench/flip b=bench/flip learner_a=sdpo_paper learner_b=sdpo   # two learners
+    python -m sdpo_env.compare a=bench/flip b=bench/flip-contrast table=runs       # each run's own figures
 
 Two learner settings run with the same seeds meet the same prompts, users and base answers, so much of what
 separates one seed from another is shared: the difference seed by seed is a finer comparison than two means over
@@ -17,6 +18,10 @@ A's and B's values seed by seed, the mean of B - A with its 95% Student-t interv
 how many seeds B is higher. A seed judged in one bench only is left out and named. ``learner_a`` / ``learner_b``
 pick the learner in a bench that holds several (by default its only one; ``learner_b`` defaults to ``learner_a``
 where B has it), so ``a`` and ``b`` may be the same bench. ``out=`` also writes the tables as markdown.
+``table=runs`` pairs the bench's own ``runs.csv`` instead, with no reevaluation needed: each run's figures from its
+own evaluations (64 answers on the tiny model) at the end of each phase, the area under the curve, interactions to
+reach the threshold and to recover, retention and seconds per interaction (a threshold some seed never reached is
+left out).
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from sdpo_env.errors import ConfigError, Problem
 
 HEADLINE = (("win_rate", "win rate"), ("win_rate_excl_ties", "excluding ties"), ("coverage", "coverage"),
             ("worst", "least satisfied preference"), ("valid_rate", "well-formed answers"))
-Key = tuple[int, int, str]  # (interaction, phase, persona): one judged phase of a run
+RUNS = "runs"  # table=runs: the bench's own runs.csv, each run's figures from its own evaluations
+RUNS_LABEL = "each run's own evaluations (runs.csv)"
 
 
 @dataclass
@@ -47,7 +53,8 @@ class CompareConfig:
     b: str = option("", "the bench folder of setting B; the same as a to compare two of its learners",
                     nonempty=True)
     table: str = option("final-k8", "the reevaluation table to read, <bench>/reevaluations/<table>.csv, as "
-                                    "python -m sdpo_env.reevaluate run=BENCH [at=T] wrote it")
+                                    "python -m sdpo_env.reevaluate run=BENCH [at=T] wrote it; runs: the bench's "
+                                    "runs.csv, each run's figures from its own evaluations")
     learner_a: str = option("", "the learner of bench a; default its only one")
     learner_b: str = option("", "the learner of bench b; default learner_a if b has it, else its only one")
     out: str = option("", "also write the tables to this markdown file")
@@ -80,15 +87,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return command_main(__doc__, argv, body, interrupted="interrupted; nothing was written")
 
 
-def compare(config: CompareConfig, console: Console) -> dict[Key, list[Paired]]:
+def compare(config: CompareConfig, console: Console) -> dict[str, list[Paired]]:
     """Reads both benches' tables, pairs them, prints (and with ``out=`` writes) one table per judged phase."""
     rows_a = read_table(Path(config.a), config.table, "a")
     rows_b = read_table(Path(config.b), config.table, "b")
     learner_a = pick_learner(rows_a, config.learner_a, "learner_a", config.a)
     learner_b = pick_learner(rows_b, config.learner_b or (learner_a if _has(rows_b, learner_a) else ""),
                              "learner_b", config.b)
-    compared, unpaired = pair([r for r in rows_a if r["learner"] == learner_a],
-                              [r for r in rows_b if r["learner"] == learner_b])
+    pairing = pair_runs if config.table == RUNS else pair
+    compared, unpaired = pairing([r for r in rows_a if r["learner"] == learner_a],
+                                 [r for r in rows_b if r["learner"] == learner_b])
     if not compared:
         raise ConfigError([Problem(COMMAND_LINE, "b", f"{config.a} ({learner_a}) and {config.b} ({learner_b}) have "
                                                       f"no seed judged at the same phase in {config.table}")])
@@ -98,10 +106,9 @@ def compare(config: CompareConfig, console: Console) -> dict[Key, list[Paired]]:
     for line in unpaired:
         console.print(line, style="yellow", markup=False)
         md += [line, ""]
-    for (t, phase, persona), figures in compared.items():
+    for label, figures in compared.items():
         seeds = figures[0].seeds
-        listed = ", ".join(map(str, seeds))
-        caption = f"interaction {t}, phase {phase} ({persona}), {len(seeds)} seeds paired ({listed})"
+        caption = f"{label}, {len(seeds)} seeds paired ({', '.join(map(str, seeds))})"
         head = ["figure", "A, seed by seed", "B, seed by seed", "B - A (95% CI)", "B higher"]
         body = [[f.figure, _values(f.a), _values(f.b), _difference(f), f"{f.b_higher} of {len(f.seeds)}"]
                 for f in figures]
@@ -121,14 +128,18 @@ def compare(config: CompareConfig, console: Console) -> dict[Key, list[Paired]]:
 
 
 def read_table(bench: Path, table: str, key: str) -> list[dict[str, str]]:
-    """The rows of ``<bench>/reevaluations/<table>.csv``, or an error naming the tables the bench has."""
-    path = bench / "reevaluations" / f"{table}.csv"
+    """The rows of ``<bench>/reevaluations/<table>.csv`` (``<bench>/runs.csv`` for ``table=runs``), or an error
+    naming the tables the bench has."""
+    path = bench / "runs.csv" if table == RUNS else bench / "reevaluations" / f"{table}.csv"
     if not bench.is_dir():
         raise ConfigError([Problem(COMMAND_LINE, key, f"{bench} is not a folder; give a bench folder made by "
                                                       "python -m sdpo_env.bench")])
     if not path.is_file():
-        have = sorted(p.stem for p in (bench / "reevaluations").glob("*.csv"))
+        have = sorted(p.stem for p in (bench / "reevaluations").glob("*.csv")) + (
+            [RUNS] if (bench / "runs.csv").is_file() else [])
         hint = (f"it has {', '.join(have)} (table=)" if have else
+                "a bench writes it when its runs finish (python -m sdpo_env.bench ... run=false writes it from the "
+                "runs finished so far)" if table == RUNS else
                 f"judge its runs first: python -m sdpo_env.reevaluate run={bench}")
         raise ConfigError([Problem(COMMAND_LINE, key, f"{path} does not exist; {hint}")])
     with path.open(newline="", encoding="utf-8") as f:
@@ -144,40 +155,58 @@ def pick_learner(rows: list[dict[str, str]], asked: str, key: str, bench: str) -
     raise ConfigError([Problem(COMMAND_LINE, key, f"{why}; choose one of {', '.join(learners)}")])
 
 
-def pair(rows_a: list[dict[str, str]], rows_b: list[dict[str, str]]) -> tuple[dict[Key, list[Paired]], list[str]]:
+def pair(rows_a: list[dict[str, str]], rows_b: list[dict[str, str]]) -> tuple[dict[str, list[Paired]], list[str]]:
     """Pairs two learners' reevaluation rows by seed and judged phase.
 
-    Returns, per judged phase (in A's order), the headline figures and then every preference's rate that both
-    sides have for every paired seed; and a line for each phase with seeds that only one side judged."""
+    Returns, per judged phase (``interaction T, phase P (persona)``, in A's order), the headline figures and then
+    every preference's rate that both sides have for every paired seed; and a line for each phase with seeds that
+    only one side judged, or that only B judged."""
     by_a, by_b = _by_phase(rows_a), _by_phase(rows_b)
-    compared: dict[Key, list[Paired]] = {}
+    compared: dict[str, list[Paired]] = {}
     unpaired = []
-    for key, seeds_a in by_a.items():
-        seeds_b = by_b.get(key, {})
-        seeds = tuple(sorted(set(seeds_a) & set(seeds_b)))
-        only = {"A": sorted(set(seeds_a) - set(seeds_b)), "B": sorted(set(seeds_b) - set(seeds_a))}
-        if only["A"] or only["B"]:
-            unpaired.append(f"interaction {key[0]}, phase {key[1]}: left out, judged in one bench only: "
-                            + "; ".join(f"{side} seeds {', '.join(map(str, s))}" for side, s in only.items() if s))
-        if not seeds:
-            continue
-        first = seeds_a[seeds[0]]
-        prefs = [k for k in first if k.startswith("sat/")]
-        figures = []
-        for name, label in (*HEADLINE, *((k, k.removeprefix("sat/")) for k in prefs)):
-            a = [seeds_a[s].get(name, "") for s in seeds]
-            b = [seeds_b[s].get(name, "") for s in seeds]
-            if all(a) and all(b):  # a preference not in force at this phase has empty cells
-                figures.append(Paired(label, seeds, tuple(map(float, a)), tuple(map(float, b))))
-        compared[key] = figures
-    unpaired += [f"interaction {k[0]}, phase {k[1]} ({k[2]}): judged in B only" for k in by_b if k not in by_a]
+    for label, seeds_a in by_a.items():
+        prefs = [k for k in next(iter(seeds_a.values())) if k.startswith("sat/")]
+        names = [*HEADLINE, *((k, k.removeprefix("sat/")) for k in prefs)]
+        figures, left_out = _pair_seeds(label, seeds_a, by_b.get(label, {}), names)
+        compared.update({label: figures} if figures else {})
+        unpaired += left_out
+    unpaired += [f"{label}: judged in B only" for label in by_b if label not in by_a]
     return compared, unpaired
 
 
-def _by_phase(rows: list[dict[str, str]]) -> dict[Key, dict[int, dict[str, str]]]:
-    grouped: dict[Key, dict[int, dict[str, str]]] = {}
+def pair_runs(rows_a: list[dict[str, str]], rows_b: list[dict[str, str]]) -> tuple[dict[str, list[Paired]],
+                                                                                    list[str]]:
+    """Pairs two learners' rows of a bench's ``runs.csv`` by seed: every figure column (the end of each phase, the
+    area under the curve, interactions to reach the threshold, recovery, retention, seconds per interaction) that
+    both sides have for every paired seed (a threshold never reached is an empty cell, so that column is left out)."""
+    names = [(k, k) for k in rows_a[0] if k not in ("learner", "seed")]
+    seeds_a, seeds_b = ({int(r["seed"]): r for r in rows} for rows in (rows_a, rows_b))
+    figures, unpaired = _pair_seeds(RUNS_LABEL, seeds_a, seeds_b, names)
+    return ({RUNS_LABEL: figures} if figures else {}), unpaired
+
+
+def _pair_seeds(label: str, seeds_a: dict[int, dict[str, str]], seeds_b: dict[int, dict[str, str]],
+                names: Sequence[tuple[str, str]]) -> tuple[list[Paired], list[str]]:
+    """The figures ``names`` ((column, label) pairs) over the seeds both sides have, and a line naming the others."""
+    seeds = tuple(sorted(set(seeds_a) & set(seeds_b)))
+    only = {"A": sorted(set(seeds_a) - set(seeds_b)), "B": sorted(set(seeds_b) - set(seeds_a))}
+    unpaired = [f"{label}: left out, in one bench only: "
+                + "; ".join(f"{side} seeds {', '.join(map(str, s))}" for side, s in only.items() if s)
+                ] if only["A"] or only["B"] else []
+    figures = []
+    for name, shown in names:
+        a = [seeds_a[s].get(name, "") for s in seeds]
+        b = [seeds_b[s].get(name, "") for s in seeds]
+        if seeds and all(a) and all(b):  # a preference not in force, or a threshold never reached: empty cells
+            figures.append(Paired(shown, seeds, tuple(map(float, a)), tuple(map(float, b))))
+    return figures, unpaired
+
+
+def _by_phase(rows: list[dict[str, str]]) -> dict[str, dict[int, dict[str, str]]]:
+    grouped: dict[str, dict[int, dict[str, str]]] = {}
     for r in rows:
-        grouped.setdefault((int(r["interaction"]), int(r["phase"]), r["persona"]), {})[int(r["seed"])] = r
+        label = f"interaction {r['interaction']}, phase {r['phase']} ({r['persona']})"
+        grouped.setdefault(label, {})[int(r["seed"])] = r
     return grouped
 
 

@@ -51,7 +51,7 @@ def test_the_difference_is_b_minus_a_seed_by_seed_with_a_student_t_interval(benc
     a, b = benches
     compared = compare(Config(a=str(a), b=str(b), table="t250-k8"), Console(width=200))
     old, new = compared
-    assert old == (250, 0, "old") and new == (250, 1, "new")
+    assert old == "interaction 250, phase 0 (old)" and new == "interaction 250, phase 1 (new)"
     figures = {f.figure: f for f in compared[old]}
     excl = figures["excluding ties"]
     assert excl.seeds == (0, 1, 2, 3)  # seed 4 was judged in A only, seed 6 in B only
@@ -67,7 +67,7 @@ def test_the_difference_is_b_minus_a_seed_by_seed_with_a_student_t_interval(benc
                             "well-formed answers", "concise", "casual"}  # detailed is not in force in phase 0
     assert [f.figure for f in compared[new]][-1] == "detailed"
     printed = capsys.readouterr().out
-    assert "interaction 250, phase 0: left out, judged in one bench only: A seeds 4; B seeds 6" in printed
+    assert "interaction 250, phase 0 (old): left out, in one bench only: A seeds 4; B seeds 6" in printed
     assert f"{statistics.mean(diffs):+.3f} ± " in printed and "4 seeds paired (0, 1, 2, 3)" in printed
 
 
@@ -88,7 +88,7 @@ def test_two_learners_of_one_bench(tmp_path: Path) -> None:
         compare(Config(a=str(bench), b=str(bench), table="t500-k8"), Console(quiet=True))
     compared = compare(Config(a=str(bench), b=str(bench), table="t500-k8", learner_a="sdpo_paper",
                               learner_b="sdpo"), Console(quiet=True))
-    (excl,) = [f for f in compared[(500, 1, "new")] if f.figure == "excluding ties"]
+    (excl,) = [f for f in compared["interaction 500, phase 1 (new)"] if f.figure == "excluding ties"]
     assert excl.difference[0] == pytest.approx(0.02) and excl.difference[1] == pytest.approx(0.0, abs=1e-12)
 
 
@@ -114,5 +114,25 @@ def test_a_phase_judged_in_one_bench_only_is_named(tmp_path: Path, capsys) -> No
     write_bench(a, {f"sdpo/seed{s}": [judged_row(250, 0, "old", 0.9, {"concise": 0.9})] for s in range(2)})
     write_bench(b, {f"sdpo/seed{s}": [judged_row(250, 0, "old", 0.9, {"concise": 0.9}),
                                       judged_row(250, 1, "new", 0.1, {"detailed": 0.1})] for s in range(2)})
-    assert list(compare(Config(a=str(a), b=str(b), table="t250-k8"), Console(width=200))) == [(250, 0, "old")]
+    assert list(compare(Config(a=str(a), b=str(b), table="t250-k8"), Console(width=200))) == [
+        "interaction 250, phase 0 (old)"]
     assert "interaction 250, phase 1 (new): judged in B only" in capsys.readouterr().out
+
+
+def test_the_benches_own_runs_csv_pairs_without_a_reevaluation(tmp_path: Path, capsys) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    header = "learner,seed,end/p0/win_rate,auc,reach/p0,interaction_s,total_s\n"
+    a.mkdir()
+    b.mkdir()
+    (a / "runs.csv").write_text(header + "sdpo,0,0.80,0.70,100,0.25,70\nsdpo,1,0.84,0.72,75,0.27,72\n")
+    (b / "runs.csv").write_text(header + "sdpo,0,0.86,0.74,50,0.30,80\nsdpo,1,0.85,0.73,,0.31,81\n")
+    compared = compare(Config(a=str(a), b=str(b), table="runs"), Console(width=200))
+    (figures,) = compared.values()
+    by_name = {f.figure: f for f in figures}
+    assert list(by_name) == ["end/p0/win_rate", "auc", "interaction_s", "total_s"]  # seed 1 of B never reached
+    assert by_name["interaction_s"].difference[0] == pytest.approx(0.045)
+    assert by_name["end/p0/win_rate"].b_higher == 2
+    assert "each run's own evaluations (runs.csv), 2 seeds paired (0, 1)" in capsys.readouterr().out
+    (tmp_path / "c").mkdir()
+    assert main([f"a={a}", f"b={tmp_path / 'c'}", "table=runs"]) == 2
+    assert "runs.csv does not exist; a bench writes it when its runs finish" in capsys.readouterr().err

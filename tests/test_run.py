@@ -499,7 +499,7 @@ def test_a_bench_folder_is_judged_again_run_by_run_and_tabulated(model_dir, scen
     assert "| sdpo | 2 seeds | 8 | 1 (" in md and f"| {mean:.3f} ± " in md
     # the table pairs with itself seed by seed: every difference 0 (python -m sdpo_env.compare)
     compared = compare(CompareConfig(a=str(bench), b=str(bench), table="t8-k1"), Console(quiet=True))
-    assert [(t, phase) for t, phase, _ in compared] == [(8, 0), (8, 1)]
+    assert [label.split(" (")[0] for label in compared] == ["interaction 8, phase 0", "interaction 8, phase 1"]
     for figures in compared.values():
         assert figures[0].seeds == (0, 1) and figures[3].figure == "least satisfied preference"
         assert all(f.difference == (0.0, 0.0) and f.a == f.b and f.b_higher == 0 for f in figures)
