@@ -1,4 +1,5 @@
-"""What every ``python -m sdpo_env.<command>`` shares: ``--help``, error exit codes and Ctrl-C outside a loop.
+"""What every ``python -m sdpo_env.<command>`` shares: ``--help``, error exit codes, Ctrl-C outside a loop, and
+tables printed in the terminal and written as markdown.
 
 Exit codes: 0 done, 2 bad input (our ``SdpoEnvError``, printed as one plain ``error:`` message, no traceback),
 130 interrupted. Long loops checkpoint on Ctrl-C themselves (``StopRequest``); this catches the interrupt anywhere
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 
 from sdpo_env.errors import SdpoEnvError
 
@@ -95,3 +97,18 @@ class StopRequest:
     def __exit__(self, *exc: Any) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+
+
+def table_section(console: Console, caption: str, head: Sequence[str], body: Sequence[Sequence[str]], *,
+                  left: Sequence[str] = (), wrap: Sequence[str] = ()) -> list[str]:
+    """Prints ``body`` as a table titled ``caption`` and returns the same as a markdown section (``## caption``, the
+    table, a blank line). Columns named in ``left`` are left-justified, the rest right-justified (numbers); only
+    those in ``wrap`` may break across lines, and a long word in them folds."""
+    table = Table(title=caption)
+    for h in head:
+        table.add_column(h, justify="left" if h in left else "right", no_wrap=h not in wrap, overflow="fold")
+    for row in body:
+        table.add_row(*row)
+    console.print(table)
+    return [f"## {caption}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+            *("| " + " | ".join(row) + " |" for row in body), ""]

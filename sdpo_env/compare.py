@@ -32,15 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from sdpo_env.bench_metrics import mean_ci
-from sdpo_env.cli import command_main
+from sdpo_env.cli import command_main, table_section
 from sdpo_env.config import COMMAND_LINE, command_line_config, option
 from sdpo_env.errors import ConfigError, Problem
 
 HEADLINE = (("win_rate", "win rate"), ("win_rate_excl_ties", "excluding ties"), ("coverage", "coverage"),
             ("worst", "least satisfied preference"), ("valid_rate", "well-formed answers"))
+HEAD = ("figure", "A, seed by seed", "B, seed by seed", "B - A (95% CI)", "B higher")
 RUNS = "runs"  # table=runs: the bench's own runs.csv, each run's figures from its own evaluations
 RUNS_LABEL = "each run's own evaluations (runs.csv)"
 
@@ -92,8 +92,8 @@ def compare(config: CompareConfig, console: Console) -> dict[str, list[Paired]]:
     rows_a = read_table(Path(config.a), config.table, "a")
     rows_b = read_table(Path(config.b), config.table, "b")
     learner_a = pick_learner(rows_a, config.learner_a, "learner_a", config.a)
-    learner_b = pick_learner(rows_b, config.learner_b or (learner_a if _has(rows_b, learner_a) else ""),
-                             "learner_b", config.b)
+    b_has_a = any(r["learner"] == learner_a for r in rows_b)
+    learner_b = pick_learner(rows_b, config.learner_b or (learner_a if b_has_a else ""), "learner_b", config.b)
     pairing = pair_runs if config.table == RUNS else pair
     compared, unpaired = pairing([r for r in rows_a if r["learner"] == learner_a],
                                  [r for r in rows_b if r["learner"] == learner_b])
@@ -109,17 +109,9 @@ def compare(config: CompareConfig, console: Console) -> dict[str, list[Paired]]:
     for label, figures in compared.items():
         seeds = figures[0].seeds
         caption = f"{label}, {len(seeds)} seeds paired ({', '.join(map(str, seeds))})"
-        head = ["figure", "A, seed by seed", "B, seed by seed", "B - A (95% CI)", "B higher"]
         body = [[f.figure, _values(f.a), _values(f.b), _difference(f), f"{f.b_higher} of {len(f.seeds)}"]
                 for f in figures]
-        table = Table(title=caption, title_justify="left")
-        for h in head:
-            table.add_column(h, justify="left" if h == "figure" else "right", overflow="fold")
-        for r in body:
-            table.add_row(*r)
-        console.print(table)
-        md += [f"## {caption}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-               *("| " + " | ".join(r) + " |" for r in body), ""]
+        md += table_section(console, caption, HEAD, body, left=("figure",), wrap=HEAD[1:3])
     if config.out:
         Path(config.out).parent.mkdir(parents=True, exist_ok=True)
         Path(config.out).write_text("\n".join(md), encoding="utf-8")
@@ -168,7 +160,8 @@ def pair(rows_a: list[dict[str, str]], rows_b: list[dict[str, str]]) -> tuple[di
         prefs = [k for k in next(iter(seeds_a.values())) if k.startswith("sat/")]
         names = [*HEADLINE, *((k, k.removeprefix("sat/")) for k in prefs)]
         figures, left_out = _pair_seeds(label, seeds_a, by_b.get(label, {}), names)
-        compared.update({label: figures} if figures else {})
+        if figures:
+            compared[label] = figures
         unpaired += left_out
     unpaired += [f"{label}: judged in B only" for label in by_b if label not in by_a]
     return compared, unpaired
@@ -208,10 +201,6 @@ def _by_phase(rows: list[dict[str, str]]) -> dict[str, dict[int, dict[str, str]]
         label = f"interaction {r['interaction']}, phase {r['phase']} ({r['persona']})"
         grouped.setdefault(label, {})[int(r["seed"])] = r
     return grouped
-
-
-def _has(rows: list[dict[str, str]], learner: str) -> bool:
-    return any(r["learner"] == learner for r in rows)
 
 
 def _values(values: Sequence[float]) -> str:

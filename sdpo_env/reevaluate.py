@@ -50,7 +50,7 @@ from rich.table import Table
 
 from agents import OnlineLearner, make_learner, set_persona
 from sdpo_env.bench_metrics import mean_ci
-from sdpo_env.cli import command_main
+from sdpo_env.cli import command_main, table_section
 from sdpo_env.config import COMMAND_LINE, RunConfig, command_line_config, option, resolve_config
 from sdpo_env.errors import ConfigError, Problem, SdpoEnvError
 from sdpo_env.evaluation import evaluation_seed, phases_to_judge
@@ -255,15 +255,7 @@ def _bench_report(bench: Path, config: ReevaluateConfig, judged: dict[str, list[
     pool = "held-out prompt" if config.prompts == "eval" else "training prompt"
     md = [f"# {bench}: {policies} judged again, {config.samples_per_prompt} answers per {pool}", ""]
     for caption, body in (("Each run", per_run), ("Mean ± 95% CI over seeds", means)):
-        table = Table(title=caption)
-        for h in head:  # numbers on one line; a long persona name folds
-            table.add_column(h, justify="left" if h in ("learner", "phase") else "right", no_wrap=h != "phase",
-                             overflow="fold")
-        for r in body:
-            table.add_row(*r)
-        console.print(table)
-        md += [f"## {caption}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-               *("| " + " | ".join(r) + " |" for r in body), ""]
+        md += table_section(console, caption, head, body, left=("learner", "phase"), wrap=("phase",))
     md.append("Worst preference: the least satisfied preference in force at that interaction (share of the judged "
               "answers). Each run's figures and judged answers: `<learner>/seed<k>/reevaluations/`.")
     out = bench / "reevaluations"

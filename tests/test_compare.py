@@ -18,7 +18,7 @@ from sdpo_env.compare import compare, main
 from sdpo_env.errors import ConfigError
 from sdpo_env.reevaluate import ReevaluateConfig, _bench_report
 
-T_975 = {3: 3.182}  # Student t, 97.5% quantile, by degrees of freedom
+T_975_DF3 = 3.182  # Student t, 97.5% quantile, 3 degrees of freedom (four paired seeds)
 
 
 def judged_row(t: int, phase: int, persona: str, excl: float, rates: dict[str, float]) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def test_the_difference_is_b_minus_a_seed_by_seed_with_a_student_t_interval(benc
     diffs = [y - x for x, y in zip(A_EXCL[:4], B_EXCL[:4])]
     mean, half = excl.difference
     assert mean == pytest.approx(statistics.mean(diffs))
-    assert half == pytest.approx(T_975[3] * statistics.stdev(diffs) / math.sqrt(4), rel=1e-3)
+    assert half == pytest.approx(T_975_DF3 * statistics.stdev(diffs) / math.sqrt(4), rel=1e-3)
     assert excl.b_higher == 3
     # the least satisfied preference is A's concise, B's casual: each side's own minimum
     assert figures["least satisfied preference"].a == pytest.approx((0.80, 0.81, 0.82, 0.83))
