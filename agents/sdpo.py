@@ -160,6 +160,11 @@ class SDPOConfig:
                                          "one to [-this, this] per token of the vocabulary (where the neutral block "
                                          "gives a token little probability the ratio is unbounded); null = "
                                          "unbounded", gt=0.0)
+    contrast_use: str = option("target", "contrast: target = the student learns towards the contrasted teacher "
+                               "(its step does not shrink as the student moves: the target moves with it); gate = "
+                               "the contrasted teacher only decides which answers pass signal_gate and is what the "
+                               "metrics read, and the student learns towards the plain hindsight teacher",
+                               choices=("target", "gate"))
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
@@ -168,6 +173,12 @@ class SDPOConfig:
         if self.contrast != self.contrast.strip():
             problems.append(("contrast", "no leading or trailing spaces (the follow-up is put in the hindsight "
                                          "block as given)"))
+        if self.contrast_use != "target" and not self.contrast:
+            problems.append(("contrast_use", "applies with contrast only; give contrast too (for example "
+                                             "agent.contrast=Thanks.) or set contrast_use to target"))
+        if self.contrast_use == "gate" and not self.signal_gate:
+            problems.append(("contrast_use", "gate needs signal_gate > 0 (the contrasted teacher is read by the "
+                                             "gate only)"))
         if self.contrast_clip is not None and not self.contrast:
             problems.append(("contrast_clip", "applies with contrast only; give contrast too (for example "
                                               "agent.contrast=Thanks.) or set contrast_clip to null"))
@@ -323,14 +334,19 @@ class SDPOLearner:
                      for t, o in zip(batch, remembered)], completions)
         teacher_done = time.perf_counter()
         student_logits, _, _ = policy.completion_logits(contexts, completions)  # (B, T, V), with grad
-        if c.contrast:
-            teacher_logits = contrasted_teacher_logits(student_logits=student_logits, teacher_logits=teacher_logits,
-                                                       baseline_logits=baseline_logits, clip=c.contrast_clip)
         student_lp = selective_log_softmax(student_logits, targets)  # (B, T)
+        if c.contrast:
+            contrasted = contrasted_teacher_logits(student_logits=student_logits, teacher_logits=teacher_logits,
+                                                   baseline_logits=baseline_logits, clip=c.contrast_clip)
+            if c.contrast_use == "target":
+                teacher_logits = contrasted
+            else:  # the gate and the metrics read the contrasted teacher; the loss learns from the plain one
+                teacher_logits_read = contrasted
         teacher_lp = selective_log_softmax(teacher_logits, targets)  # (B, T)
         advantages = token_advantages(teacher_logprobs=teacher_lp, student_logprobs=student_lp, mask=mask)
         raw_advantages = advantages
-        if remembered is not None:  # what the current follow-up alone says: the gates, the memory and the metrics
+        if remembered is not None or c.contrast_use == "gate":  # what the current follow-up alone says, or the
+            # contrasted teacher: the gates, the memory and the metrics
             raw_advantages = token_advantages(teacher_logprobs=selective_log_softmax(teacher_logits_read, targets),
                                               student_logprobs=student_lp, mask=mask)
         if c.memory:

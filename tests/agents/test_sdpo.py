@@ -137,6 +137,7 @@ def test_schedule_update_every_and_batch(model_dir) -> None:
     {"aggregation": "sequence_mean", "batch_size": 2}, {"optimizer": "sgd", "lr": 1.0, "weight_decay": 1e-3},
     {"extra_samples": 2}, {"contrast": "Thanks."}, {"contrast": "Thanks.", "contrast_clip": 0.5},
     {"name": "sdpo", "contrast": "Thanks.", "signal_gate": 1e-6},
+    {"name": "sdpo", "contrast": "Thanks.", "contrast_use": "gate", "signal_gate": 1e-6},
 ])
 def test_every_option_trains(model_dir, options) -> None:
     learner = make(model_dir, **options)
@@ -424,6 +425,27 @@ def test_the_contrast_clip_bounds_what_a_token_learns(model_dir) -> None:
     assert passed(0.1 + 1e-6) == 1  # unclipped, both answers move a token further
 
 
+def test_a_contrast_used_as_a_gate_decides_what_passes_and_the_plain_teacher_teaches(model_dir) -> None:
+    _, transitions = interact(make(model_dir))
+    runs = {}
+    for key, options in {"plain": {}, "gate": {"contrast": "Thanks.", "contrast_use": "gate"},
+                         "target": {"contrast": "Thanks."}}.items():
+        learner = make(model_dir, name="sdpo", signal_gate=1e-6, **options)
+        runs[key] = learner.observe(transitions), learner.params
+    (plain, plain_params), (gate, gate_params), (target, target_params) = runs["plain"], runs["gate"], runs["target"]
+    assert gate["sdpo/signal_passed"] == 1
+    for a, b in zip(plain_params, gate_params):  # the step is the plain teacher's
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    assert any(not torch.equal(a, b) for a, b in zip(plain_params, target_params))
+    # what the metrics read is the contrasted teacher
+    assert gate["sdpo/advantage_abs_mean"] == target["sdpo/advantage_abs_mean"] != plain["sdpo/advantage_abs_mean"]
+    # the follow-up contrasted with itself carries nothing: the gate passes no answer, and nothing is learned
+    learner = make(model_dir, name="sdpo", contrast="Too long, keep it short.", contrast_use="gate")
+    before = [p.detach().clone() for p in learner.params]
+    assert learner.observe(transitions)["sdpo/signal_passed"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, learner.params))
+
+
 def test_contrast_takes_one_more_teacher_forward(model_dir) -> None:
     learner = make(model_dir)
     _, transitions = interact(learner)
@@ -450,6 +472,10 @@ def test_options_are_validated_together(model_dir) -> None:
         make_learner({"name": "sdpo", "contrast": " Thanks."}, policy, seed=0)
     with pytest.raises(ConfigError, match=r"agent\.contrast_clip: applies with contrast only"):
         make_learner({"name": "sdpo", "contrast_clip": 1.0}, policy, seed=0)
+    with pytest.raises(ConfigError, match=r"agent\.contrast_use: applies with contrast only"):
+        make_learner({"name": "sdpo", "contrast_use": "gate"}, policy, seed=0)
+    with pytest.raises(ConfigError, match=r"agent\.contrast_use: gate needs signal_gate > 0"):
+        make_learner({"name": "sdpo_paper", "contrast": "Thanks.", "contrast_use": "gate"}, policy, seed=0)
     with pytest.raises(ConfigError, match=r"agent\.contrast_clip"):
         make_learner({"name": "sdpo", "contrast": "Thanks.", "contrast_clip": 0}, policy, seed=0)
     with pytest.raises(UnknownNameError, match=r"unknown learner 'sdp'\. Did you mean 'sdpo'"):
