@@ -373,6 +373,25 @@ def test_the_contrasted_teacher_is_the_student_reweighted_by_the_ratio_of_the_tw
     assert not contrasted.requires_grad
 
 
+def test_the_contrasted_teacher_moves_with_the_student_where_the_plain_one_stays() -> None:
+    # why agent.contrast_use exists: a student that reaches the plain hindsight teacher has nothing left to learn from
+    # it, but one that reaches the contrasted teacher faces a new one the same ratio further on, so its steps never
+    # shrink (on the multi-turn user that ran away: docs/results.md)
+    gen = torch.Generator().manual_seed(5)
+    student, teacher, baseline = (torch.randn(2, 4, 7, generator=gen) * 2 for _ in range(3))  # (B, T, V) logits
+    mask = torch.ones(2, 4)
+
+    def loss(student_logits: torch.Tensor, target: torch.Tensor) -> float:
+        return float(full_divergence_loss(student_logits=student_logits, teacher_logits=target, mask=mask))
+
+    assert loss(teacher, teacher) == pytest.approx(0, abs=1e-6)
+    first = contrasted_teacher_logits(student_logits=student, teacher_logits=teacher, baseline_logits=baseline)
+    second = contrasted_teacher_logits(student_logits=first, teacher_logits=teacher, baseline_logits=baseline)
+    assert loss(student, first) > 0.1 and loss(first, second) > 0.1  # reached, and as far from the next one
+    # each moved by the same log-ratio from the distribution before it
+    assert torch.allclose(second - torch.log_softmax(first, -1), first - torch.log_softmax(student, -1), atol=1e-5)
+
+
 def test_the_clipped_contrast_bounds_the_ratio_of_the_two_hindsight_teachers() -> None:
     gen = torch.Generator().manual_seed(4)
     student, teacher, baseline = (torch.randn(2, 4, 7, generator=gen) * 3 for _ in range(3))  # (B, T, V) logits
