@@ -109,8 +109,7 @@ def compare(config: CompareConfig, console: Console) -> dict[str, list[Paired]]:
     for label, figures in compared.items():
         seeds = figures[0].seeds
         caption = f"{label}, {len(seeds)} seeds paired ({', '.join(map(str, seeds))})"
-        body = [[f.figure, _values(f.a), _values(f.b), _difference(f), f"{f.b_higher} of {len(f.seeds)}"]
-                for f in figures]
+        body = [[f.figure, *_values(f.a, f.b), _difference(f), f"{f.b_higher} of {len(f.seeds)}"] for f in figures]
         md += table_section(console, caption, HEAD, body, left=("figure",), wrap=HEAD[1:3])
     if config.out:
         Path(config.out).parent.mkdir(parents=True, exist_ok=True)
@@ -203,8 +202,11 @@ def _by_phase(rows: list[dict[str, str]]) -> dict[str, dict[int, dict[str, str]]
     return grouped
 
 
-def _values(values: Sequence[float]) -> str:
-    return " / ".join(f"{v:.3f}" for v in values)
+def _values(*sides: Sequence[float]) -> list[str]:
+    """Each side's values, seed by seed; counts (interactions to reach a threshold) without decimals."""
+    every = [v for side in sides for v in side]
+    digits = 0 if all(v.is_integer() for v in every) and max(every) > 1 else 3
+    return [" / ".join(f"{v:.{digits}f}" for v in side) for side in sides]
 
 
 def _difference(paired: Paired) -> str:

@@ -121,18 +121,22 @@ def test_a_phase_judged_in_one_bench_only_is_named(tmp_path: Path, capsys) -> No
 
 def test_the_benches_own_runs_csv_pairs_without_a_reevaluation(tmp_path: Path, capsys) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    header = "learner,seed,end/p0/win_rate,auc,reach/p0,interaction_s,total_s\n"
+    header = "learner,seed,end/p0/win_rate,auc,reach/p0,reach/p1,interaction_s,total_s\n"
     a.mkdir()
     b.mkdir()
-    (a / "runs.csv").write_text(header + "sdpo,0,0.80,0.70,100,0.25,70\nsdpo,1,0.84,0.72,75,0.27,72\n")
-    (b / "runs.csv").write_text(header + "sdpo,0,0.86,0.74,50,0.30,80\nsdpo,1,0.85,0.73,,0.31,81\n")
+    (a / "runs.csv").write_text(header + "sdpo,0,0.80,0.70,100,50,0.25,70\nsdpo,1,0.84,0.72,75,75,0.27,72\n")
+    (b / "runs.csv").write_text(header + "sdpo,0,0.86,0.74,50,100,0.30,80\nsdpo,1,0.85,0.73,,125,0.31,81\n")
     compared = compare(Config(a=str(a), b=str(b), table="runs"), Console(width=200))
     (figures,) = compared.values()
     by_name = {f.figure: f for f in figures}
-    assert list(by_name) == ["end/p0/win_rate", "auc", "interaction_s", "total_s"]  # seed 1 of B never reached
+    # seed 1 of B never reached the threshold in phase 0
+    assert list(by_name) == ["end/p0/win_rate", "auc", "reach/p1", "interaction_s", "total_s"]
     assert by_name["interaction_s"].difference[0] == pytest.approx(0.045)
     assert by_name["end/p0/win_rate"].b_higher == 2
-    assert "each run's own evaluations (runs.csv), 2 seeds paired (0, 1)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "each run's own evaluations (runs.csv), 2 seeds paired (0, 1)" in out
+    assert " 50 / 75 │" in out and " 100 / 125 │" in out  # interactions, counted without decimals
+    assert " 0.800 / 0.840 │" in out and " 70 / 72 │" in out
     (tmp_path / "c").mkdir()
     assert main([f"a={a}", f"b={tmp_path / 'c'}", "table=runs"]) == 2
     assert "runs.csv does not exist; a bench writes it when its runs finish" in capsys.readouterr().err
