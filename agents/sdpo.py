@@ -154,8 +154,8 @@ class SDPOConfig:
     contrast: str = option("", "a neutral follow-up (for example 'Thanks.'): the teacher is contrasted with the "
                            "same hindsight block holding it, and the student learns log pi(.|x) + log pi(.|x,o) - "
                            "log pi(.|x,contrast), what the follow-up says beyond a neutral one (the advantages, the "
-                           "gate and the metrics read that teacher; an extra teacher forward per update); empty = "
-                           "off, as in the paper")
+                           "gate and the metrics read that teacher; contrast_use=gate keeps it to the gate and the "
+                           "metrics; an extra teacher forward per update); empty = off, as in the paper")
     contrast_clip: float | None = option(None, "contrast: hold the log-ratio of the follow-up's block to the neutral "
                                          "one to [-this, this] per token of the vocabulary (where the neutral block "
                                          "gives a token little probability the ratio is unbounded); null = "
@@ -345,8 +345,9 @@ class SDPOLearner:
         teacher_lp = selective_log_softmax(teacher_logits, targets)  # (B, T)
         advantages = token_advantages(teacher_logprobs=teacher_lp, student_logprobs=student_lp, mask=mask)
         raw_advantages = advantages
-        if remembered is not None or c.contrast_use == "gate":  # what the current follow-up alone says, or the
-            # contrasted teacher: the gates, the memory and the metrics
+        if remembered is not None or c.contrast_use == "gate":
+            # the gates, the memory and the metrics read the current follow-up alone (memory) or the contrasted
+            # teacher (contrast_use=gate)
             raw_advantages = token_advantages(teacher_logprobs=selective_log_softmax(teacher_logits_read, targets),
                                               student_logprobs=student_lp, mask=mask)
         if c.memory:
