@@ -210,6 +210,18 @@ class SDPOPaperConfig(SDPOConfig):
     signal_gate: float = option_like(SDPOConfig, "signal_gate", 0.0)
 
 
+@dataclass
+class SDPOContrastConfig(SDPOConfig):
+    """``agent=sdpo`` whose gate reads the teacher contrasted with a neutral follow-up (``agent=sdpo_contrast``):
+    ``contrast`` ``Thanks.``, ``contrast_clip`` 3, ``contrast_use`` ``gate``; the student still learns towards the
+    plain hindsight teacher. Every other option is ``agent=sdpo``'s (docs/results.md, "A teacher contrasted with a
+    neutral follow-up")."""
+
+    contrast: str = option_like(SDPOConfig, "contrast", "Thanks.")
+    contrast_clip: float | None = option_like(SDPOConfig, "contrast_clip", 3.0)
+    contrast_use: str = option_like(SDPOConfig, "contrast_use", "gate")
+
+
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """Loads an optimizer's saved state but keeps the settings it was built with (lr, betas, weight decay):
     torch's ``load_state_dict`` restores the saved ones, and a branch (``python -m sdpo_env.run branch=...``) may
@@ -540,3 +552,10 @@ class SDPOPaperLearner(SDPOLearner):
     """SDPO with the paper's estimator and optimiser (:class:`SDPOPaperConfig`): ``agent=sdpo_paper``."""
 
     Config = SDPOPaperConfig
+
+
+@LEARNERS.register("sdpo_contrast")
+class SDPOContrastLearner(SDPOLearner):
+    """SDPO whose gate reads the contrasted teacher (:class:`SDPOContrastConfig`): ``agent=sdpo_contrast``."""
+
+    Config = SDPOContrastConfig

@@ -77,6 +77,15 @@ def test_sdpo_defaults_are_the_exact_gradient_stepped_by_sgd_on_signals_and_sdpo
     assert paper.config.lr * paper.config.weight_decay == pytest.approx(sdpo.config.lr * sdpo.config.weight_decay)
 
 
+def test_sdpo_contrast_is_sdpo_with_its_gate_reading_the_contrasted_teacher(model_dir):
+    sdpo, contrast = make(model_dir, "sdpo"), make(model_dir, "sdpo_contrast")
+    differ = {f.name: (getattr(sdpo.config, f.name), getattr(contrast.config, f.name))
+              for f in dataclasses.fields(sdpo.config)
+              if getattr(sdpo.config, f.name) != getattr(contrast.config, f.name)}
+    assert differ == {"contrast": ("", "Thanks."), "contrast_clip": (None, 3.0), "contrast_use": ("target", "gate")}
+    assert isinstance(contrast, SDPOLearner)
+
+
 def test_a_default_update_lowers_the_reverse_kl_to_the_hindsight_teacher(model_dir) -> None:
     """The exact gradient of KL(student || teacher) over the vocabulary, stepped by SGD: the divergence on the
     answer falls (computed here from the two distributions, apart from the learner's loss)."""
