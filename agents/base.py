@@ -10,6 +10,7 @@ learner's options come from its ``Config`` dataclass, validated like every other
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -118,6 +119,25 @@ def resolved_learner_options(options: Mapping[str, Any], *, source: str | Callab
     """
     _, config = learner_config(options, source=source)
     return {"name": options.get("name", ""), **({} if config is None else to_dict(config))}
+
+
+def with_absent_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored run's ``agent`` section, with each option its ``config.yaml`` predates set to what the run had before
+    the option existed, where that is not today's default (``option(absent=...)``; the teacher's contrast, say, which
+    runs from before 5 December 2026 did not have). So a resumed or branched run goes on as it ran, and a bench does
+    not take such a run for one with today's defaults. A name that names no learner is left for the caller to report.
+    """
+    import agents  # noqa: F401  (registers the shipped learners)
+
+    filled = dict(options)
+    try:
+        config_cls = getattr(LEARNERS.get(str(options.get("name", ""))), "Config", None)
+    except SdpoEnvError:
+        return filled
+    for f in dataclasses.fields(config_cls) if config_cls is not None else ():
+        if f.name not in filled and "absent" in f.metadata:
+            filled[f.name] = f.metadata["absent"]
+    return filled
 
 
 def make_learner(options: Mapping[str, Any], policy: ChatPolicy, *, seed: int, source: str = "command line"

@@ -89,9 +89,10 @@ class SDPOConfig:
                                         "the update (a complaint's signal sits on few tokens, a neutral "
                                         "follow-up's noise on many); 0 keeps every token", min=0.0)
     signal_gate: float = option(0.3, "learn only from answers whose follow-up moves some token by |A_t| >= this "
-                                "(the sampled tokens' log-ratio, under any loss); an update whose answers all fall "
-                                "below it takes no optimizer step (on the flip 0.3 passes 95% of complaints and 9% "
-                                "of the other follow-ups); 0 learns from every follow-up, as the paper does "
+                                "(the sampled tokens' log-ratio, under any loss; with contrast, the contrasted "
+                                "teacher's); an update whose answers all fall below it takes no optimizer step (on "
+                                "the flip 0.3 passes 94% of complaints and 5% of the other follow-ups, 95% and 9% "
+                                "without the contrast); 0 learns from every follow-up, as the paper does "
                                 "(docs/results.md, 'Learning only from follow-ups that carry a signal')", min=0.0)
     gate_decay: bool = option(False, "signal_gate: an update the gate skips still shrinks the LoRA weights by "
                               "lr x weight_decay (on the flip this lowered every plateau: docs/results.md, "
@@ -151,40 +152,40 @@ class SDPOConfig:
     lora_dropout: float = option(0.0, "LoRA dropout", min=0.0, max=1.0)
     lora_targets: str | list[str] = option("all-linear", "modules to adapt: all-linear or a list of names")
     hindsight_template: str = option(DEFAULT_TEMPLATE, "appended to the last user turn; must contain {follow_up}")
-    contrast: str = option("", "a neutral follow-up (for example 'Thanks.'): the teacher is contrasted with the "
-                           "same hindsight block holding it, and the student learns log pi(.|x) + log pi(.|x,o) - "
-                           "log pi(.|x,contrast), what the follow-up says beyond a neutral one (the advantages, the "
-                           "gate and the metrics read that teacher; contrast_use=gate keeps it to the gate and the "
-                           "metrics; an extra teacher forward per update); empty = off, as in the paper")
-    contrast_clip: float | None = option(None, "contrast: hold the log-ratio of the follow-up's block to the neutral "
+    contrast: str | None = option("Thanks.", "a neutral follow-up: the teacher is also run on the same hindsight "
+                                  "block holding it, and contrasted with it: log pi(.|x) + log pi(.|x,o) - "
+                                  "log pi(.|x,contrast), what the follow-up says beyond a neutral one (see "
+                                  "contrast_use; an extra teacher forward per update); null = off, as in the paper "
+                                  "(agent=sdpo_plain)", absent=None)
+    contrast_clip: float | None = option(3.0, "contrast: hold the log-ratio of the follow-up's block to the neutral "
                                          "one to [-this, this] per token of the vocabulary (where the neutral block "
                                          "gives a token little probability the ratio is unbounded); null = "
-                                         "unbounded", gt=0.0)
-    contrast_use: str = option("target", "contrast: target = the student learns towards the contrasted teacher "
-                               "(its step does not shrink as the student moves: the target moves with it); gate = "
-                               "the contrasted teacher only decides which answers pass signal_gate and is what the "
-                               "metrics read, and the student learns towards the plain hindsight teacher",
-                               choices=("target", "gate"))
+                                         "unbounded", gt=0.0, absent=None)
+    contrast_use: str = option("gate", "contrast: gate = the contrasted teacher only decides which answers pass "
+                               "signal_gate and is what the metrics read, and the student learns towards the plain "
+                               "hindsight teacher; target = the student learns towards the contrasted teacher (its "
+                               "step does not shrink as the student moves: the target moves with it, and it breaks "
+                               "down in conversations with history)", choices=("target", "gate"), absent="target")
+
+    def __post_init__(self) -> None:
+        if self.contrast == "":  # how the versions before 6 December 2026 wrote "off" in a run's config.yaml
+            self.contrast = None
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
         if "{follow_up}" not in self.hindsight_template:
             problems.append(("hindsight_template", "must contain {follow_up}"))
-        if self.contrast != self.contrast.strip():
+        if self.contrast is not None and self.contrast != self.contrast.strip():
             problems.append(("contrast", "no leading or trailing spaces (the follow-up is put in the hindsight "
                                          "block as given)"))
-        if self.contrast_use != "target" and not self.contrast:
-            problems.append(("contrast_use", "applies with contrast only; give contrast too (for example "
-                                             "agent.contrast=Thanks.) or set contrast_use to target"))
-        if self.contrast_use == "gate" and not self.signal_gate:
+        if self.contrast and self.contrast_use == "gate" and not self.signal_gate:
             problems.append(("contrast_use", "gate needs signal_gate > 0 (the contrasted teacher is read by the "
-                                             "gate only)"))
-        if self.contrast_clip is not None and not self.contrast:
-            problems.append(("contrast_clip", "applies with contrast only; give contrast too (for example "
-                                              "agent.contrast=Thanks.) or set contrast_clip to null"))
+                                             "gate only); to learn from every follow-up, turn the contrast off "
+                                             "too (agent.contrast=null)"))
         if self.contrast and self.memory:
             problems.append(("contrast", "not with memory (the remembered follow-ups would need a contrast of "
-                                         "their own); set one of them to its default"))
+                                         "their own); turn the contrast off (agent.contrast=null) or set memory "
+                                         "to 0"))
         for key, off in (("advantage_threshold", 0), ("decay_gate", 0), ("credit", "token")):
             if getattr(self, key) != off and self.loss != "pg":
                 problems.append((key, f"applies to loss=pg only (loss={self.loss} learns from the teacher's "
@@ -201,25 +202,23 @@ class SDPOConfig:
 class SDPOPaperConfig(SDPOConfig):
     """SDPO stepped as the paper steps it (``agent=sdpo_paper``; ``agent=sdpo``'s defaults until December 2026): the
     sampled-token policy gradient, AdamW, an update on every follow-up. ``lr`` and ``weight_decay`` are the values
-    measured for AdamW on the shipped model; every other option is ``agent=sdpo``'s."""
+    measured for AdamW on the shipped model; it has no contrast (the gate it would read is off); every other option is
+    ``agent=sdpo``'s."""
 
     lr: float = option_like(SDPOConfig, "lr", 1e-3)
     optimizer: str = option_like(SDPOConfig, "optimizer", "adamw")
     weight_decay: float = option_like(SDPOConfig, "weight_decay", 2.0)
     loss: str = option_like(SDPOConfig, "loss", "pg")
     signal_gate: float = option_like(SDPOConfig, "signal_gate", 0.0)
+    contrast: str | None = option_like(SDPOConfig, "contrast", None)
 
 
 @dataclass
-class SDPOContrastConfig(SDPOConfig):
-    """``agent=sdpo`` whose gate reads the teacher contrasted with a neutral follow-up (``agent=sdpo_contrast``):
-    ``contrast`` ``Thanks.``, ``contrast_clip`` 3, ``contrast_use`` ``gate``; the student still learns towards the
-    plain hindsight teacher. Every other option is ``agent=sdpo``'s (docs/results.md, "A teacher contrasted with a
-    neutral follow-up")."""
+class SDPOPlainConfig(SDPOConfig):
+    """``agent=sdpo`` without the contrast (``agent=sdpo_plain``; ``agent=sdpo``'s defaults until 6 December 2026):
+    the gate and the metrics read the plain hindsight teacher. Every other option is ``agent=sdpo``'s."""
 
-    contrast: str = option_like(SDPOConfig, "contrast", "Thanks.")
-    contrast_clip: float | None = option_like(SDPOConfig, "contrast_clip", 3.0)
-    contrast_use: str = option_like(SDPOConfig, "contrast_use", "gate")
+    contrast: str | None = option_like(SDPOConfig, "contrast", None)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
@@ -357,7 +356,7 @@ class SDPOLearner:
         teacher_lp = selective_log_softmax(teacher_logits, targets)  # (B, T)
         advantages = token_advantages(teacher_logprobs=teacher_lp, student_logprobs=student_lp, mask=mask)
         raw_advantages = advantages
-        if remembered is not None or c.contrast_use == "gate":
+        if remembered is not None or (c.contrast and c.contrast_use == "gate"):
             # the gates, the memory and the metrics read the current follow-up alone (memory) or the contrasted
             # teacher (contrast_use=gate)
             raw_advantages = token_advantages(teacher_logprobs=selective_log_softmax(teacher_logits_read, targets),
@@ -554,8 +553,8 @@ class SDPOPaperLearner(SDPOLearner):
     Config = SDPOPaperConfig
 
 
-@LEARNERS.register("sdpo_contrast")
-class SDPOContrastLearner(SDPOLearner):
-    """SDPO whose gate reads the contrasted teacher (:class:`SDPOContrastConfig`): ``agent=sdpo_contrast``."""
+@LEARNERS.register("sdpo_plain")
+class SDPOPlainLearner(SDPOLearner):
+    """SDPO whose gate reads the plain hindsight teacher (:class:`SDPOPlainConfig`): ``agent=sdpo_plain``."""
 
-    Config = SDPOContrastConfig
+    Config = SDPOPlainConfig

@@ -37,7 +37,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agents import make_learner, set_persona
-from agents.base import OnlineLearner, Transition, resolved_learner_options
+from agents.base import OnlineLearner, Transition, resolved_learner_options, with_absent_options
 from agents.icl_oracle import InContextOracle
 from sdpo_env.bench_metrics import final_row
 from sdpo_env.cli import StopRequest, command_main
@@ -144,7 +144,10 @@ def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
                                                         f"{', '.join(RESUME_OVERRIDES)} may change)")
                                for k in extra])
         overrides = {k: v for k, v in cli.items() if k != "resume"}
-        config = resolve_config([(str(folder.config), folder.read_config()), (COMMAND_LINE, overrides)])
+        stored = folder.read_config()
+        if isinstance(stored.get("agent"), dict):
+            stored["agent"] = with_absent_options(stored["agent"])
+        config = resolve_config([(str(folder.config), stored), (COMMAND_LINE, overrides)])
         check_keys(config)
         folder.claim("resume")  # before anything is written: the run may still be going in another process
         if overrides:
@@ -194,6 +197,8 @@ def branch(cli: dict[str, Any]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
                                                     "not agent.name, optimizer, teacher or lora_*) and "
                                                     f"{', '.join(BRANCH_OVERRIDES)}") for k in refused])
     stored = source.read_config()
+    if isinstance(stored.get("agent"), dict):
+        stored["agent"] = with_absent_options(stored["agent"])
     config = resolve_config([(str(source.config), stored), (COMMAND_LINE, overrides)])
     config.agent = resolved_learner_options(config.agent, source=config.source_of)
     check_keys(config)

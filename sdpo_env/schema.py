@@ -31,6 +31,7 @@ def option(
     gt: float | None = None,
     choices: tuple[Any, ...] | None = None,
     nonempty: bool = False,
+    absent: Any = dataclasses.MISSING,
 ) -> Any:
     """A dataclass field with help text and the checks :func:`build` applies to it.
 
@@ -43,8 +44,12 @@ def option(
         gt: Value must be strictly greater than this.
         choices: The allowed values.
         nonempty: Strings and lists must not be empty.
+        absent: The value a run's stored settings mean when they lack this key: the behaviour before the option
+            existed, where the default is another (read by ``agents.base.with_absent_options``).
     """
     metadata = {"help": help, "min": min, "max": max, "gt": gt, "choices": choices, "nonempty": nonempty}
+    if absent is not dataclasses.MISSING:
+        metadata["absent"] = absent
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -59,7 +64,8 @@ def option_like(cls: type, name: str, default: Any = dataclasses.MISSING) -> Any
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
     meta = f.metadata
     return option(f.default if default is dataclasses.MISSING else default, meta["help"], min=meta["min"],
-                  max=meta["max"], gt=meta["gt"], choices=meta["choices"], nonempty=meta["nonempty"])
+                  max=meta["max"], gt=meta["gt"], choices=meta["choices"], nonempty=meta["nonempty"],
+                  absent=meta.get("absent", dataclasses.MISSING))
 
 
 def _describe(value: Any) -> str:

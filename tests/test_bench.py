@@ -251,24 +251,44 @@ def test_a_folder_with_other_settings_is_not_mixed_in(model_dir, scenario_file, 
 
 def test_a_folder_from_before_a_default_changed_names_the_settings_that_go_on_with_it(model_dir, scenario_file,
                                                                                        tmp_path, capsys) -> None:
-    """An sdpo run made with the defaults of before December 2026 (agent=sdpo_paper's): the error gives its values."""
+    """An sdpo run made with the defaults of before 6 December 2026 (agent=sdpo_plain's), which wrote the contrast
+    as off with an empty string: the error gives its values."""
     out = tmp_path / "bench"
-    earlier = ["agent.loss=pg", "agent.lr=0.001", "agent.optimizer=adamw", "agent.signal_gate=0.0",
-               "agent.weight_decay=2.0"]  # in the order the differences are listed
+    earlier = ["agent.contrast=null", "agent.contrast_clip=null", "agent.contrast_use=target"]  # as listed
     assert main([*grid_args(model_dir, scenario_file, out, ["sdpo"]), "n_interactions=2", *earlier]) == 0
+    stored = out / "sdpo" / "seed0" / "config.yaml"
+    data = yaml.safe_load(stored.read_text())
+    data["agent"]["contrast"] = ""  # as the versions before 6 December 2026 wrote it
+    stored.write_text(yaml.safe_dump(data))
     assert main([*grid_args(model_dir, scenario_file, out, ["sdpo"]), "n_interactions=2"]) == 2
     err = " ".join(capsys.readouterr().err.split())  # the message as one line, whatever the terminal's width
     assert f"use the same settings ({' '.join(earlier)}), another out=" in err
     assert main([*grid_args(model_dir, scenario_file, out, ["sdpo"]), "n_interactions=2", *earlier]) == 0
     assert "finished, skipped" in capsys.readouterr().out
     # a value that is not a plain word (a list here) is not offered as an argument
-    stored = out / "sdpo" / "seed0" / "config.yaml"
     data = yaml.safe_load(stored.read_text())
     data["agent"]["lora_targets"] = ["q_proj", "v_proj"]
     stored.write_text(yaml.safe_dump(data))
     assert main([*grid_args(model_dir, scenario_file, out, ["sdpo"]), "n_interactions=2", *earlier]) == 2
     assert "(agent.lora_targets) than this bench asks for; use the same settings, another out=" in " ".join(
         capsys.readouterr().err.split())
+
+
+def test_a_folder_from_before_an_option_existed_is_read_as_it_ran(model_dir, scenario_file, tmp_path, capsys) -> None:
+    """A run whose config.yaml predates the teacher's contrast had none: the bench does not take it for a run with
+    today's default contrast, and names the settings that go on with it."""
+    out = tmp_path / "bench"
+    assert main([*grid_args(model_dir, scenario_file, out, ["sdpo"]), "n_interactions=2"]) == 0
+    stored = out / "sdpo" / "seed0" / "config.yaml"
+    data = yaml.safe_load(stored.read_text())
+    for key in ("contrast", "contrast_clip", "contrast_use"):
+        del data["agent"][key]
+    stored.write_text(yaml.safe_dump(data))
+    capsys.readouterr()
+    assert main([*grid_args(model_dir, scenario_file, out, ["sdpo"]), "n_interactions=2"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("use the same settings (agent.contrast=null agent.contrast_clip=null agent.contrast_use=target), "
+            "another out=") in err
 
 
 def test_seeds_may_be_a_list(tmp_path) -> None:

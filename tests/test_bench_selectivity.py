@@ -24,7 +24,7 @@ def test_mean_kl_matches_torch_kl_div() -> None:
 
 def test_each_update_starts_from_the_same_state_and_the_learner_ends_where_it_began() -> None:
     policy = ChatPolicy.load("tiny", device="cpu")
-    learner = make_learner({"name": "sdpo", "diagnostics_every": 0, "signal_gate": 0}, policy, seed=0)  # no gate
+    learner = make_learner({"name": "sdpo_plain", "diagnostics_every": 0, "signal_gate": 0}, policy, seed=0)  # no gate
     train = [list(p.messages) for p in load_prompts("train")[:12]]
     answers = [s.text for s in policy.generate(train, seed=0)]
     pairs = follow_up_pairs(train, answers, np.random.default_rng(0))

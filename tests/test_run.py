@@ -591,3 +591,19 @@ def test_resume_warns_about_learner_options_its_config_lacks(model_dir, scenario
     with pytest.warns(UserWarning, match=r"config.yaml has no agent\.adam_beta2 .*defaults agent\.adam_beta2=0\.99"):
         config, _, _, _ = prepare([f"resume={folder.path}"])
     assert config.agent["name"] == "sdpo"
+
+
+def test_a_run_from_before_the_contrast_resumes_without_it(model_dir, scenario_file, tmp_path) -> None:
+    """The teacher's contrast (default "Thanks." since 6 December 2026) did not exist before 5 December: a
+    config.yaml without its keys means no contrast, not today's default, and that needs no warning."""
+    config, _, folder, _ = prepare(args_for(model_dir, scenario_file, tmp_path / "old"))
+    stored = config_to_dict(config)
+    assert (stored["agent"]["contrast"], stored["agent"]["contrast_clip"]) == ("Thanks.", 3.0)
+    for key in ("contrast", "contrast_clip", "contrast_use"):
+        del stored["agent"][key]
+    folder.write_config(stored)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed, _, _, _ = prepare([f"resume={folder.path}"])
+    assert (resumed.agent["contrast"], resumed.agent["contrast_clip"], resumed.agent["contrast_use"]) == (
+        None, None, "target")

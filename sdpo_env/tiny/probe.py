@@ -35,14 +35,15 @@ each next to its preference's share without hindsight (``none``, from the room f
 ``reversed`` (under it: the complaint pushes the other way), ``partly`` (above it, short of 90%) or ``unclear``
 (too few answers to tell ignored from followed).
 
-``--persona NAME_OR_PATH`` (repeatable) checks a persona's follow-ups instead of measuring the acceptance figures:
-per preference with a rule, the share of ``--n`` answers without hindsight that satisfy it, and each follow-up's
-share of ``--per-phrasing`` answers (default 32) with the same reading. Next to it, on the answers without hindsight
-that break the preference, what an update would learn from the follow-up: mean |A_t|, the share whose summed
-advantage is negative and the share in which some token moves past ``agent=sdpo``'s gate (0.3), against one of the
-persona's unrelated follow-ups on the same answers. SDPO's teacher is the policy reading the follow-up, so an ignored
-follow-up teaches nothing and a reversed one teaches the opposite: check a new persona's wordings against the policy
-model before running it (``--prompts train``: on the prompts the shipped scenarios' users send).
+``--persona NAME_OR_PATH`` (repeatable) checks a persona's follow-ups instead of measuring the acceptance figures: per
+preference with a rule, the share of ``--n`` answers without hindsight that satisfy it, and each follow-up's share of
+``--per-phrasing`` answers (default 32) with the same reading. Next to it, on the answers without hindsight that break
+the preference, what an update would learn from the follow-up: mean |A_t|, the share whose summed advantage is negative
+and the share in which some token moves by ``agent=sdpo``'s gate (0.3) or more, against one of the persona's unrelated
+follow-ups on the same answers. These read the plain hindsight teacher, as ``agent=sdpo_plain``'s gate does;
+``agent=sdpo``'s gate reads it contrasted with "Thanks.". SDPO's teacher is the policy reading the follow-up, so an
+ignored follow-up teaches nothing and a reversed one teaches the opposite: check a new persona's wordings against the
+policy model before running it (``--prompts train``: on the prompts the shipped scenarios' users send).
 
 ``--json PATH`` writes the figures of either mode, with the options as given, to a JSON file as well.
 """
@@ -350,8 +351,9 @@ def check_phrasings(chosen: Sequence[Persona], model_dir: str | None = None, *, 
       preference, the token advantages A_t = log pi(y_t | x, o) - log pi(y_t | x) an update would learn from: mean
       |A_t| (``abs``), the share whose summed advantage is negative (``negative``: the teacher finds the answer less
       likely, as a complaint should) and the share in which some token moves by ``gate`` or more (``moves``:
-      ``agent=sdpo``'s default gate learns from those only); ``unrelated`` holds the same for one of the persona's
-      unrelated follow-ups drawn per answer, the level of a follow-up that says nothing.
+      ``agent=sdpo_plain``'s gate learns from those only; ``agent=sdpo``'s reads the contrasted teacher);
+      ``unrelated`` holds the same for one of the persona's unrelated follow-ups drawn per answer, the level of a
+      follow-up that says nothing.
     Preferences without a rule (an LLM judge's) are listed as not measured. One figures dict per persona.
     """
     sampler = Sampler(str(model_dir or TINY_DIR), device, batch_size, adapter)

@@ -12,6 +12,7 @@ import torch
 
 import agents.sdpo as sdpo_module
 from agents import SDPOLearner, Transition, make_learner
+from agents.base import with_absent_options
 from sdpo_env.errors import ConfigError, SdpoEnvError, UnknownNameError
 from sdpo_env.hindsight import hindsight_messages
 from sdpo_env.policy import ChatPolicy, Sampling
@@ -70,26 +71,36 @@ def test_sdpo_defaults_are_the_exact_gradient_stepped_by_sgd_on_signals_and_sdpo
     differ = {f.name: (getattr(sdpo.config, f.name), getattr(paper.config, f.name))
               for f in dataclasses.fields(sdpo.config) if getattr(sdpo.config, f.name) != getattr(paper.config, f.name)}
     assert differ == {"lr": (2.0, 1e-3), "optimizer": ("sgd", "adamw"), "weight_decay": (1e-3, 2.0),
-                      "loss": ("full", "pg"), "signal_gate": (0.3, 0.0)}
+                      "loss": ("full", "pg"), "signal_gate": (0.3, 0.0), "contrast": ("Thanks.", None)}
     assert type(sdpo.optimizer) is torch.optim.SGD and type(paper.optimizer) is torch.optim.AdamW
     assert isinstance(paper, SDPOLearner)  # the same learner, other defaults
     # the same shrink per step, lr x weight_decay = 0.002
     assert paper.config.lr * paper.config.weight_decay == pytest.approx(sdpo.config.lr * sdpo.config.weight_decay)
 
 
-def test_sdpo_contrast_is_sdpo_with_its_gate_reading_the_contrasted_teacher(model_dir):
-    sdpo, contrast = make(model_dir, "sdpo"), make(model_dir, "sdpo_contrast")
-    differ = {f.name: (getattr(sdpo.config, f.name), getattr(contrast.config, f.name))
-              for f in dataclasses.fields(sdpo.config)
-              if getattr(sdpo.config, f.name) != getattr(contrast.config, f.name)}
-    assert differ == {"contrast": ("", "Thanks."), "contrast_clip": (None, 3.0), "contrast_use": ("target", "gate")}
-    assert isinstance(contrast, SDPOLearner)
+def test_sdpo_gates_on_the_teacher_contrasted_with_thanks_and_sdpo_plain_has_no_contrast(model_dir):
+    sdpo, plain = make(model_dir, "sdpo"), make(model_dir, "sdpo_plain")
+    assert (sdpo.config.contrast, sdpo.config.contrast_clip, sdpo.config.contrast_use) == ("Thanks.", 3.0, "gate")
+    differ = {f.name: (getattr(sdpo.config, f.name), getattr(plain.config, f.name))
+              for f in dataclasses.fields(sdpo.config) if getattr(sdpo.config, f.name) != getattr(plain.config, f.name)}
+    assert differ == {"contrast": ("Thanks.", None)}
+    assert isinstance(plain, SDPOLearner)
+
+
+def test_settings_stored_before_the_contrast_existed_read_as_no_contrast() -> None:
+    # every learner built on SDPOConfig reads a missing contrast as none; given keys and other learners are kept
+    for name in ("sdpo", "sdpo_plain", "sdpo_paper"):
+        assert with_absent_options({"name": name, "lr": 0.5}) == {
+            "name": name, "lr": 0.5, "contrast": None, "contrast_clip": None, "contrast_use": "target"}
+    assert with_absent_options({"name": "sdpo", "contrast": "Thanks."})["contrast"] == "Thanks."
+    assert with_absent_options({"name": "icl_memory"}) == {"name": "icl_memory"}
+    assert with_absent_options({"name": "sdpoo"}) == {"name": "sdpoo"}  # reported where the run is resolved
 
 
 def test_a_default_update_lowers_the_reverse_kl_to_the_hindsight_teacher(model_dir) -> None:
     """The exact gradient of KL(student || teacher) over the vocabulary, stepped by SGD: the divergence on the
     answer falls (computed here from the two distributions, apart from the learner's loss)."""
-    learner = make(model_dir, "sdpo", signal_gate=0, weight_decay=0, lr=0.5, grad_clip=0)
+    learner = make(model_dir, "sdpo_plain", signal_gate=0, weight_decay=0, lr=0.5, grad_clip=0)
     (response,), (transition,) = interact(learner, conversations=(X,))
     p, ids = learner.policy, learner._completion_ids(response)
 
@@ -144,9 +155,10 @@ def test_schedule_update_every_and_batch(model_dir) -> None:
     {"replay": 1, "replay_gate": 1e-9}, {"decay_factors": "B"}, {"memory": 2, "memory_gate": 1e-9},
     {"teacher": "base"}, {"teacher": "ema"},
     {"aggregation": "sequence_mean", "batch_size": 2}, {"optimizer": "sgd", "lr": 1.0, "weight_decay": 1e-3},
-    {"extra_samples": 2}, {"contrast": "Thanks."}, {"contrast": "Thanks.", "contrast_clip": 0.5},
-    {"name": "sdpo", "contrast": "Thanks.", "signal_gate": 1e-6},
-    {"name": "sdpo", "contrast": "Thanks.", "contrast_use": "gate", "signal_gate": 1e-6},
+    {"extra_samples": 2}, {"contrast": "Thanks.", "contrast_use": "target", "contrast_clip": None},
+    {"contrast": "Thanks.", "contrast_use": "target", "contrast_clip": 0.5},
+    {"name": "sdpo", "contrast_use": "target", "signal_gate": 1e-6}, {"name": "sdpo", "signal_gate": 1e-6},
+    {"name": "sdpo_plain", "signal_gate": 1e-6},
 ])
 def test_every_option_trains(model_dir, options) -> None:
     learner = make(model_dir, **options)
@@ -406,7 +418,8 @@ def test_contrast_with_the_follow_up_itself_teaches_nothing(model_dir) -> None:
     # SGD step (without weight decay, which would shrink the weights anyway) leaves the weights as they were (AdamW
     # would blow the float noise up to a full step)
     for name in ("sdpo", "sdpo_paper"):
-        learner = make(model_dir, name=name, contrast="Too long, keep it short.", signal_gate=0, weight_decay=0)
+        learner = make(model_dir, name=name, contrast="Too long, keep it short.", contrast_use="target",
+                       signal_gate=0, weight_decay=0)
         before = [p.detach().clone() for p in learner.params]
         _, transitions = interact(learner)  # its follow-up is the contrast
         metrics = learner.observe(transitions)
@@ -416,7 +429,7 @@ def test_contrast_with_the_follow_up_itself_teaches_nothing(model_dir) -> None:
     # and with a gate, the update is skipped; another follow-up than the contrast does teach
     learner = make(model_dir, name="sdpo", contrast="Too long, keep it short.")
     assert learner.observe(interact(learner)[1])["sdpo/signal_passed"] == 0
-    learner = make(model_dir, name="sdpo", contrast="Thanks.", signal_gate=0)
+    learner = make(model_dir, name="sdpo", contrast_use="target", signal_gate=0)
     assert learner.observe(interact(learner)[1])["sdpo/advantage_abs_mean"] > 1e-4
 
 
@@ -431,14 +444,14 @@ def test_the_contrast_clip_bounds_what_a_token_learns(model_dir) -> None:
 
     assert passed(0.1 + 1e-6, contrast_clip=0.05) == 0
     assert passed(1e-3, contrast_clip=0.05) == 1  # a signal, only a bounded one
-    assert passed(0.1 + 1e-6) == 1  # unclipped, both answers move a token further
+    assert passed(0.1 + 1e-6, contrast_clip=None) == 1  # unclipped, both answers move a token further
 
 
 def test_a_contrast_used_as_a_gate_decides_what_passes_and_the_plain_teacher_teaches(model_dir) -> None:
     _, transitions = interact(make(model_dir))
     runs = {}
-    for key, options in {"plain": {}, "gate": {"contrast": "Thanks.", "contrast_use": "gate"},
-                         "target": {"contrast": "Thanks."}}.items():
+    for key, options in {"plain": {"contrast": None}, "gate": {"contrast": "Thanks.", "contrast_use": "gate"},
+                         "target": {"contrast": "Thanks.", "contrast_use": "target"}}.items():
         learner = make(model_dir, name="sdpo", signal_gate=1e-6, **options)
         runs[key] = learner.observe(transitions), learner.params
     (plain, plain_params), (gate, gate_params), (target, target_params) = runs["plain"], runs["gate"], runs["target"]
@@ -458,7 +471,9 @@ def test_a_contrast_used_as_a_gate_decides_what_passes_and_the_plain_teacher_tea
 def test_contrast_takes_one_more_teacher_forward(model_dir) -> None:
     learner = make(model_dir)
     _, transitions = interact(learner)
-    assert _forwards(make(model_dir, contrast="Thanks."), transitions) == 3
+    assert _forwards(make(model_dir, contrast="Thanks.", contrast_use="target"), transitions) == 3
+    assert _forwards(make(model_dir, "sdpo", signal_gate=1e-6), transitions) == 3  # the default: the gate's contrast
+    assert _forwards(make(model_dir, "sdpo_plain", signal_gate=1e-6), transitions) == 2
 
 
 def test_options_are_validated_together(model_dir) -> None:
@@ -475,16 +490,17 @@ def test_options_are_validated_together(model_dir) -> None:
     with pytest.raises(ConfigError, match=r"agent\.credit: applies to loss=pg only \(loss=full .* or give loss=pg too"):
         make_learner({"name": "sdpo", "credit": "to_go"}, policy, seed=0)  # the default loss is the exact gradient
     assert make_learner({"name": "sdpo", "credit": "to_go", "loss": "pg"}, policy, seed=0).config.credit == "to_go"
-    with pytest.raises(ConfigError, match=r"agent\.contrast: not with memory"):
-        make_learner({"name": "sdpo", "contrast": "Thanks.", "memory": 2}, policy, seed=0)
+    with pytest.raises(ConfigError, match=r"agent\.contrast: not with memory .* turn the contrast off "
+                                          r"\(agent\.contrast=null\)"):
+        make_learner({"name": "sdpo", "memory": 2}, policy, seed=0)  # the default contrast
+    assert make_learner({"name": "sdpo", "contrast": None, "memory": 2}, policy, seed=0).config.memory == 2
     with pytest.raises(ConfigError, match=r"agent\.contrast: no leading or trailing spaces"):
         make_learner({"name": "sdpo", "contrast": " Thanks."}, policy, seed=0)
-    with pytest.raises(ConfigError, match=r"agent\.contrast_clip: applies with contrast only"):
-        make_learner({"name": "sdpo", "contrast_clip": 1.0}, policy, seed=0)
-    with pytest.raises(ConfigError, match=r"agent\.contrast_use: applies with contrast only"):
-        make_learner({"name": "sdpo", "contrast_use": "gate"}, policy, seed=0)
+    with pytest.raises(ConfigError, match=r"agent\.contrast_use: gate needs signal_gate > 0 .*agent\.contrast=null"):
+        make_learner({"name": "sdpo", "signal_gate": 0}, policy, seed=0)
     with pytest.raises(ConfigError, match=r"agent\.contrast_use: gate needs signal_gate > 0"):
-        make_learner({"name": "sdpo_paper", "contrast": "Thanks.", "contrast_use": "gate"}, policy, seed=0)
+        make_learner({"name": "sdpo_paper", "contrast": "Thanks."}, policy, seed=0)  # its signal_gate is 0
+    assert make_learner({"name": "sdpo", "contrast": None, "signal_gate": 0}, policy, seed=0).config.signal_gate == 0
     with pytest.raises(ConfigError, match=r"agent\.contrast_clip"):
         make_learner({"name": "sdpo", "contrast": "Thanks.", "contrast_clip": 0}, policy, seed=0)
     with pytest.raises(UnknownNameError, match=r"unknown learner 'sdp'\. Did you mean 'sdpo'"):

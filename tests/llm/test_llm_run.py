@@ -59,13 +59,15 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 class FaultyPlan:
-    """First attempts get API faults by content; judges get ambiguous or empty verdicts, some twice (missing)."""
+    """First attempts get API faults by content; judges get ambiguous or empty verdicts, some twice (missing). The
+    first judge call gets an empty verdict whatever its content, so the run meets one however the policy answers."""
 
     SIMULATOR_FAULTS = ("529", "ok", "429", "slow", "500")  # the simulator is called in order: by count
 
     def __init__(self) -> None:
         self.missing: set[str] = set()
         self.simulator_calls = 0
+        self.judge_calls = 0
 
     def __call__(self, call: Call) -> str:
         d = call.digest
@@ -80,6 +82,10 @@ class FaultyPlan:
                 return "slow"
         if call.role != "judge":
             return "ok"
+        if not call.reask and call.attempt == 0:
+            self.judge_calls += 1
+            if self.judge_calls == 1:
+                return "empty"
         if not call.reask and d % 5 == 0:
             return "text:" + AMBIGUOUS[d % 3]
         if not call.reask and d % 11 == 1:
