@@ -36,12 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agents.base import learner_config, resolved_learner_options, with_absent_options
+from agents.base import learner_config, resolved_learner_options
 from sdpo_env import run as runner
 from sdpo_env.bench_metrics import PhaseInfo, Stat, aggregate_runs, mean_curve, phase_infos, run_metrics
 from sdpo_env.cli import command_main
@@ -164,9 +163,7 @@ def plan(args: Sequence[str]) -> tuple[BenchConfig, list[PlannedRun], Any]:
             runs.append(PlannedRun(name, seed, folder, run, expected))
             stored_config = folder / "config.yaml"
             if stored_config.is_file():  # not RunFolder(folder): planning must not create folders
-                stored = yaml.safe_load(stored_config.read_text(encoding="utf-8"))
-                if isinstance(stored.get("agent"), dict):
-                    stored["agent"] = with_absent_options(stored["agent"])
+                stored = runner.settings_as_run(stored_config)
                 try:  # resolved as today's code reads it: keys an older version did not write take their defaults
                     resolved = resolve_config([(str(stored_config), stored)])
                     resolved.agent = resolved_learner_options(resolved.agent, source=str(stored_config))

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -144,10 +145,7 @@ def prepare(args: Sequence[str]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
                                                         f"{', '.join(RESUME_OVERRIDES)} may change)")
                                for k in extra])
         overrides = {k: v for k, v in cli.items() if k != "resume"}
-        stored = folder.read_config()
-        if isinstance(stored.get("agent"), dict):
-            stored["agent"] = with_absent_options(stored["agent"])
-        config = resolve_config([(str(folder.config), stored), (COMMAND_LINE, overrides)])
+        config = resolve_config([(str(folder.config), settings_as_run(folder.config)), (COMMAND_LINE, overrides)])
         check_keys(config)
         folder.claim("resume")  # before anything is written: the run may still be going in another process
         if overrides:
@@ -196,9 +194,7 @@ def branch(cli: dict[str, Any]) -> tuple[RunConfig, Scenario, RunFolder, bool]:
                                                     "state; it may change the learner's options (agent.lr=..., but "
                                                     "not agent.name, optimizer, teacher or lora_*) and "
                                                     f"{', '.join(BRANCH_OVERRIDES)}") for k in refused])
-    stored = source.read_config()
-    if isinstance(stored.get("agent"), dict):
-        stored["agent"] = with_absent_options(stored["agent"])
+    stored = settings_as_run(source.config)
     config = resolve_config([(str(source.config), stored), (COMMAND_LINE, overrides)])
     config.agent = resolved_learner_options(config.agent, source=config.source_of)
     check_keys(config)
@@ -226,6 +222,16 @@ def _interaction_count(value: Any) -> int | None:
         raise ConfigError([Problem(COMMAND_LINE, "at", f"expected a number of interactions (e.g. at=250), got "
                                                        f"{value!r}")])
     return value
+
+
+def settings_as_run(config_yaml: Path) -> dict[str, Any]:
+    """A run folder's ``config.yaml`` as the run ran: learner options it predates take the value they had before they
+    existed, where that is not today's default (``agents.base.with_absent_options``). Read by resume, branch and the
+    bench, so an older run is neither continued nor counted with a setting it never had."""
+    stored = yaml.safe_load(config_yaml.read_text(encoding="utf-8"))
+    if isinstance(stored.get("agent"), dict):
+        stored["agent"] = with_absent_options(stored["agent"])
+    return stored
 
 
 def warn_missing_options(stored: dict[str, Any], resolved: dict[str, Any], folder: RunFolder) -> None:

@@ -593,17 +593,20 @@ def test_resume_warns_about_learner_options_its_config_lacks(model_dir, scenario
     assert config.agent["name"] == "sdpo"
 
 
-def test_a_run_from_before_the_contrast_resumes_without_it(model_dir, scenario_file, tmp_path) -> None:
+def test_a_run_from_before_the_contrast_resumes_and_branches_without_it(model_dir, scenario_file, tmp_path) -> None:
     """The teacher's contrast (default "Thanks." since 6 December 2026) did not exist before 5 December: a
     config.yaml without its keys means no contrast, not today's default, and that needs no warning."""
-    config, _, folder, _ = prepare(args_for(model_dir, scenario_file, tmp_path / "old"))
-    stored = config_to_dict(config)
+    old = tmp_path / "old"
+    assert main(args_for(model_dir, scenario_file, old, "n_interactions=2", "eval.every=1")) == 0
+    stored = yaml.safe_load((old / "config.yaml").read_text())
     assert (stored["agent"]["contrast"], stored["agent"]["contrast_clip"]) == ("Thanks.", 3.0)
     for key in ("contrast", "contrast_clip", "contrast_use"):
         del stored["agent"][key]
-    folder.write_config(stored)
+    (old / "config.yaml").write_text(yaml.safe_dump(stored))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        resumed, _, _, _ = prepare([f"resume={folder.path}"])
-    assert (resumed.agent["contrast"], resumed.agent["contrast_clip"], resumed.agent["contrast_use"]) == (
-        None, None, "target")
+        resumed, _, _, _ = prepare([f"resume={old}"])
+        branched, _, _, _ = prepare([f"branch={old}", f"out_dir={tmp_path / 'branch'}"])
+    for config in (resumed, branched):
+        assert (config.agent["contrast"], config.agent["contrast_clip"], config.agent["contrast_use"]) == (
+            None, None, "target")
