@@ -43,7 +43,9 @@ and the share in which some token moves by ``agent=sdpo``'s gate (0.3) or more, 
 follow-ups on the same answers. These read the plain hindsight teacher, as ``agent=sdpo_plain``'s gate does;
 ``agent=sdpo``'s gate reads it contrasted with "Thanks.". SDPO's teacher is the policy reading the follow-up, so an
 ignored follow-up teaches nothing and a reversed one teaches the opposite: check a new persona's wordings against the
-policy model before running it (``--prompts train``: on the prompts the shipped scenarios' users send).
+policy model before running it (``--prompts train``: on the prompts the shipped scenarios' users send). Last, per
+preference, its follow-ups' answers on the persona's other preferences, next to their shares without hindsight: a
+complaint about one preference that also moves another teaches that move too.
 
 ``--json PATH`` writes the figures of either mode, with the options as given, to a JSON file as well.
 """
@@ -329,10 +331,20 @@ def _continued(convs: list[Messages], answers: list[str], rng: np.random.Generat
 
 def _phrasing_shares(sampler: Sampler, pref: Preference, convs: list[Messages]) -> dict[str, float]:
     """Share of samples that satisfy ``pref`` per follow-up phrasing; ``convs`` holds an equal number per phrasing."""
+    return _per_phrasing(pref, _phrasing_answers(sampler, pref, convs))
+
+
+def _phrasing_answers(sampler: Sampler, pref: Preference, convs: list[Messages]) -> list[str]:
+    """One sample per conversation with one of ``pref``'s follow-ups in the hindsight block, the same number per
+    follow-up (``convs`` holds that many per follow-up), in the order of ``pref.follow_ups``."""
     k = len(convs) // len(pref.follow_ups)
     phrasings = [f for f in pref.follow_ups for _ in range(k)]
-    samples = sampler.generate([hindsight_messages(c, f) for c, f in zip(convs, phrasings)])
-    followed = np.array([pref.satisfied_by(t) for t, _ in samples], dtype=float).reshape(len(pref.follow_ups), k)
+    return [t for t, _ in sampler.generate([hindsight_messages(c, f) for c, f in zip(convs, phrasings)])]
+
+
+def _per_phrasing(pref: Preference, answers: Sequence[str]) -> dict[str, float]:
+    """Share of :func:`_phrasing_answers`' ``answers`` that satisfy ``pref``, per follow-up."""
+    followed = np.array([pref.satisfied_by(t) for t in answers], dtype=float).reshape(len(pref.follow_ups), -1)
     return {f: float(share) for f, share in zip(pref.follow_ups, followed.mean(1))}
 
 
@@ -347,6 +359,9 @@ def check_phrasings(chosen: Sequence[Persona], model_dir: str | None = None, *, 
     - ``none``: the share of ``n`` answers without hindsight that satisfy it (the same answers for every persona);
     - ``phrasings``: per follow-up, the share of ``per_phrasing`` answers with it in the hindsight block that do,
       read by :func:`phrasing_reading`;
+    - ``others``: per other preference of the persona with a rule, the share of all those answers (every follow-up
+      of this preference) that satisfy it, to read against its own ``none``: whether a complaint about this
+      preference also moves the others (the hindsight teacher would then teach that move too);
     - ``signal``: per follow-up, on up to ``per_phrasing`` of the answers without hindsight that break the
       preference, the token advantages A_t = log pi(y_t | x, o) - log pi(y_t | x) an update would learn from: mean
       |A_t| (``abs``), the share whose summed advantage is negative (``negative``: the teacher finds the answer less
@@ -372,6 +387,7 @@ def check_phrasings(chosen: Sequence[Persona], model_dir: str | None = None, *, 
             for pref in prefs:
                 stage(f"{persona.name}: follow-ups of {pref.name}")
                 convs = _draw(prompts, per_phrasing * len(pref.follow_ups), rng)
+                answers = _phrasing_answers(sampler, pref, convs)
                 broken = [i for i, t in enumerate(base) if t.strip() and not pref.satisfied_by(t)][:per_phrasing]
                 xs, ys = [base_convs[i] for i in broken], [base[i] for i in broken]
                 plain = sampler.token_logprobs(xs, ys)
@@ -379,7 +395,9 @@ def check_phrasings(chosen: Sequence[Persona], model_dir: str | None = None, *, 
                 unrelated = [pool[int(i)] for i in rng.integers(len(pool), size=len(xs))]
                 found[pref.name] = {
                     "none": float(np.mean([pref.satisfied_by(t) for t in base])),
-                    "phrasings": _phrasing_shares(sampler, pref, convs),
+                    "phrasings": _per_phrasing(pref, answers),
+                    "others": {other.name: float(np.mean([other.satisfied_by(t) for t in answers]))
+                               for other in prefs if other is not pref},
                     "n_broken": len(xs),
                     "signal": {o: _advantage_figures(_advantages(sampler, xs, ys, [o] * len(xs), plain), gate)
                                for o in pref.follow_ups} if xs else {},
@@ -411,6 +429,10 @@ def phrasings_table(figures: dict) -> str:
             readings[reading] = readings.get(reading, 0) + 1
             cells = _signal_cells(found["signal"][text]) if text in found["signal"] else f"{'-':>5} {'-':>4} {'-':>5}"
             lines.append(f"    {share:>8.2f}  {reading:<8}  {cells}  {text!r}")
+        if found["others"]:  # none for a persona with a single rule
+            lines.append("    its follow-ups' answers on the other preferences (without hindsight): " + ", ".join(
+                f"{other} {share:.2f} ({figures['preferences'][other]['none']:.2f})"
+                for other, share in found["others"].items()))
     lines += [f"  {name}: no rule (judged by an LLM only), not measured" for name in figures["unchecked"]]
     total = sum(readings.values())
     lines.append(f"follow-ups: {total}; " + ", ".join(

@@ -83,6 +83,7 @@ def test_each_follow_up_is_read_against_the_answers_without_hindsight(terse, mon
     # the control is the persona's own unrelated follow-up, in the hindsight block
     assert sum("What about tomatoes?" in text for text in SCORED) == 32
     assert figures["unchecked"] == ["warm"]  # no rule: an LLM judge's preference, not measured
+    assert found["others"] == {}  # no other preference with a rule to read its answers on
     lines = phrasings_table(figures).splitlines()
     assert lines[0].startswith("persona terse (") and "64 answers without hindsight, 32 per follow-up" in lines[0]
     rows = [line.split() for line in lines[4:7]]
@@ -91,6 +92,40 @@ def test_each_follow_up_is_read_against_the_answers_without_hindsight(terse, mon
     assert rows[0][2:5] == ["0.000", "0.00", "0.00"]
     assert lines[7] == "  warm: no rule (judged by an LLM only), not measured"
     assert lines[-1].startswith("follow-ups: 3; 1 followed, 1 partly, 0 unclear, 1 ignored, 0 reversed")
+
+
+CALM = """\
+  - name: calm
+    description: no exclamation marks
+    rule: {metric: exclamation_count, max: 0}
+    follow_ups: ["No exclamation marks."]
+"""
+
+
+class Loud(Stub):
+    """A short, loud answer to "Shorter please."; a long, calm one to anything else."""
+
+    def generate(self, conversations):
+        out = [("Short and to the point!" if "Shorter please." in c[-1]["content"] else "word " * 80, True)
+               for c in conversations]
+        self.sampled(len(conversations))
+        return out
+
+
+def test_each_preferences_follow_ups_are_read_on_the_other_preferences_too(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "terse_calm.yaml"
+    path.write_text(PERSONA.replace("unrelated_follow_ups", CALM + "unrelated_follow_ups"))
+    persona = load_persona(path)
+    monkeypatch.setattr(probe_module, "Sampler", Loud)
+    [figures] = check_phrasings([persona], n=16, per_phrasing=4)
+    found = figures["preferences"]
+    assert (found["concise"]["none"], found["calm"]["none"]) == (0.0, 1.0)  # without hindsight: long and calm
+    # a third of concise's follow-up answers ("Shorter please.") come out loud; calm's come out long
+    assert found["concise"]["others"] == {"calm": pytest.approx(8 / 12)}
+    assert found["calm"]["others"] == {"concise": 0.0}
+    lines = phrasings_table(figures).splitlines()
+    assert "    its follow-ups' answers on the other preferences (without hindsight): calm 0.67 (1.00)" in lines
+    assert "    its follow-ups' answers on the other preferences (without hindsight): concise 0.00 (0.00)" in lines
 
 
 @pytest.mark.slow
