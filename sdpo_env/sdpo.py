@@ -116,11 +116,39 @@ def contrasted_teacher_logits(*, student_logits: torch.Tensor, teacher_logits: t
     Returns:
         (B, T, V) float logits without gradient.
     """
+    return torch.log_softmax(student_logits.detach().float(), dim=-1) + _hindsight_log_ratio(
+        teacher_logits, baseline_logits, clip)
+
+
+def guided_teacher_logits(*, teacher_logits: torch.Tensor, baseline_logits: torch.Tensor, scale: float,
+                          clip: float | None = None) -> torch.Tensor:
+    """The hindsight teacher moved further by what the follow-up says beyond a neutral one (``contrast_use=guide``).
+
+    Per position, ``log pi(.|x, o) + scale * (log pi(.|x, o) - log pi(.|x, u))``: classifier-free guidance of the
+    hindsight block holding ``o`` on the block holding the neutral ``u``, at guidance ``1 + scale``. Unlike
+    :func:`contrasted_teacher_logits` it does not start from the student's distribution, so a student that reaches it
+    faces the same teacher again (it moves only as the two hindsight teachers move). With ``o == u`` or ``scale``
+    near 0 it is the plain hindsight teacher. ``clip`` bounds the log-ratio as in :func:`contrasted_teacher_logits`.
+
+    Args:
+        teacher_logits: (B, T, V) under the hindsight block holding the follow-up.
+        baseline_logits: (B, T, V) under the same block holding the neutral follow-up.
+        scale: How many times the log-ratio of the two blocks is added to the teacher.
+        clip: Largest |log-ratio| of the two blocks kept; None = unbounded.
+
+    Returns:
+        (B, T, V) float logits without gradient.
+    """
+    return torch.log_softmax(teacher_logits.detach().float(), dim=-1) + scale * _hindsight_log_ratio(
+        teacher_logits, baseline_logits, clip)
+
+
+def _hindsight_log_ratio(teacher_logits: torch.Tensor, baseline_logits: torch.Tensor,
+                         clip: float | None) -> torch.Tensor:
+    """``log pi(.|x, o) - log pi(.|x, u)`` per token of the vocabulary, held to ``[-clip, clip]``; no gradient."""
     ratio = (torch.log_softmax(teacher_logits.detach().float(), dim=-1)
              - torch.log_softmax(baseline_logits.detach().float(), dim=-1))
-    if clip is not None:
-        ratio = ratio.clamp(-clip, clip)
-    return torch.log_softmax(student_logits.detach().float(), dim=-1) + ratio
+    return ratio if clip is None else ratio.clamp(-clip, clip)
 
 
 def signal_rows(advantages: torch.Tensor, mask: torch.Tensor, gate: float) -> torch.Tensor:

@@ -16,6 +16,7 @@ from sdpo_env.sdpo import (
     contrasted_teacher_logits,
     divergence,
     full_divergence_loss,
+    guided_teacher_logits,
     policy_gradient_loss,
     rewards_to_go,
     selective_log_softmax,
@@ -413,3 +414,32 @@ def test_the_clipped_contrast_bounds_the_ratio_of_the_two_hindsight_teachers() -
     wide = contrasted_teacher_logits(student_logits=student, teacher_logits=teacher, baseline_logits=baseline,
                                      clip=float(ratio.log().abs().max()) + 1)
     assert torch.equal(wide, unclipped)
+
+
+def test_the_guided_teacher_is_the_hindsight_teacher_moved_by_the_ratio_again() -> None:
+    gen = torch.Generator().manual_seed(6)
+    teacher, baseline = (torch.randn(2, 4, 7, generator=gen) * 2 for _ in range(2))  # (B, T, V) logits
+    p_o, p_u = (torch.softmax(x.double(), -1) for x in (teacher, baseline))
+    for scale in (0.5, 1.0):
+        guided = guided_teacher_logits(teacher_logits=teacher, baseline_logits=baseline, scale=scale)
+        # the reference in probability space: p_o^(1 + scale) / p_u^scale, renormalised (classifier-free guidance)
+        reference = p_o ** (1 + scale) / p_u ** scale
+        reference = reference / reference.sum(-1, keepdim=True)
+        assert torch.allclose(torch.softmax(guided.double(), -1), reference, atol=1e-6)
+        assert not guided.requires_grad
+    # clipped, the ratio is bounded as the contrast's is: p_o * min(max(p_o / p_u, e^-clip), e^clip)^scale
+    clip, scale = 0.5, 0.5
+    clipped = guided_teacher_logits(teacher_logits=teacher, baseline_logits=baseline, scale=scale, clip=clip)
+    bounded = torch.clamp(p_o / p_u, math.exp(-clip), math.exp(clip))
+    assert (p_o / p_u > math.exp(clip)).any() and (p_o / p_u < math.exp(-clip)).any()  # both bounds are reached
+    reference = p_o * bounded ** scale
+    reference = reference / reference.sum(-1, keepdim=True)
+    assert torch.allclose(torch.softmax(clipped.double(), -1), reference, atol=1e-6)
+    # a follow-up no different from the neutral one leaves the plain hindsight teacher
+    same = guided_teacher_logits(teacher_logits=teacher, baseline_logits=teacher, scale=1.0)
+    assert torch.allclose(same, torch.log_softmax(teacher, -1), atol=1e-6)
+    # unlike the contrasted teacher it does not start from the student: it is the contrasted teacher of a student
+    # that stands where the hindsight teacher stands, with the ratio scaled
+    contrasted = contrasted_teacher_logits(student_logits=teacher, teacher_logits=teacher, baseline_logits=baseline)
+    assert torch.allclose(guided_teacher_logits(teacher_logits=teacher, baseline_logits=baseline, scale=1.0),
+                          contrasted, atol=1e-6)

@@ -91,7 +91,8 @@ def test_settings_stored_before_the_contrast_existed_read_as_no_contrast() -> No
     # every learner built on SDPOConfig reads a missing contrast as none; given keys and other learners are kept
     for name in ("sdpo", "sdpo_plain", "sdpo_paper"):
         assert with_absent_options({"name": name, "lr": 0.5}) == {
-            "name": name, "lr": 0.5, "contrast": None, "contrast_clip": None, "contrast_use": "target"}
+            "name": name, "lr": 0.5, "contrast": None, "contrast_clip": None, "contrast_use": "target",
+            "contrast_scale": 0.5}  # contrast_use=guide came later still; the scale does nothing without it
     assert with_absent_options({"name": "sdpo", "contrast": "Thanks."})["contrast"] == "Thanks."
     assert with_absent_options({"name": "icl_memory"}) == {"name": "icl_memory"}
     assert with_absent_options({"name": "sdpoo"}) == {"name": "sdpoo"}  # reported where the run is resolved
@@ -158,7 +159,8 @@ def test_schedule_update_every_and_batch(model_dir) -> None:
     {"extra_samples": 2}, {"contrast": "Thanks.", "contrast_use": "target", "contrast_clip": None},
     {"contrast": "Thanks.", "contrast_use": "target", "contrast_clip": 0.5},
     {"name": "sdpo", "contrast_use": "target", "signal_gate": 1e-6}, {"name": "sdpo", "signal_gate": 1e-6},
-    {"name": "sdpo_plain", "signal_gate": 1e-6},
+    {"name": "sdpo_plain", "signal_gate": 1e-6}, {"name": "sdpo", "contrast_use": "guide", "signal_gate": 1e-6},
+    {"name": "sdpo", "contrast_use": "guide", "contrast_scale": 2.0, "contrast_clip": None, "signal_gate": 1e-6},
 ])
 def test_every_option_trains(model_dir, options) -> None:
     learner = make(model_dir, **options)
@@ -462,10 +464,31 @@ def test_a_contrast_used_as_a_gate_decides_what_passes_and_the_plain_teacher_tea
     # what the metrics read is the contrasted teacher
     assert gate["sdpo/advantage_abs_mean"] == target["sdpo/advantage_abs_mean"] != plain["sdpo/advantage_abs_mean"]
     # the follow-up contrasted with itself carries nothing: the gate passes no answer, and nothing is learned
-    learner = make(model_dir, name="sdpo", contrast="Too long, keep it short.", contrast_use="gate")
-    before = [p.detach().clone() for p in learner.params]
-    assert learner.observe(transitions)["sdpo/signal_passed"] == 0
-    assert all(torch.equal(a, b) for a, b in zip(before, learner.params))
+    for use in ("gate", "guide"):
+        learner = make(model_dir, name="sdpo", contrast="Too long, keep it short.", contrast_use=use)
+        before = [p.detach().clone() for p in learner.params]
+        assert learner.observe(transitions)["sdpo/signal_passed"] == 0
+        assert all(torch.equal(a, b) for a, b in zip(before, learner.params))
+
+
+def test_a_guided_contrast_gates_as_the_gate_does_and_teaches_past_the_plain_teacher(model_dir) -> None:
+    _, transitions = interact(make(model_dir))
+    runs = {}
+    for use, scale in (("gate", 0.5), ("guide", 0.5), ("guide", 1.0)):
+        learner = make(model_dir, name="sdpo", signal_gate=1e-6, contrast_use=use, contrast_scale=scale)
+        before = [p.detach().clone() for p in learner.params]
+        metrics = learner.observe(transitions)
+        runs[use, scale] = metrics, [p.detach() - b for p, b in zip(learner.params, before)]
+    (gate, gate_step), (half, half_step), (whole, whole_step) = runs.values()
+    # the same answers pass, read through the same contrasted teacher
+    assert gate["sdpo/signal_passed"] == half["sdpo/signal_passed"] == whole["sdpo/signal_passed"] == 1
+    assert gate["sdpo/advantage_abs_mean"] == half["sdpo/advantage_abs_mean"] == whole["sdpo/advantage_abs_mean"]
+    # the step is not the plain teacher's, and a larger scale moves it further from it
+
+    def distance(a, b):
+        return sum(float((x - y).pow(2).sum()) for x, y in zip(a, b)) ** 0.5
+
+    assert 0 < distance(half_step, gate_step) < distance(whole_step, gate_step)
 
 
 def test_contrast_takes_one_more_teacher_forward(model_dir) -> None:
@@ -474,6 +497,7 @@ def test_contrast_takes_one_more_teacher_forward(model_dir) -> None:
     assert _forwards(make(model_dir, contrast="Thanks.", contrast_use="target"), transitions) == 3
     assert _forwards(make(model_dir, "sdpo", signal_gate=1e-6), transitions) == 3  # the default: the gate's contrast
     assert _forwards(make(model_dir, "sdpo_plain", signal_gate=1e-6), transitions) == 2
+    assert _forwards(make(model_dir, "sdpo", signal_gate=1e-6, contrast_use="guide"), transitions) == 3
 
 
 def test_options_are_validated_together(model_dir) -> None:
@@ -500,6 +524,10 @@ def test_options_are_validated_together(model_dir) -> None:
         make_learner({"name": "sdpo", "signal_gate": 0}, policy, seed=0)
     with pytest.raises(ConfigError, match=r"agent\.contrast_use: gate needs signal_gate > 0"):
         make_learner({"name": "sdpo_paper", "contrast": "Thanks."}, policy, seed=0)  # its signal_gate is 0
+    with pytest.raises(ConfigError, match=r"agent\.contrast_use: guide needs signal_gate > 0"):
+        make_learner({"name": "sdpo", "contrast_use": "guide", "signal_gate": 0}, policy, seed=0)
+    with pytest.raises(ConfigError, match=r"agent\.contrast_scale"):
+        make_learner({"name": "sdpo", "contrast_use": "guide", "contrast_scale": 0}, policy, seed=0)
     assert make_learner({"name": "sdpo", "contrast": None, "signal_gate": 0}, policy, seed=0).config.signal_gate == 0
     with pytest.raises(ConfigError, match=r"agent\.contrast_clip"):
         make_learner({"name": "sdpo", "contrast": "Thanks.", "contrast_clip": 0}, policy, seed=0)
