@@ -162,14 +162,14 @@ class SDPOConfig:
                                          "one to [-this, this] per token of the vocabulary (where the neutral block "
                                          "gives a token little probability the ratio is unbounded); null = "
                                          "unbounded", gt=0.0, absent=None)
-    contrast_use: str = option("gate", "contrast: gate = the contrasted teacher only decides which answers pass "
-                               "signal_gate and is what the metrics read, and the student learns towards the plain "
-                               "hindsight teacher; target = the student learns towards the contrasted teacher (its "
-                               "step does not shrink as the student moves: the target moves with it, and it breaks "
-                               "down in conversations with history); guide = the gate as with gate, and the "
-                               "student learns towards the hindsight teacher moved contrast_scale times the "
-                               "contrast's log-ratio further (classifier-free guidance of the follow-up on the "
-                               "neutral one; it does not move with the student: docs/results.md)",
+    contrast_use: str = option("guide", "contrast: guide = the contrasted teacher decides which answers pass "
+                               "signal_gate and is what the metrics read, and the student learns towards the "
+                               "hindsight teacher moved contrast_scale times the contrast's log-ratio further "
+                               "(classifier-free guidance of the follow-up on the neutral one; it does not move "
+                               "with the student); gate = the same gate, and the student learns towards the plain "
+                               "hindsight teacher (agent=sdpo_gate); target = the student learns towards the "
+                               "contrasted teacher (its step does not shrink as the student moves: the target "
+                               "moves with it, and it breaks down in conversations with history): docs/results.md",
                                choices=("target", "gate", "guide"), absent="target")
     contrast_scale: float = option(0.5, "contrast_use=guide: how many times the log-ratio of the follow-up's "
                                    "block to the neutral one is added to the hindsight teacher (1 broke down on "
@@ -227,6 +227,15 @@ class SDPOPlainConfig(SDPOConfig):
     the gate and the metrics read the plain hindsight teacher. Every other option is ``agent=sdpo``'s."""
 
     contrast: str | None = option_like(SDPOConfig, "contrast", None)
+
+
+@dataclass
+class SDPOGateConfig(SDPOConfig):
+    """``agent=sdpo`` whose student learns towards the plain hindsight teacher (``agent=sdpo_gate``;
+    ``agent=sdpo``'s defaults from the contrast's arrival until ``contrast_use=guide`` on 6 December 2026): the
+    contrasted teacher only gates. Every other option is ``agent=sdpo``'s."""
+
+    contrast_use: str = option_like(SDPOConfig, "contrast_use", "gate")
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
@@ -570,3 +579,11 @@ class SDPOPlainLearner(SDPOLearner):
     """SDPO whose gate reads the plain hindsight teacher (:class:`SDPOPlainConfig`): ``agent=sdpo_plain``."""
 
     Config = SDPOPlainConfig
+
+
+@LEARNERS.register("sdpo_gate")
+class SDPOGateLearner(SDPOLearner):
+    """SDPO that learns towards the plain hindsight teacher, gated by the contrasted one (:class:`SDPOGateConfig`):
+    ``agent=sdpo_gate``."""
+
+    Config = SDPOGateConfig

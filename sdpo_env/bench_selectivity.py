@@ -123,8 +123,8 @@ def one_update_moves(learner: SDPOLearner, pairs: Sequence[Pair], contexts: list
 
 def measure(options: dict[str, Any], *, learner_name: str = "sdpo", model: str = "tiny", n_pairs: int = 28,
             n_warm: int = 20, n_probe: int = 32, seed: int = 0) -> dict[str, dict[str, float]]:
-    """The figures from a fresh optimizer and after ``n_warm`` relevant updates, for ``learner_name`` (``sdpo`` or
-    ``sdpo_paper``) with ``options``.
+    """The figures from a fresh optimizer and after ``n_warm`` relevant updates, for ``learner_name`` (``sdpo``,
+    ``sdpo_gate``, ``sdpo_plain`` or ``sdpo_paper``) with ``options``.
 
     Raises:
         SdpoEnvError: the training prompts gave too few pairs (the message says how many).
@@ -153,8 +153,9 @@ def measure(options: dict[str, Any], *, learner_name: str = "sdpo", model: str =
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("options", nargs="*", help="the learner's options as key=value (loss=topk, lr=1.5, ...)")
-    parser.add_argument("--learner", default="sdpo", choices=("sdpo", "sdpo_paper"),
-                        help="sdpo_paper: the sampled-token loss and AdamW, on every follow-up")
+    parser.add_argument("--learner", default="sdpo", choices=("sdpo", "sdpo_gate", "sdpo_plain", "sdpo_paper"),
+                        help="sdpo_gate: the plain hindsight teacher, gated by the contrasted one; sdpo_plain: no "
+                             "contrast; sdpo_paper: the sampled-token loss and AdamW, on every follow-up")
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--pairs", type=int, default=28, help="pairs measured")
     parser.add_argument("--warm", type=int, default=20, help="relevant updates before the second measurement")

@@ -78,18 +78,23 @@ def test_sdpo_defaults_are_the_exact_gradient_stepped_by_sgd_on_signals_and_sdpo
     assert paper.config.lr * paper.config.weight_decay == pytest.approx(sdpo.config.lr * sdpo.config.weight_decay)
 
 
-def test_sdpo_gates_on_the_teacher_contrasted_with_thanks_and_sdpo_plain_has_no_contrast(model_dir):
-    sdpo, plain = make(model_dir, "sdpo"), make(model_dir, "sdpo_plain")
-    assert (sdpo.config.contrast, sdpo.config.contrast_clip, sdpo.config.contrast_use) == ("Thanks.", 3.0, "gate")
-    differ = {f.name: (getattr(sdpo.config, f.name), getattr(plain.config, f.name))
-              for f in dataclasses.fields(sdpo.config) if getattr(sdpo.config, f.name) != getattr(plain.config, f.name)}
-    assert differ == {"contrast": ("Thanks.", None)}
-    assert isinstance(plain, SDPOLearner)
+def test_sdpo_is_guided_past_thanks_sdpo_gate_only_gates_and_sdpo_plain_has_no_contrast(model_dir):
+    sdpo = make(model_dir, "sdpo")
+    assert (sdpo.config.contrast, sdpo.config.contrast_clip, sdpo.config.contrast_use,
+            sdpo.config.contrast_scale) == ("Thanks.", 3.0, "guide", 0.5)
+    for name, expected in {"sdpo_plain": {"contrast": ("Thanks.", None)},
+                           "sdpo_gate": {"contrast_use": ("guide", "gate")}}.items():
+        other = make(model_dir, name)
+        differ = {f.name: (getattr(sdpo.config, f.name), getattr(other.config, f.name))
+                  for f in dataclasses.fields(sdpo.config)
+                  if getattr(sdpo.config, f.name) != getattr(other.config, f.name)}
+        assert differ == expected, name
+        assert isinstance(other, SDPOLearner)
 
 
 def test_settings_stored_before_the_contrast_existed_read_as_no_contrast() -> None:
     # every learner built on SDPOConfig reads a missing contrast as none; given keys and other learners are kept
-    for name in ("sdpo", "sdpo_plain", "sdpo_paper"):
+    for name in ("sdpo", "sdpo_plain", "sdpo_gate", "sdpo_paper"):
         assert with_absent_options({"name": name, "lr": 0.5}) == {
             "name": name, "lr": 0.5, "contrast": None, "contrast_clip": None, "contrast_use": "target",
             "contrast_scale": 0.5}  # contrast_use=guide came later still; the scale does nothing without it
@@ -520,12 +525,12 @@ def test_options_are_validated_together(model_dir) -> None:
     assert make_learner({"name": "sdpo", "contrast": None, "memory": 2}, policy, seed=0).config.memory == 2
     with pytest.raises(ConfigError, match=r"agent\.contrast: no leading or trailing spaces"):
         make_learner({"name": "sdpo", "contrast": " Thanks."}, policy, seed=0)
-    with pytest.raises(ConfigError, match=r"agent\.contrast_use: gate needs signal_gate > 0 .*agent\.contrast=null"):
+    with pytest.raises(ConfigError, match=r"agent\.contrast_use: guide needs signal_gate > 0 .*agent\.contrast=null"):
         make_learner({"name": "sdpo", "signal_gate": 0}, policy, seed=0)
-    with pytest.raises(ConfigError, match=r"agent\.contrast_use: gate needs signal_gate > 0"):
-        make_learner({"name": "sdpo_paper", "contrast": "Thanks."}, policy, seed=0)  # its signal_gate is 0
     with pytest.raises(ConfigError, match=r"agent\.contrast_use: guide needs signal_gate > 0"):
-        make_learner({"name": "sdpo", "contrast_use": "guide", "signal_gate": 0}, policy, seed=0)
+        make_learner({"name": "sdpo_paper", "contrast": "Thanks."}, policy, seed=0)  # its signal_gate is 0
+    with pytest.raises(ConfigError, match=r"agent\.contrast_use: gate needs signal_gate > 0"):
+        make_learner({"name": "sdpo_gate", "signal_gate": 0}, policy, seed=0)
     with pytest.raises(ConfigError, match=r"agent\.contrast_scale"):
         make_learner({"name": "sdpo", "contrast_use": "guide", "contrast_scale": 0}, policy, seed=0)
     assert make_learner({"name": "sdpo", "contrast": None, "signal_gate": 0}, policy, seed=0).config.signal_gate == 0
