@@ -31,6 +31,7 @@ from sdpo_env.sdpo import (
     divergence,
     full_divergence_loss,
     guided_teacher_logits,
+    hindsight_log_ratio,
     policy_gradient_loss,
     rewards_to_go,
     selective_log_softmax,
@@ -364,16 +365,16 @@ class SDPOLearner:
         student_logits, _, _ = policy.completion_logits(contexts, completions)  # (B, T, V), with grad
         student_lp = selective_log_softmax(student_logits, targets)  # (B, T)
         if c.contrast:
-            contrasted = contrasted_teacher_logits(student_logits=student_logits, teacher_logits=teacher_logits,
-                                                   baseline_logits=baseline_logits, clip=c.contrast_clip)
+            log_ratio = hindsight_log_ratio(teacher_logits=teacher_logits, baseline_logits=baseline_logits,
+                                            clip=c.contrast_clip)  # once, for the contrasted and the guided teacher
+            contrasted = contrasted_teacher_logits(student_logits=student_logits, log_ratio=log_ratio)
             if c.contrast_use == "target":
                 teacher_logits = contrasted
             else:  # the gate and the metrics read the contrasted teacher; the loss learns from the plain or guided one
                 teacher_logits_read = contrasted
                 if c.contrast_use == "guide":
-                    teacher_logits = guided_teacher_logits(teacher_logits=teacher_logits,
-                                                           baseline_logits=baseline_logits, scale=c.contrast_scale,
-                                                           clip=c.contrast_clip)
+                    teacher_logits = guided_teacher_logits(teacher_logits=teacher_logits, log_ratio=log_ratio,
+                                                           scale=c.contrast_scale)
         teacher_lp = selective_log_softmax(teacher_logits, targets)  # (B, T)
         advantages = token_advantages(teacher_logprobs=teacher_lp, student_logprobs=student_lp, mask=mask)
         raw_advantages = advantages

@@ -96,59 +96,65 @@ def rewards_to_go(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return masked.flip(-1).cumsum(-1).flip(-1) * mask
 
 
-def contrasted_teacher_logits(*, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                              baseline_logits: torch.Tensor, clip: float | None = None) -> torch.Tensor:
+def hindsight_log_ratio(*, teacher_logits: torch.Tensor, baseline_logits: torch.Tensor,
+                        clip: float | None = None) -> torch.Tensor:
+    """What the follow-up says beyond a neutral one (``agent.contrast``): ``log pi(.|x, o) - log pi(.|x, u)``.
+
+    Per position and token of the vocabulary, the log-ratio of the hindsight block holding the follow-up ``o`` to the
+    same block holding a neutral follow-up ``u``. It is unbounded where the neutral block gives a token little
+    probability; ``clip`` holds it to ``[-clip, clip]``. :func:`contrasted_teacher_logits` and
+    :func:`guided_teacher_logits` add it to a distribution; a learner computes it once per update for both.
+
+    Args:
+        teacher_logits: (B, T, V) under the hindsight block holding the follow-up.
+        baseline_logits: (B, T, V) under the same block holding the neutral follow-up.
+        clip: Largest |log-ratio| kept; None = unbounded.
+
+    Returns:
+        (B, T, V) float log-ratios without gradient.
+    """
+    ratio = (torch.log_softmax(teacher_logits.detach().float(), dim=-1)
+             - torch.log_softmax(baseline_logits.detach().float(), dim=-1))
+    return ratio if clip is None else ratio.clamp(-clip, clip)
+
+
+def contrasted_teacher_logits(*, student_logits: torch.Tensor, log_ratio: torch.Tensor) -> torch.Tensor:
     """The teacher with what any hindsight block does to the policy taken out (``agent.contrast``).
 
     Per position, ``log pi(.|x) + log pi(.|x, o) - log pi(.|x, u)`` with ``u`` a neutral follow-up: the student's
     distribution moved by what the follow-up ``o`` says beyond a neutral one, as classifier-free guidance contrasts
     two prompts. Unnormalised; the losses take its log-softmax. With ``o == u`` it is the student's own distribution,
-    so the follow-up teaches nothing. The log-ratio of the two blocks is unbounded where the neutral one gives a token
-    little probability; ``clip`` holds it to ``[-clip, clip]`` per token of the vocabulary, so the teacher's odds of
-    any two tokens differ from the student's by at most ``exp(2 clip)``.
+    so the follow-up teaches nothing. With ``log_ratio`` clipped at ``C`` (:func:`hindsight_log_ratio`), the
+    teacher's odds of any two tokens differ from the student's by at most ``exp(2 C)``.
 
     Args:
         student_logits: (B, T, V) under the original context; detached here.
-        teacher_logits: (B, T, V) under the hindsight block holding the follow-up.
-        baseline_logits: (B, T, V) under the same block holding the neutral follow-up.
-        clip: Largest |log-ratio| of the two blocks kept; None = unbounded.
+        log_ratio: (B, T, V) from :func:`hindsight_log_ratio`.
 
     Returns:
         (B, T, V) float logits without gradient.
     """
-    return torch.log_softmax(student_logits.detach().float(), dim=-1) + _hindsight_log_ratio(
-        teacher_logits, baseline_logits, clip)
+    return torch.log_softmax(student_logits.detach().float(), dim=-1) + log_ratio
 
 
-def guided_teacher_logits(*, teacher_logits: torch.Tensor, baseline_logits: torch.Tensor, scale: float,
-                          clip: float | None = None) -> torch.Tensor:
+def guided_teacher_logits(*, teacher_logits: torch.Tensor, log_ratio: torch.Tensor, scale: float) -> torch.Tensor:
     """The hindsight teacher moved further by what the follow-up says beyond a neutral one (``contrast_use=guide``).
 
     Per position, ``log pi(.|x, o) + scale * (log pi(.|x, o) - log pi(.|x, u))``: classifier-free guidance of the
     hindsight block holding ``o`` on the block holding the neutral ``u``, at guidance ``1 + scale``. Unlike
     :func:`contrasted_teacher_logits` it does not start from the student's distribution, so a student that reaches it
     faces the same teacher again (it moves only as the two hindsight teachers move). With ``o == u`` or ``scale``
-    near 0 it is the plain hindsight teacher. ``clip`` bounds the log-ratio as in :func:`contrasted_teacher_logits`.
+    near 0 it is the plain hindsight teacher.
 
     Args:
         teacher_logits: (B, T, V) under the hindsight block holding the follow-up.
-        baseline_logits: (B, T, V) under the same block holding the neutral follow-up.
+        log_ratio: (B, T, V) from :func:`hindsight_log_ratio`, clipped or not.
         scale: How many times the log-ratio of the two blocks is added to the teacher.
-        clip: Largest |log-ratio| of the two blocks kept; None = unbounded.
 
     Returns:
         (B, T, V) float logits without gradient.
     """
-    return torch.log_softmax(teacher_logits.detach().float(), dim=-1) + scale * _hindsight_log_ratio(
-        teacher_logits, baseline_logits, clip)
-
-
-def _hindsight_log_ratio(teacher_logits: torch.Tensor, baseline_logits: torch.Tensor,
-                         clip: float | None) -> torch.Tensor:
-    """``log pi(.|x, o) - log pi(.|x, u)`` per token of the vocabulary, held to ``[-clip, clip]``; no gradient."""
-    ratio = (torch.log_softmax(teacher_logits.detach().float(), dim=-1)
-             - torch.log_softmax(baseline_logits.detach().float(), dim=-1))
-    return ratio if clip is None else ratio.clamp(-clip, clip)
+    return torch.log_softmax(teacher_logits.detach().float(), dim=-1) + scale * log_ratio
 
 
 def signal_rows(advantages: torch.Tensor, mask: torch.Tensor, gate: float) -> torch.Tensor:

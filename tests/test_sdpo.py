@@ -17,6 +17,7 @@ from sdpo_env.sdpo import (
     divergence,
     full_divergence_loss,
     guided_teacher_logits,
+    hindsight_log_ratio,
     policy_gradient_loss,
     rewards_to_go,
     selective_log_softmax,
@@ -362,16 +363,18 @@ def test_divergence_losses_do_not_train_the_teacher() -> None:
 def test_the_contrasted_teacher_is_the_student_reweighted_by_the_ratio_of_the_two_hindsight_teachers() -> None:
     gen = torch.Generator().manual_seed(3)
     student, teacher, baseline = (torch.randn(2, 4, 7, generator=gen) * 2 for _ in range(3))  # (B, T, V) logits
-    contrasted = contrasted_teacher_logits(student_logits=student, teacher_logits=teacher, baseline_logits=baseline)
+    log_ratio = hindsight_log_ratio(teacher_logits=teacher, baseline_logits=baseline)
+    contrasted = contrasted_teacher_logits(student_logits=student, log_ratio=log_ratio)
     # the reference in probability space: p_s * p_o / p_u, renormalised
     p_s, p_o, p_u = (torch.softmax(x.double(), -1) for x in (student, teacher, baseline))
     reference = p_s * p_o / p_u
     reference = reference / reference.sum(-1, keepdim=True)
     assert torch.allclose(torch.softmax(contrasted.double(), -1), reference, atol=1e-6)
     # a follow-up no different from the neutral one leaves the student's distribution
-    same = contrasted_teacher_logits(student_logits=student, teacher_logits=teacher, baseline_logits=teacher)
+    same = contrasted_teacher_logits(student_logits=student,
+                                     log_ratio=hindsight_log_ratio(teacher_logits=teacher, baseline_logits=teacher))
     assert torch.allclose(torch.log_softmax(same, -1), torch.log_softmax(student, -1), atol=1e-6)
-    assert not contrasted.requires_grad
+    assert not contrasted.requires_grad and not log_ratio.requires_grad
 
 
 def test_the_contrasted_teacher_moves_with_the_student_where_the_plain_one_stays() -> None:
@@ -386,8 +389,9 @@ def test_the_contrasted_teacher_moves_with_the_student_where_the_plain_one_stays
         return float(full_divergence_loss(student_logits=student_logits, teacher_logits=target, mask=mask))
 
     assert loss(teacher, teacher) == pytest.approx(0, abs=1e-6)
-    first = contrasted_teacher_logits(student_logits=student, teacher_logits=teacher, baseline_logits=baseline)
-    second = contrasted_teacher_logits(student_logits=first, teacher_logits=teacher, baseline_logits=baseline)
+    log_ratio = hindsight_log_ratio(teacher_logits=teacher, baseline_logits=baseline)
+    first = contrasted_teacher_logits(student_logits=student, log_ratio=log_ratio)
+    second = contrasted_teacher_logits(student_logits=first, log_ratio=log_ratio)
     assert loss(student, first) > 0.1 and loss(first, second) > 0.1  # reached, and as far from the next one
     # each moved by the same log-ratio from the distribution before it
     assert torch.allclose(second - torch.log_softmax(first, -1), first - torch.log_softmax(student, -1), atol=1e-5)
@@ -397,8 +401,8 @@ def test_the_clipped_contrast_bounds_the_ratio_of_the_two_hindsight_teachers() -
     gen = torch.Generator().manual_seed(4)
     student, teacher, baseline = (torch.randn(2, 4, 7, generator=gen) * 3 for _ in range(3))  # (B, T, V) logits
     clip = 0.5
-    clipped = contrasted_teacher_logits(student_logits=student, teacher_logits=teacher, baseline_logits=baseline,
-                                        clip=clip)
+    clipped_ratio = hindsight_log_ratio(teacher_logits=teacher, baseline_logits=baseline, clip=clip)
+    clipped = contrasted_teacher_logits(student_logits=student, log_ratio=clipped_ratio)
     # the reference in probability space: p_s * min(max(p_o / p_u, e^-clip), e^clip), renormalised
     p_s, p_o, p_u = (torch.softmax(x.double(), -1) for x in (student, teacher, baseline))
     ratio = p_o / p_u
@@ -410,9 +414,9 @@ def test_the_clipped_contrast_bounds_the_ratio_of_the_two_hindsight_teachers() -
     odds = (torch.log_softmax(clipped.double(), -1) - torch.log_softmax(student.double(), -1))
     assert float(odds.amax(-1).sub(odds.amin(-1)).max()) <= 2 * clip + 1e-5  # float32 logits
     # a clip wider than every ratio changes nothing
-    unclipped = contrasted_teacher_logits(student_logits=student, teacher_logits=teacher, baseline_logits=baseline)
-    wide = contrasted_teacher_logits(student_logits=student, teacher_logits=teacher, baseline_logits=baseline,
-                                     clip=float(ratio.log().abs().max()) + 1)
+    unclipped = hindsight_log_ratio(teacher_logits=teacher, baseline_logits=baseline)
+    wide = hindsight_log_ratio(teacher_logits=teacher, baseline_logits=baseline,
+                               clip=float(ratio.log().abs().max()) + 1)
     assert torch.equal(wide, unclipped)
 
 
@@ -420,8 +424,9 @@ def test_the_guided_teacher_is_the_hindsight_teacher_moved_by_the_ratio_again() 
     gen = torch.Generator().manual_seed(6)
     teacher, baseline = (torch.randn(2, 4, 7, generator=gen) * 2 for _ in range(2))  # (B, T, V) logits
     p_o, p_u = (torch.softmax(x.double(), -1) for x in (teacher, baseline))
+    log_ratio = hindsight_log_ratio(teacher_logits=teacher, baseline_logits=baseline)
     for scale in (0.5, 1.0):
-        guided = guided_teacher_logits(teacher_logits=teacher, baseline_logits=baseline, scale=scale)
+        guided = guided_teacher_logits(teacher_logits=teacher, log_ratio=log_ratio, scale=scale)
         # the reference in probability space: p_o^(1 + scale) / p_u^scale, renormalised (classifier-free guidance)
         reference = p_o ** (1 + scale) / p_u ** scale
         reference = reference / reference.sum(-1, keepdim=True)
@@ -429,17 +434,19 @@ def test_the_guided_teacher_is_the_hindsight_teacher_moved_by_the_ratio_again() 
         assert not guided.requires_grad
     # clipped, the ratio is bounded as the contrast's is: p_o * min(max(p_o / p_u, e^-clip), e^clip)^scale
     clip, scale = 0.5, 0.5
-    clipped = guided_teacher_logits(teacher_logits=teacher, baseline_logits=baseline, scale=scale, clip=clip)
+    clipped_ratio = hindsight_log_ratio(teacher_logits=teacher, baseline_logits=baseline, clip=clip)
+    clipped = guided_teacher_logits(teacher_logits=teacher, log_ratio=clipped_ratio, scale=scale)
     bounded = torch.clamp(p_o / p_u, math.exp(-clip), math.exp(clip))
     assert (p_o / p_u > math.exp(clip)).any() and (p_o / p_u < math.exp(-clip)).any()  # both bounds are reached
     reference = p_o * bounded ** scale
     reference = reference / reference.sum(-1, keepdim=True)
     assert torch.allclose(torch.softmax(clipped.double(), -1), reference, atol=1e-6)
     # a follow-up no different from the neutral one leaves the plain hindsight teacher
-    same = guided_teacher_logits(teacher_logits=teacher, baseline_logits=teacher, scale=1.0)
+    no_ratio = hindsight_log_ratio(teacher_logits=teacher, baseline_logits=teacher)
+    same = guided_teacher_logits(teacher_logits=teacher, log_ratio=no_ratio, scale=1.0)
     assert torch.allclose(same, torch.log_softmax(teacher, -1), atol=1e-6)
     # unlike the contrasted teacher it does not start from the student: it is the contrasted teacher of a student
     # that stands where the hindsight teacher stands, with the ratio scaled
-    contrasted = contrasted_teacher_logits(student_logits=teacher, teacher_logits=teacher, baseline_logits=baseline)
-    assert torch.allclose(guided_teacher_logits(teacher_logits=teacher, baseline_logits=baseline, scale=1.0),
-                          contrasted, atol=1e-6)
+    contrasted = contrasted_teacher_logits(student_logits=teacher, log_ratio=log_ratio)
+    assert torch.allclose(guided_teacher_logits(teacher_logits=teacher, log_ratio=log_ratio, scale=1.0), contrasted,
+                          atol=1e-6)

@@ -496,13 +496,21 @@ def test_a_guided_contrast_gates_as_the_gate_does_and_teaches_past_the_plain_tea
     assert 0 < distance(half_step, gate_step) < distance(whole_step, gate_step)
 
 
-def test_contrast_takes_one_more_teacher_forward(model_dir) -> None:
+def test_contrast_takes_one_more_teacher_forward_and_one_log_ratio(model_dir, monkeypatch) -> None:
     learner = make(model_dir)
     _, transitions = interact(learner)
-    assert _forwards(make(model_dir, contrast="Thanks.", contrast_use="target"), transitions) == 3
-    assert _forwards(make(model_dir, "sdpo", signal_gate=1e-6), transitions) == 3  # the default: the gate's contrast
+    ratios = []
+    real = sdpo_module.hindsight_log_ratio
+    monkeypatch.setattr(sdpo_module, "hindsight_log_ratio", lambda **kw: ratios.append(1) or real(**kw))
+    for name, options in {"sdpo_paper": {"contrast": "Thanks.", "contrast_use": "target"},
+                          "sdpo": {"signal_gate": 1e-6},  # the default: the guided teacher, gated by the contrast
+                          "sdpo_gate": {"signal_gate": 1e-6}}.items():
+        ratios.clear()
+        assert _forwards(make(model_dir, name, **options), transitions) == 3, name
+        assert len(ratios) == 1, name  # the gate's contrasted teacher and the guided one share one log-ratio
+    ratios.clear()
     assert _forwards(make(model_dir, "sdpo_plain", signal_gate=1e-6), transitions) == 2
-    assert _forwards(make(model_dir, "sdpo", signal_gate=1e-6, contrast_use="guide"), transitions) == 3
+    assert not ratios
 
 
 def test_options_are_validated_together(model_dir) -> None:
