@@ -13,15 +13,15 @@ separates one seed from another is shared: the difference seed by seed is a fine
 seeds, each with its own interval. This command reads the tables ``python -m sdpo_env.reevaluate run=BENCH`` wrote
 (``<bench>/reevaluations/<table>.csv``: ``final-k8`` for the final policies with 8 answers per prompt, ``t250-k8``
 with ``at=250``), pairs the runs of the two benches by seed and judged phase, and prints for each phase and figure
-(win rate, excluding ties, coverage, the least satisfied preference, well-formed answers, each preference's rate)
-A's and B's values seed by seed, the mean of B - A with its 95% Student-t interval over the paired seeds, and on
-how many seeds B is higher. A seed judged in one bench only is left out and named. ``learner_a`` / ``learner_b``
-pick the learner in a bench that holds several (by default its only one; ``learner_b`` defaults to ``learner_a``
-where B has it), so ``a`` and ``b`` may be the same bench. ``out=`` also writes the tables as markdown.
-``table=runs`` pairs the bench's own ``runs.csv`` instead, with no reevaluation needed: each run's figures from its
-own evaluations (64 answers on the tiny model) at the end of each phase, the area under the curve, interactions to
-reach the threshold and to recover, retention and seconds per interaction (a threshold some seed never reached is
-left out).
+(win rate, excluding ties, coverage, the least satisfied preference, well-formed answers, the frozen base model's
+surprise at the answers where the tables have it, each preference's rate) A's and B's values seed by seed, the mean
+of B - A with its 95% Student-t interval over the paired seeds, and on how many seeds B is higher. A seed judged in
+one bench only is left out and named. ``learner_a`` / ``learner_b`` pick the learner in a bench that holds several
+(by default its only one; ``learner_b`` defaults to ``learner_a`` where B has it), so ``a`` and ``b`` may be the
+same bench. ``out=`` also writes the tables as markdown. ``table=runs`` pairs the bench's own ``runs.csv`` instead,
+with no reevaluation needed: each run's figures from its own evaluations (64 answers on the tiny model) at the end
+of each phase, the area under the curve, interactions to reach the threshold and to recover, retention and seconds
+per interaction (a threshold some seed never reached is left out).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from sdpo_env.config import COMMAND_LINE, command_line_config, option
 from sdpo_env.errors import ConfigError, Problem
 
 HEADLINE = (("win_rate", "win rate"), ("win_rate_excl_ties", "excluding ties"), ("coverage", "coverage"),
-            ("worst", "least satisfied preference"), ("valid_rate", "well-formed answers"))
+            ("worst", "least satisfied preference"), ("valid_rate", "well-formed answers"),
+            ("surprise", "base model's surprise"))
 HEAD = ("figure", "A, seed by seed", "B, seed by seed", "B - A (95% CI)", "B higher")
 RUNS = "runs"  # table=runs: the bench's own runs.csv, each run's figures from its own evaluations
 RUNS_LABEL = "each run's own evaluations (runs.csv)"

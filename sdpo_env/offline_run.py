@@ -46,7 +46,7 @@ def run(config: OfflineConfig, folder: RunFolder, resuming: bool, stats: LogStat
         judge = JUDGES.get(config.eval.judge)(min_words=config.eval.min_words)
         prompts = load_prompts(config.eval.prompts)[: config.eval.n_prompts]
         evaluator = WinRateEvaluator(policy, judge, prompts, samples_per_prompt=config.eval.samples_per_prompt,
-                                     seed=config.seed, bootstrap=config.eval.bootstrap)
+                                     seed=config.seed, bootstrap=config.eval.bootstrap, surprise=config.train.lora)
     train_log = folder.path / "train.jsonl"
     state = folder.load_checkpoint() if resuming else None
     if state is not None:

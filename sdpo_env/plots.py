@@ -39,10 +39,19 @@ def _by_phase(rows: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return segments
 
 
-def plot_win_rate(rows: Sequence[dict[str, Any]], phases: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+def plot_win_rate(rows: Sequence[dict[str, Any]], phases: Sequence[dict[str, Any]], path: Path, title: str, *,
+                  surprise_warning: float | None = None) -> None:
     """Win rate (ties as half) with its 95% CI band, the paper's metric (ties excluded), the ceiling, the base at
-    0.5, the in-context oracle when it was evaluated, and phase changes."""
-    fig, ax = plt.subplots(figsize=(9, 4.8))
+    0.5, the in-context oracle when it was evaluated, and phase changes; below it, where the rows carry ``surprise``,
+    how much less likely the frozen base model finds the policy's answers than its own (nats per token), with the
+    level at which the run warns (``surprise_warning``)."""
+    gaps = [{"interaction": r["interaction"], "phase": r["phase"], "gap": r["surprise"] - r["base_surprise"]}
+            for r in rows if r.get("surprise") is not None and r.get("base_surprise") is not None]
+    if gaps:
+        fig, (ax, low) = plt.subplots(2, 1, figsize=(9, 6.4), sharex=True, height_ratios=(3, 1))
+        _plot_surprise(low, gaps, phases, surprise_warning)
+    else:
+        fig, ax = plt.subplots(figsize=(9, 4.8))
     for i, seg in enumerate(_by_phase(rows)):
         label = (lambda s: s) if i == 0 else (lambda s: None)
         xs, ys = _series(seg, "win_rate")
@@ -58,7 +67,7 @@ def plot_win_rate(rows: Sequence[dict[str, Any]], phases: Sequence[dict[str, Any
     ax.axhline(0.5, color="black", linewidth=0.8, label="base model")
     _phase_lines(ax, phases)
     ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("interactions")
+    ax.set_xlabel("" if gaps else "interactions")
     ax.set_ylabel("win rate vs frozen base")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
@@ -66,6 +75,22 @@ def plot_win_rate(rows: Sequence[dict[str, Any]], phases: Sequence[dict[str, Any
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _plot_surprise(ax: Any, gaps: Sequence[dict[str, Any]], phases: Sequence[dict[str, Any]],
+                   warning: float | None) -> None:
+    for i, seg in enumerate(_by_phase(gaps)):
+        ax.plot(*_series(seg, "gap"), "o-", color="C4", markersize=3,
+                label="policy's answers less the base's own" if i == 0 else None)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    if warning is not None:
+        ax.axhline(warning, color="C3", linestyle="--", linewidth=1, label="the run warns above this")
+    for p in phases[1:]:
+        ax.axvline(p["start"], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("interactions")
+    ax.set_ylabel("base model's surprise\n(nats per token)", fontsize=8)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
 
 
 def plot_preferences(rows: Sequence[dict[str, Any]], phases: Sequence[dict[str, Any]], path: Path,

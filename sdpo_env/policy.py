@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from sdpo_env import decoding
 from sdpo_env.errors import SdpoEnvError
+from sdpo_env.sdpo import selective_log_softmax
 from sdpo_env.tiny import TINY_NAME, model_folder_problem, resolve_model_path
 
 Messages = Sequence[dict[str, str]]
@@ -288,6 +289,29 @@ class ChatPolicy:
         return samples
 
     # --- scoring ----------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def answer_nll(self, conversations: Sequence[Messages], answers: Sequence[str], *,
+                   batch_size: int = 8) -> list[float]:
+        """Each answer's mean negative log-likelihood per token (nats) given its conversation, under the model as it
+        stands (within :meth:`base_model`, the frozen base); NaN for an answer with no tokens.
+
+        The answer's text is scored as tokenized (the sampled ids of a policy's answer may have been split
+        differently) and without an end-of-sequence token, so an answer cut at ``max_new_tokens`` and one that
+        ended are scored alike. Batches of ``batch_size`` keep the (B, T, V) logits small on a large vocabulary;
+        answers of similar length share a batch, so little of it is padding.
+        """
+        rows = [(self.encode(c), list(self.tokenizer(a, add_special_tokens=False)["input_ids"]))
+                for c, a in zip(conversations, answers, strict=True)]
+        out = [float("nan")] * len(rows)
+        scored = sorted((i for i, (_, y) in enumerate(rows) if y), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
+        for start in range(0, len(scored), batch_size):
+            batch = scored[start : start + batch_size]
+            logits, targets, mask = self.completion_logits([rows[i][0] for i in batch], [rows[i][1] for i in batch])
+            nll = -(selective_log_softmax(logits, targets) * mask).sum(-1) / mask.sum(-1)  # (B,)
+            for i, value in zip(batch, nll.tolist()):
+                out[i] = float(value)
+        return out
 
     def completion_logits(
         self, contexts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]

@@ -62,7 +62,8 @@ from sdpo_env.prompts import Prompt, load_prompts
 from sdpo_env.run import load_policy, run_scenario
 from sdpo_env.runfolder import RunFolder, write_json
 
-SHOWN = ("win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "valid_rate", "ceiling")
+SHOWN = ("win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "valid_rate", "ceiling", "surprise",
+         "base_surprise")
 _POOL_SUFFIX = {"eval": "", "train": "-train"}  # a file name's end: the held-out pool's files keep their old names
 
 
@@ -204,7 +205,7 @@ def reevaluate_bench(config: ReevaluateConfig, console: Console) -> dict[str, li
 
 
 BENCH_COLUMNS = (("win_rate", "win rate"), ("win_rate_excl_ties", "excl. ties"), ("coverage", "coverage"),
-                 ("worst", "worst preference"), ("valid_rate", "valid"))
+                 ("worst", "worst preference"), ("valid_rate", "valid"), ("surprise", "surprise"))
 
 
 def _bench_lines(judged: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -257,7 +258,9 @@ def _bench_report(bench: Path, config: ReevaluateConfig, judged: dict[str, list[
     for caption, body in (("Each run", per_run), ("Mean ± 95% CI over seeds", means)):
         md += table_section(console, caption, head, body, left=("learner", "phase"), wrap=("phase",))
     md.append("Worst preference: the least satisfied preference in force at that interaction (share of the judged "
-              "answers). Each run's figures and judged answers: `<learner>/seed<k>/reevaluations/`.")
+              "answers). Surprise: the frozen base model's negative log-likelihood per token of the answers (nats; "
+              "its own answers' is in each run's file as `base_surprise`). Each run's figures and judged answers: "
+              "`<learner>/seed<k>/reevaluations/`.")
     out = bench / "reevaluations"
     out.mkdir(exist_ok=True)
     (out / f"{name}.md").write_text("\n".join(md) + "\n", encoding="utf-8")

@@ -77,7 +77,12 @@ RESUME_OVERRIDES = ("budget_usd", "eval.background", "snapshot_every")
 BRANCH_OVERRIDES = (*RESUME_OVERRIDES, "n_interactions", "checkpoint_every", "out_dir")
 # The learner options that shape the state a branch starts from (the learner, its adapter, optimizer and teacher).
 BRANCH_FIXED = ("agent.name", "agent.optimizer", "agent.teacher", "agent.lora_")
-HEADLINE = ("win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "sat/all", "ceiling", "valid_rate")
+HEADLINE = ("win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "sat/all", "ceiling", "valid_rate",
+            "surprise", "base_surprise")
+# Nats per token by which the frozen base model may find the policy's held-out answers less likely than its own before
+# the run warns: on the tiny model a policy that learned its users' style reads -0.13 to +0.33 (flip and multi-turn
+# runs, README), multi-turn seed 10's garbled stretch +0.7 to +0.9 (docs/results.md).
+SURPRISE_WARNING = 0.5
 
 
 class Interruption:
@@ -112,6 +117,13 @@ def degenerate(row: dict[str, Any]) -> list[str]:
     if row.get("valid_rate") is not None and row["valid_rate"] < 0.5:
         found.append(f"policy collapse at interaction {row['interaction']}: only {row['valid_rate']:.0%} of held-out "
                      "answers are valid (too short or looping); lower agent.lr or raise agent.weight_decay")
+    gap = (row.get("surprise") or 0.0) - (row.get("base_surprise") or 0.0)  # absent: a run made before surprise
+    if gap > SURPRISE_WARNING:
+        found.append(f"answers the base model would not write at interaction {row['interaction']}: "
+                     f"{row['surprise']:.2f} nats per token under the frozen base model against "
+                     f"{row['base_surprise']:.2f} for its own answers (the rules read style only: look for garbled "
+                     "text or answers to another question in interactions.jsonl, or judge again with python -m "
+                     "sdpo_env.reevaluate, which keeps every answer)")
     signal = row.get("sdpo/advantage_abs_mean")
     if signal is not None and signal < 1e-4:
         found.append(f"no learning signal at interaction {row['interaction']}: mean |A_t| is {signal:.1e} (the "
@@ -481,7 +493,7 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
     head = f"{scenario.name}: agent={config.agent['name']} seed={config.seed} model={config.policy.model}"
     branched = "".join(f"\nfrom {b['at']}: " + (" ".join(f"{k}={new}" for k, (_, new) in b["changed"].items())
                                                 or "no change") for b in branches)  # a line per branch point
-    plot_win_rate(rows, phases, folder.path / "winrate.png", head + branched)
+    plot_win_rate(rows, phases, folder.path / "winrate.png", head + branched, surprise_warning=SURPRISE_WARNING)
     plot_preferences(rows, phases, folder.path / "preferences.png", head + branched)
     interactions = folder.read_jsonl(folder.interactions)
     signal_split: dict[str, Any] = {}
@@ -513,8 +525,9 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
     }
     folder.write_summary(summary)
     table = Table(title=f"{head}: win rate vs frozen base ({len(rows)} evaluations){branched}")
+    base_surprise = next((r["base_surprise"] for r in rows if r.get("base_surprise") is not None), None)
     for column in ("interaction", "phase", "win rate [95% CI]", "excl. ties", "coverage", "all prefs", "ceiling",
-                   "oracle"):
+                   "oracle", f"surprise (base {_fmt(base_surprise)})"):
         table.add_column(column, justify="right")
     shown = [r for r in rows if r["interaction"] in {0, n} or r["interaction"] % (config.eval.every * 2) == 0
              or any(r["interaction"] == p.start for p in scenario.phases)]
@@ -523,7 +536,7 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
                       f"{_fmt(r.get('win_rate'))} [{_fmt(r.get('ci_low'))}, {_fmt(r.get('ci_high'))}]",
                       _fmt(r.get("win_rate_excl_ties")),
                       _fmt(r.get("coverage")), _fmt(r.get("sat/all")), _fmt(r.get("ceiling")),
-                      _fmt(r.get("oracle/win_rate")))
+                      _fmt(r.get("oracle/win_rate")), _fmt(r.get("surprise")))
     console.print(table)
     if any(k.startswith("sat/") and k != "sat/all" for r in end_rows for k in r):
         console.print(_preference_table(end_rows))

@@ -60,6 +60,23 @@ def test_logprobs_match_a_plain_full_forward(policy) -> None:
     torch.testing.assert_close(ours[0], reference[:, 0], atol=1e-5, rtol=0)
 
 
+def test_answer_nll_is_each_answers_mean_token_nll_from_a_plain_full_forward(policy) -> None:
+    answers = ["Water it.", "", "Prices rise when money grows faster than goods, e.g. rent.", "Hello there, friend!"]
+    conversations = [*CONVERSATIONS, CONVERSATIONS[0]]
+    batched = policy.answer_nll(conversations, answers, batch_size=2)  # a batch of two across the empty answer
+    assert batched[1] != batched[1]  # NaN: no tokens to score
+    for messages, answer, got in zip(conversations, answers, batched):
+        if not answer:
+            continue
+        x, y = policy.encode(messages), policy.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            full = torch.log_softmax(policy.model(input_ids=torch.tensor([x + y])).logits[0], -1)  # (L, V)
+        reference = -full[len(x) - 1 : len(x) + len(y) - 1].gather(-1, torch.tensor(y)[:, None]).mean()
+        assert got == pytest.approx(float(reference), abs=1e-5)
+    with policy.base_model():
+        assert policy.answer_nll(conversations[:1], answers[:1]) == pytest.approx(batched[:1], abs=1e-6)  # no updates
+
+
 def test_generation_is_seeded_and_batched(policy) -> None:
     a = policy.generate(CONVERSATIONS, seed=3)
     b = policy.generate(CONVERSATIONS, seed=3)

@@ -415,6 +415,11 @@ def test_degenerate_learning_is_flagged() -> None:
     assert any(m.startswith("no learning signal at interaction 5") for m in messages)
     assert any(m == "the judge called every pair a tie at interaction 5" for m in messages)
     assert degenerate({**healthy, "missing_rate": 0.75}) == ["the judge failed on 75% of pairs at interaction 5"]
+    # the base model's surprise at the answers: a style it writes less often passes, text it would not write does not
+    assert degenerate({**healthy, "surprise": 0.80, "base_surprise": 0.47}) == []
+    (garbled,) = degenerate({**healthy, "surprise": 1.33, "base_surprise": 0.47})
+    assert garbled.startswith("answers the base model would not write at interaction 5: 1.33 nats per token under the "
+                              "frozen base model against 0.47 for its own answers")
 
 
 
@@ -430,9 +435,10 @@ def test_reevaluation_repeats_the_runs_evaluation_and_scales_the_answers(model_d
 
     def compared(row: dict) -> dict:
         return {k: v for k, v in row.items() if k.startswith(("sat", "base_sat/", "win_rate", "ci_", "coverage",
-                                                              "ceiling", "valid_rate", "mean_words"))}
+                                                              "ceiling", "valid_rate", "mean_words", "surprise",
+                                                              "base_surprise"))}
 
-    assert len(compared(logged)) >= 12
+    assert len(compared(logged)) >= 14 and {"surprise", "base_surprise"} <= set(compared(logged))
     assert compared(again) == compared(logged)  # the restored policy, exactly
 
     capsys.readouterr()

@@ -10,7 +10,11 @@ answers afresh each time. Every pair is judged in both orders. Reported:
 - ``win_rate_logprob`` where the judge returns label probabilities (log-prob judges): the expected score;
 - per-preference satisfaction of policy and base (``sat/<name>``, ``base_sat/<name>``) where rules exist, with the
   policy's 95% Wilson interval (``sat_low/<name>``, ``sat_high/<name>``; one observation per prompt);
-- ``ceiling``: what an answer satisfying every current preference would score against the same base answers.
+- ``ceiling``: what an answer satisfying every current preference would score against the same base answers;
+- ``surprise``: the frozen base model's mean negative log-likelihood per token of the policy's answers (nats), and
+  ``base_surprise`` the same for its own answers. The rules read style only; text the base model would not write
+  (garbled restatements of the question, an answer to another question) raises ``surprise``, while a change of style
+  moves it a little either way (:func:`sdpo_env.run.degenerate` warns on the gap).
 """
 
 from __future__ import annotations
@@ -120,13 +124,17 @@ class WinRateEvaluator:
         samples_per_prompt: Answers per prompt on each side.
         seed: Seeds the base answers, the policy's evaluation answers and the bootstrap.
         bootstrap: Bootstrap resamples for the CI.
+        surprise: Report ``surprise`` and ``base_surprise``; needs the frozen base model, so off where training
+            changes the model's own weights (full fine-tuning).
     """
 
     def __init__(self, policy: ChatPolicy, judge: PairwiseJudge, prompts: Sequence[Prompt], *,
-                 samples_per_prompt: int = 1, seed: int = 0, bootstrap: int = 1000):
+                 samples_per_prompt: int = 1, seed: int = 0, bootstrap: int = 1000, surprise: bool = True):
         self.policy, self.judge, self.prompts = policy, judge, list(prompts)
         self.samples, self.seed, self.bootstrap = samples_per_prompt, seed, bootstrap
+        self.with_surprise = surprise
         self._base: list[str] | None = None
+        self._base_surprise: float | None = None
 
     @property
     def conversations(self) -> list[list[dict[str, str]]]:
@@ -140,6 +148,19 @@ class WinRateEvaluator:
                 samples = self.policy.generate(self.conversations, seed=self.seed * 7919 + 17)
             self._base = [s.text for s in samples]
         return self._base
+
+    def surprise(self, answers: Sequence[str]) -> float:
+        """The frozen base model's mean negative log-likelihood per token of ``answers`` (one per conversation),
+        averaged over the answers that have tokens."""
+        with self.policy.base_model():
+            values = [v for v in self.policy.answer_nll(self.conversations, answers) if v == v]  # NaN: no tokens
+        return float(np.mean(values)) if values else float("nan")
+
+    def base_surprise(self) -> float:
+        """:meth:`surprise` of the base model's own answers, computed on first use and reused."""
+        if self._base_surprise is None:
+            self._base_surprise = self.surprise(self.base_responses())
+        return self._base_surprise
 
     def evaluate(self, answer: AnswerFn, persona: Persona, *, seed: int) -> tuple[dict[str, Any], list[str]]:
         """Judges fresh answers against the base answers under ``persona``.
@@ -168,6 +189,8 @@ class WinRateEvaluator:
             metrics["win_rate_logprob"] = weighted
         metrics["valid_rate"] = float(np.mean([is_valid(m) for m in mine]))
         metrics["mean_words"] = float(np.mean([len(words(m)) for m in mine]))
+        if self.with_surprise:
+            metrics["surprise"], metrics["base_surprise"] = self.surprise(mine), self.base_surprise()
         checkable = [p for p in persona.preferences if p.checkable]
         for pref in checkable:
             share = float(np.mean([pref.satisfied_by(m) for m in mine]))
@@ -187,4 +210,4 @@ class WinRateEvaluator:
         return {"base": self._base}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._base = state["base"]
+        self._base, self._base_surprise = state["base"], None
