@@ -390,6 +390,7 @@ def columns(phases: Sequence[PhaseInfo], threshold: float) -> list[tuple[str, st
         cols.append((f"reach/p{p.index}", title, "reach"))
     if any(p.introduced != p.preferences for p in phases[1:]):
         cols.append(("retention", "retention", "rate"))
+    cols.append(("surprise_max", "max surprise", "rate"))  # nats per token above the base's own answers
     cols.append(("interaction_s", "s/interaction", "s"))
     cols.append(("total_s", "run s", "s"))
     return cols

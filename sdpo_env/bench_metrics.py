@@ -13,6 +13,9 @@ Per run (:func:`run_metrics`), from the evaluation rows (``interaction``, ``phas
 - ``retention``: for preferences that stay in force after their phase ends (complementary scenarios), the mean
   change of their satisfaction ``sat/<name>`` from the end of the phase that introduced them to the end of the run
   (0 = fully kept, negative = forgotten); ``None`` when no preference carries over (a flip);
+- ``surprise_max``: the largest gap, over the run's evaluations, between the frozen base model's surprise at the
+  policy's answers and at its own (``surprise - base_surprise``, nats per token: text the base would not write);
+  ``None`` for runs made before the evaluations measured it;
 - ``interaction_s`` (learner + environment per interaction) and ``total_s`` (with evaluations), from the summary.
 
 Across seeds (:func:`aggregate_runs`): mean and a 95% Student-t half-width per number; ``reach`` numbers are
@@ -116,6 +119,9 @@ def run_metrics(rows: Sequence[Mapping[str, Any]], phases: Sequence[PhaseInfo], 
         out[f"final/{key}"] = _number(final_row(rows).get(key)) if rows else None
     out["auc"] = area_under_curve(rows)
     out["retention"] = retention(rows, phases)
+    gaps = [surprise - base for r in rows if (surprise := _number(r.get("surprise"))) is not None
+            and (base := _number(r.get("base_surprise"))) is not None]
+    out["surprise_max"] = max(gaps) if gaps else None
     timings = (summary or {}).get("timings", {})
     out["interaction_s"] = _number(timings.get("interaction_s_mean"))
     out["total_s"] = _number(timings.get("total_s"))

@@ -79,6 +79,10 @@ def test_run_metrics_by_hand() -> None:
     assert m["interaction_s"] == 0.25 and m["total_s"] == 9.0
     never = run_metrics(SEED1, FLIP, threshold=0.8)
     assert never["reach/p0"] == 4 and never["reach/p1"] is None and never["interaction_s"] is None
+    assert m["surprise_max"] is None  # rows from before the evaluations measured it
+    measured = [{**r, "surprise": 0.4 + i / 10, "base_surprise": 0.45} for i, r in enumerate(SEED0)]
+    measured[2]["surprise"] = float("nan")  # an evaluation whose answers were all empty
+    assert run_metrics(measured, FLIP, threshold=0.8)["surprise_max"] == pytest.approx(0.9 - 0.45)
 
 
 def test_a_run_that_ends_at_a_persona_change_is_final_on_the_phase_it_learned_from() -> None:

@@ -207,7 +207,8 @@ class WinRateEvaluator:
         return metrics, mine
 
     def state_dict(self) -> dict[str, Any]:
-        return {"base": self._base}
+        return {"base": self._base, "base_surprise": self._base_surprise}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._base, self._base_surprise = state["base"], None
+        # base_surprise travels with the base answers it was read from (absent in checkpoints from before it)
+        self._base, self._base_surprise = state["base"], state.get("base_surprise")

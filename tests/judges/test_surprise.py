@@ -69,12 +69,18 @@ def test_surprise_is_read_under_the_frozen_base_whatever_the_adapter(evaluator) 
     assert after["surprise"] == pytest.approx(before["surprise"], abs=1e-6)
 
 
-def test_an_evaluator_without_surprise_reports_none_and_a_reload_recomputes_it(evaluator) -> None:
+def test_an_evaluator_without_surprise_reports_none_and_the_state_carries_the_bases_own(evaluator) -> None:
     persona = load_persona("concise_casual_beginner")
     quiet = WinRateEvaluator(evaluator.policy, RuleJudge(), evaluator.prompts, seed=3, surprise=False)
     row, _ = quiet.evaluate(lambda c, s: ["Sure, here it is in a few words."] * len(c), persona, seed=0)
     assert "surprise" not in row and "base_surprise" not in row
+    evaluator.base_surprise()
     again = WinRateEvaluator(evaluator.policy, RuleJudge(), evaluator.prompts, seed=3)
-    again.load_state_dict(evaluator.state_dict())
+    again.load_state_dict(evaluator.state_dict())  # as the evaluation worker and a resume do, at every evaluation
     assert again.base_responses() == evaluator.base_responses()
-    assert again.base_surprise() == pytest.approx(evaluator.base_surprise(), abs=1e-9)
+    calls = []
+    again.surprise = lambda answers: calls.append(answers) or 0.0  # type: ignore[method-assign]
+    assert again.base_surprise() == evaluator.base_surprise() and calls == []  # carried, not read again
+    old = WinRateEvaluator(evaluator.policy, RuleJudge(), evaluator.prompts, seed=3)
+    old.load_state_dict({"base": evaluator.base_responses()})  # a checkpoint from before surprise: read on first use
+    assert old.base_surprise() == pytest.approx(evaluator.base_surprise(), abs=1e-9)
