@@ -111,6 +111,9 @@ class EvalConfig:
     samples_per_prompt: int = option(1, "policy answers sampled per held-out prompt", min=1)
     bootstrap: int = option(1000, "bootstrap resamples for the win-rate CI", min=10)
     oracle: bool = option(True, "also evaluate the in-context oracle (base model + profile) as a reference line")
+    surprise: bool = option(True, "also score the answers under the frozen base model (surprise, base_surprise: it "
+                                  "reads garbled or off-topic text the rules do not); one forward pass over them per "
+                                  "evaluation, 1.2x the time of the tiny model's flip run")
     background: str = option("auto", "evaluate in a second process while the loop goes on: 'auto' (on a CPU with 2+ "
                              "cores, a judge without LLM calls, 100+ interactions, weights under 1/8 of the memory), "
                              "'always', 'never'",

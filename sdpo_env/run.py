@@ -80,9 +80,10 @@ BRANCH_FIXED = ("agent.name", "agent.optimizer", "agent.teacher", "agent.lora_")
 HEADLINE = ("win_rate", "ci_low", "ci_high", "win_rate_excl_ties", "coverage", "sat/all", "ceiling", "valid_rate",
             "surprise", "base_surprise")
 # Nats per token by which the frozen base model may find the policy's held-out answers less likely than its own before
-# the run warns: on the tiny model a policy that learned its users' style reads -0.13 to +0.33 (flip and multi-turn
-# runs, README), multi-turn seed 10's garbled stretch +0.7 to +0.9 (docs/results.md).
-SURPRISE_WARNING = 0.5
+# the run warns. On the tiny model a policy that learned its users' style reads -0.15 to +0.33 (flip and multi-turn
+# runs), while the stretches of garbled and off-topic answers on multi-turn seeds 7 and 10 read +0.43 to +0.48 and
+# +0.68 to +0.86 (README, "Scenarios").
+SURPRISE_WARNING = 0.4
 
 
 class Interruption:
@@ -282,7 +283,7 @@ def build_evaluation(config: RunConfig, scenario: Scenario, n: int, policy: Chat
     """The run's evaluation: held-out prompts, the win-rate evaluator and (unless the learner is it) the oracle."""
     prompts = load_prompts(scenario.spec.prompts.eval)[: config.eval.n_prompts]
     evaluator = WinRateEvaluator(policy, judge, prompts, samples_per_prompt=config.eval.samples_per_prompt,
-                                 seed=config.seed, bootstrap=config.eval.bootstrap)
+                                 seed=config.seed, bootstrap=config.eval.bootstrap, surprise=config.eval.surprise)
     wants_oracle = config.eval.oracle and config.agent["name"] != "icl_oracle"
     oracle = InContextOracle(policy, seed=config.seed) if wants_oracle else None
     return Evaluation(scenario, n, config.seed, learner, evaluator, oracle)
@@ -526,8 +527,11 @@ def finish(config: RunConfig, scenario: Scenario, folder: RunFolder, rows: list[
     folder.write_summary(summary)
     table = Table(title=f"{head}: win rate vs frozen base ({len(rows)} evaluations){branched}")
     base_surprise = next((r["base_surprise"] for r in rows if r.get("base_surprise") is not None), None)
+    if base_surprise is not None:
+        table.caption = (f"surprise: the frozen base model's negative log-likelihood per token of the answers (nats); "
+                         f"its own answers: {base_surprise:.2f}")
     for column in ("interaction", "phase", "win rate [95% CI]", "excl. ties", "coverage", "all prefs", "ceiling",
-                   "oracle", f"surprise (base {_fmt(base_surprise)})"):
+                   "oracle", "surprise"):
         table.add_column(column, justify="right")
     shown = [r for r in rows if r["interaction"] in {0, n} or r["interaction"] % (config.eval.every * 2) == 0
              or any(r["interaction"] == p.start for p in scenario.phases)]

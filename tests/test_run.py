@@ -91,6 +91,11 @@ def test_run_writes_the_run_folder(model_dir, scenario_file, tmp_path, capsys) -
                 for r in ends for name in (k.removeprefix("sat/") for k in r if k.startswith("sat/") and k != "sat/all")
                 ]
     assert len(expected) >= 2 and shown == expected
+    # the win-rate table: the base model's surprise at the answers in the last column, its own answers' in the caption
+    assert {"surprise", "base_surprise"} <= set(metrics[0]) and len({r["base_surprise"] for r in metrics}) == 1
+    last = next(line for line in printed.splitlines() if line.strip("│ ").startswith("16 "))
+    assert last.rstrip(" │").endswith(f"{metrics[-1]['surprise']:.2f}")
+    assert f"(nats); its own answers: {metrics[0]['base_surprise']:.2f}" in " ".join(printed.split())
     assert "sdpo/loss" in metrics[1] and "env/reward" in metrics[1]
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["policy"]["model"] == str(model_dir)
@@ -402,6 +407,14 @@ def test_the_summary_tells_which_follow_ups_carry_the_signal() -> None:
                                                      "advantage_sum_mean": 0.5, "advantage_sum_positive": 1.0,
                                                      "grad_norm_median": 0.01})
     assert found["1"] == {"new_question": {"share": 0.5}, "satisfied": {"share": 0.5}}
+
+
+def test_eval_surprise_false_skips_the_base_models_scoring(model_dir, scenario_file, tmp_path, capsys) -> None:
+    out = tmp_path / "quiet"
+    assert main(args_for(model_dir, scenario_file, out, "n_interactions=4", "eval.surprise=false")) == 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert len(rows) == 2 and not any("surprise" in k for r in rows for k in r)
+    assert "its own answers:" not in capsys.readouterr().out  # no caption; the column shows "-"
 
 
 def test_degenerate_learning_is_flagged() -> None:
