@@ -82,6 +82,14 @@ def _number(value: Any) -> float | None:
     return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else float(value)
 
 
+def surprise_gap(row: Mapping[str, Any]) -> float | None:
+    """``surprise - base_surprise`` of an evaluation row: how much less likely (nats per token) the frozen base model
+    finds the policy's answers than its own; ``None`` where the row has no such figures (a run made before them, or
+    with ``eval.surprise=false``) or they are not finite."""
+    surprise, base = _number(row.get("surprise")), _number(row.get("base_surprise"))
+    return None if surprise is None or base is None else surprise - base
+
+
 def area_under_curve(rows: Sequence[Mapping[str, Any]], key: str = "win_rate") -> float | None:
     """Trapezoid area of ``key`` over interactions, per phase, divided by the interactions covered."""
     area, span = 0.0, 0.0
@@ -119,8 +127,7 @@ def run_metrics(rows: Sequence[Mapping[str, Any]], phases: Sequence[PhaseInfo], 
         out[f"final/{key}"] = _number(final_row(rows).get(key)) if rows else None
     out["auc"] = area_under_curve(rows)
     out["retention"] = retention(rows, phases)
-    gaps = [surprise - base for r in rows if (surprise := _number(r.get("surprise"))) is not None
-            and (base := _number(r.get("base_surprise"))) is not None]
+    gaps = [gap for r in rows if (gap := surprise_gap(r)) is not None]
     out["surprise_max"] = max(gaps) if gaps else None
     timings = (summary or {}).get("timings", {})
     out["interaction_s"] = _number(timings.get("interaction_s_mean"))

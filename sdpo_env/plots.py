@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt
 
+from sdpo_env.bench_metrics import surprise_gap
+
 
 def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
     xs, ys = [], []
@@ -45,8 +47,8 @@ def plot_win_rate(rows: Sequence[dict[str, Any]], phases: Sequence[dict[str, Any
     0.5, the in-context oracle when it was evaluated, and phase changes; below it, where the rows carry ``surprise``,
     how much less likely the frozen base model finds the policy's answers than its own (nats per token), with the
     level at which the run warns (``surprise_warning``)."""
-    gaps = [{"interaction": r["interaction"], "phase": r["phase"], "gap": r["surprise"] - r["base_surprise"]}
-            for r in rows if r.get("surprise") is not None and r.get("base_surprise") is not None]
+    gaps = [{"interaction": r["interaction"], "phase": r["phase"], "gap": gap}
+            for r in rows if (gap := surprise_gap(r)) is not None]
     if gaps:
         fig, (ax, low) = plt.subplots(2, 1, figsize=(9, 6.4), sharex=True, height_ratios=(3, 1))
         _plot_surprise(low, gaps, phases, surprise_warning)

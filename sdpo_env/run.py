@@ -40,7 +40,7 @@ from rich.table import Table
 from agents import make_learner, set_persona
 from agents.base import OnlineLearner, Transition, resolved_learner_options, with_absent_options
 from agents.icl_oracle import InContextOracle
-from sdpo_env.bench_metrics import final_row
+from sdpo_env.bench_metrics import final_row, surprise_gap
 from sdpo_env.cli import StopRequest, command_main
 from sdpo_env.config import (
     COMMAND_LINE,
@@ -118,12 +118,12 @@ def degenerate(row: dict[str, Any]) -> list[str]:
     if row.get("valid_rate") is not None and row["valid_rate"] < 0.5:
         found.append(f"policy collapse at interaction {row['interaction']}: only {row['valid_rate']:.0%} of held-out "
                      "answers are valid (too short or looping); lower agent.lr or raise agent.weight_decay")
-    gap = (row.get("surprise") or 0.0) - (row.get("base_surprise") or 0.0)  # absent: a run made before surprise
-    if gap > SURPRISE_WARNING:
+    gap = surprise_gap(row)
+    if gap is not None and gap > SURPRISE_WARNING:
         found.append(f"answers the base model would not write at interaction {row['interaction']}: "
                      f"{row['surprise']:.2f} nats per token under the frozen base model against "
                      f"{row['base_surprise']:.2f} for its own answers (the rules read style only: look for garbled "
-                     "text or answers to another question in interactions.jsonl, or judge again with python -m "
+                     "text or answers about another topic in interactions.jsonl, or judge again with python -m "
                      "sdpo_env.reevaluate, which keeps every answer)")
     signal = row.get("sdpo/advantage_abs_mean")
     if signal is not None and signal < 1e-4:

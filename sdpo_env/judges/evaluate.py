@@ -13,7 +13,7 @@ answers afresh each time. Every pair is judged in both orders. Reported:
 - ``ceiling``: what an answer satisfying every current preference would score against the same base answers;
 - ``surprise``: the frozen base model's mean negative log-likelihood per token of the policy's answers (nats), and
   ``base_surprise`` the same for its own answers. The rules read style only; text the base model would not write
-  (garbled restatements of the question, an answer to another question) raises ``surprise``, while a change of style
+  (garbled restatements of the question, an answer about another topic) raises ``surprise``, while a change of style
   moves it a little either way (:func:`sdpo_env.run.degenerate` warns on the gap).
 """
 
