@@ -98,7 +98,7 @@ class Evaluation:
             oracle.set_persona(persona)
             with self.evaluator.policy.base_model():
                 reference, _ = self.evaluator.evaluate(lambda c, s: oracle.answer(c, seed=s), persona,
-                                                       seed=evaluation_seed(self.seed, 99_991))
+                                                       seed=evaluation_seed(self.seed, 99_991), surprise=False)
             self._oracle_metrics[persona.name] = {f"oracle/{m}": reference[m]
                                                   for m in ("win_rate", "win_rate_excl_ties", "sat/all")}
         return self._oracle_metrics[persona.name]

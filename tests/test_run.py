@@ -409,6 +409,20 @@ def test_the_summary_tells_which_follow_ups_carry_the_signal() -> None:
     assert found["1"] == {"new_question": {"share": 0.5}, "satisfied": {"share": 0.5}}
 
 
+def test_surprise_is_read_once_per_evaluation_and_once_for_the_base(model_dir, scenario_file, tmp_path,
+                                                                     monkeypatch) -> None:
+    from sdpo_env.judges.evaluate import WinRateEvaluator
+
+    read = []
+    real = WinRateEvaluator.surprise
+    monkeypatch.setattr(WinRateEvaluator, "surprise", lambda self, answers: read.append(1) or real(self, answers))
+    out = tmp_path / "counted"
+    assert main(args_for(model_dir, scenario_file, out, "n_interactions=4")) == 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert len(rows) == 2 and all("surprise" in r and "oracle/win_rate" in r for r in rows)
+    assert len(read) == len(rows) + 1  # not for the oracle's answers, whose figure nobody reads
+
+
 def test_eval_surprise_false_skips_the_base_models_scoring(model_dir, scenario_file, tmp_path, capsys) -> None:
     out = tmp_path / "quiet"
     assert main(args_for(model_dir, scenario_file, out, "n_interactions=4", "eval.surprise=false")) == 0

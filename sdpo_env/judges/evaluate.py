@@ -162,13 +162,15 @@ class WinRateEvaluator:
             self._base_surprise = self.surprise(self.base_responses())
         return self._base_surprise
 
-    def evaluate(self, answer: AnswerFn, persona: Persona, *, seed: int) -> tuple[dict[str, Any], list[str]]:
+    def evaluate(self, answer: AnswerFn, persona: Persona, *, seed: int,
+                 surprise: bool = True) -> tuple[dict[str, Any], list[str]]:
         """Judges fresh answers against the base answers under ``persona``.
 
         Args:
             answer: Writes answers for conversations given a seed (the learner's evaluation answers).
             persona: The preferences in force.
             seed: Seed for this evaluation's answers.
+            surprise: ``False`` skips ``surprise`` for answers whose figure nobody reads (the oracle's).
 
         Returns:
             ``(metrics, answers)``.
@@ -189,7 +191,7 @@ class WinRateEvaluator:
             metrics["win_rate_logprob"] = weighted
         metrics["valid_rate"] = float(np.mean([is_valid(m) for m in mine]))
         metrics["mean_words"] = float(np.mean([len(words(m)) for m in mine]))
-        if self.with_surprise:
+        if self.with_surprise and surprise:
             metrics["surprise"], metrics["base_surprise"] = self.surprise(mine), self.base_surprise()
         checkable = [p for p in persona.preferences if p.checkable]
         for pref in checkable:
