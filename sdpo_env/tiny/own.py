@@ -7,6 +7,11 @@ them per phrasing. A corpus answer is a template rendering the model reproduces 
 is on wording; an answer the model sampled itself is already likely under it, so the loss falls on the few tokens
 that decide the style, which is where the misses are. Phrasings the model follows least get as many examples as the
 rest, at the cost of more tries (rejection sampling, as in expert iteration).
+
+:func:`own_pairs` keeps what rejection sampling throws away: several answers to the same question and phrasing, one
+that follows the complaint and one that does not, both well-formed. ``refine --pair-weight W`` trains on such pairs
+with a preference loss (``sdpo_env.tiny.train.preference_loss``): the two answers share the question's topic, so the
+loss moves mostly the tokens where they differ, which is the style the complaint asks about.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,13 +60,7 @@ def own_examples(sampler: Sampler, per_phrasing: int, seed: int, max_tries: int 
     """
     rng = np.random.default_rng([seed, 17])
     torch.manual_seed(seed)
-    pool, prefs = questions(), preferences()
-    if only is not None:
-        unknown = sorted(set(only) - prefs.keys())
-        if unknown:
-            raise ValueError(f"unknown preference(s) {', '.join(unknown)}; one of: {', '.join(sorted(prefs))}")
-        prefs = {name: pref for name, pref in prefs.items() if name in only}
-    wanted = [(name, phrase) for name, pref in prefs.items() for phrase in pref.follow_ups]
+    pool, prefs, wanted = questions(), preferences(), _wanted(only)
     kept: dict[tuple[str, str], list[Messages]] = {key: [] for key in wanted}
     tries = dict.fromkeys(wanted, 0)
     followed = dict.fromkeys(wanted, 0)
@@ -98,12 +97,110 @@ def own_examples(sampler: Sampler, per_phrasing: int, seed: int, max_tries: int 
     return [OwnExample(name, phrase, m) for (name, phrase) in wanted for m in kept[(name, phrase)]], stats
 
 
-def save_examples(examples: list[OwnExample], stats: dict[str, dict], path: Path) -> None:
-    """The examples and their sampling figures as one JSON file, written through a temporary file."""
+def _wanted(only: Sequence[str] | None) -> list[tuple[str, str]]:
+    """(preference, phrasing) for every phrasing of the persona preferences named in ``only`` (None: all)."""
+    prefs = preferences()
+    if only is not None:
+        unknown = sorted(set(only) - prefs.keys())
+        if unknown:
+            raise ValueError(f"unknown preference(s) {', '.join(unknown)}; one of: {', '.join(sorted(prefs))}")
+    return [(name, phrase) for name, pref in prefs.items() if only is None or name in only
+            for phrase in pref.follow_ups]
+
+
+@dataclass(frozen=True)
+class OwnPair:
+    """Two of the model's answers to the same question and complaint: ``chosen`` follows it, ``rejected`` does not."""
+
+    preference: str
+    phrasing: str
+    chosen: Messages  # the chat ending with the answer that follows the complaint
+    rejected: Messages  # the same chat ending with one that does not
+
+
+def own_pairs(sampler: Sampler, per_phrasing: int, seed: int, answers_per_question: int = 4,
+              max_questions: int = 8, only: Sequence[str] | None = None,
+              progress: Callable[[int, int], None] | None = None) -> tuple[list[OwnPair], dict[str, dict]]:
+    """Samples ``answers_per_question`` answers per question until each phrasing has ``per_phrasing`` pairs or has
+    tried ``max_questions`` x that many questions.
+
+    A question gives a pair when, among its well-formed answers, at least one follows the complaint and one does
+    not (the first of each); a phrasing the model always follows (or never) gives none.
+
+    Args:
+        sampler: The model to sample from (temperature 1, as the policy samples).
+        per_phrasing: Pairs wanted per phrasing.
+        seed: Fixes the questions drawn and the samples.
+        answers_per_question: Answers sampled per question.
+        max_questions: A phrasing is given up after ``max_questions * per_phrasing`` questions.
+        only: The preferences (by name) whose phrasings to sample; None: every persona preference.
+        progress: Told (pairs so far, wanted) after every round of questions.
+
+    Returns:
+        The pairs, phrasing by phrasing, and per preference the answers sampled, the pairs kept and the share of
+        answers that followed the complaint (well-formed or not).
+    """
+    rng = np.random.default_rng([seed, 19])
+    torch.manual_seed(seed)
+    pool, prefs, wanted = questions(), preferences(), _wanted(only)
+    kept: dict[tuple[str, str], list[OwnPair]] = {key: [] for key in wanted}
+    asked = dict.fromkeys(wanted, 0)
+    followed = dict.fromkeys(wanted, 0)
+    while True:
+        batch = [(key, min(per_phrasing - len(kept[key]) + 1, max_questions * per_phrasing - asked[key]))
+                 for key in wanted if len(kept[key]) < per_phrasing and asked[key] < max_questions * per_phrasing]
+        if not batch:
+            break
+        keys = [key for key, n in batch for _ in range(n)]
+        convs = [hindsight_messages([{"role": "user", "content": pool[int(rng.integers(len(pool)))].text}], phrase)
+                 for _, phrase in keys]
+        answers = sampler.generate([conv for conv in convs for _ in range(answers_per_question)])
+        for i, (key, conv) in enumerate(zip(keys, convs)):
+            asked[key] += 1
+            good: dict[bool, str] = {}
+            for text, ended in answers[i * answers_per_question : (i + 1) * answers_per_question]:
+                ok = prefs[key[0]].satisfied_by(text)
+                followed[key] += ok
+                if well_formed(text, ended):
+                    good.setdefault(ok, text)
+            if len(good) == 2 and len(kept[key]) < per_phrasing:
+                kept[key].append(OwnPair(*key, [*conv, {"role": "assistant", "content": good[True]}],
+                                         [*conv, {"role": "assistant", "content": good[False]}]))
+        if progress is not None:
+            progress(sum(len(v) for v in kept.values()), per_phrasing * len(wanted))
+    stats: dict[str, dict] = {}
+    for key in wanted:
+        entry = stats.setdefault(key[0], {"answers": 0, "pairs": 0, "followed": 0})
+        entry["answers"] += asked[key] * answers_per_question
+        entry["pairs"] += len(kept[key])
+        entry["followed"] += followed[key]
+    for entry in stats.values():
+        entry["followed"] = round(entry["followed"] / max(entry["answers"], 1), 4)
+    return [pair for key in wanted for pair in kept[key]], stats
+
+
+def _save(rows: list[dict], stats: dict[str, dict], path: Path) -> None:
+    """Rows and their sampling figures as one JSON file, written through a temporary file."""
     tmp = path.with_suffix(".tmp")
-    rows = [{"preference": e.preference, "phrasing": e.phrasing, "messages": e.messages} for e in examples]
     tmp.write_text(json.dumps({"stats": stats, "examples": rows}) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def save_examples(examples: list[OwnExample], stats: dict[str, dict], path: Path) -> None:
+    """The examples and their sampling figures as one JSON file, written through a temporary file."""
+    _save([{"preference": e.preference, "phrasing": e.phrasing, "messages": e.messages} for e in examples], stats,
+          path)
+
+
+def save_pairs(pairs: list[OwnPair], stats: dict[str, dict], path: Path) -> None:
+    """The pairs and their sampling figures as one JSON file, written through a temporary file."""
+    _save([asdict(pair) for pair in pairs], stats, path)
+
+
+def load_pairs(path: Path) -> tuple[list[OwnPair], dict[str, dict]]:
+    """The pairs and figures :func:`save_pairs` wrote."""
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    return [OwnPair(**row) for row in saved["examples"]], saved["stats"]
 
 
 def load_examples(path: Path) -> tuple[list[OwnExample], dict[str, dict]]:

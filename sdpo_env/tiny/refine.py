@@ -30,6 +30,11 @@ only neutral hindsight.
 the persona preferences (``--own-preferences``: some of them) and keeps, ``--own-per-phrasing`` per phrasing, those
 that satisfy the preference (``sdpo_env.tiny.own``; measured in docs/tiny-model.md, the eighth refinement round).
 
+``--pair-weight W`` adds W x a preference loss (DPO, ``sdpo_env.tiny.train.preference_loss``, against the source
+model) on pairs of the model's own answers to the same question and complaint phrasing, one that follows the
+complaint and one that does not (``sdpo_env.tiny.own.own_pairs``; ``--pair-preferences``: some preferences'
+phrasings; measured in docs/tiny-model.md, the ninth refinement round).
+
 ``--layers N`` and ``--mlp W`` grow the source model first (``sdpo_env.tiny.grow``: more layers, a wider MLP, the
 same logits), so the refinement trains a larger model at a CPU's cost.
 
@@ -73,13 +78,23 @@ from sdpo_env.tiny.corpus import (
     sample_complaint,
 )
 from sdpo_env.tiny.grow import grown
-from sdpo_env.tiny.own import OwnExample, load_examples, own_examples, save_examples
+from sdpo_env.tiny.own import (
+    OwnExample,
+    OwnPair,
+    load_examples,
+    load_pairs,
+    own_examples,
+    own_pairs,
+    save_examples,
+    save_pairs,
+)
 from sdpo_env.tiny.probe import Sampler, preferences
 from sdpo_env.tiny.repair import repair_example, repairable_directions
 from sdpo_env.tiny.style import Style
 from sdpo_env.tiny.train import (
     STATE_FILE,
     Pair,
+    PreferencePair,
     Refused,
     Saving,
     TrainConfig,
@@ -87,6 +102,7 @@ from sdpo_env.tiny.train import (
     boundary_token_ids,
     check_resume,
     encode,
+    reference_pairs,
     run_resumable,
     train,
 )
@@ -95,6 +111,7 @@ from sdpo_env.tiny.train import (
 # questions back 0.59, no emojis 0.69, detailed 0.78, concise 0.84. The shipped checkpoint is that build refined
 # twice: with these defaults, then 500 steps at focus share 0.5 on detailed, no questions back and no emojis (seed 2).
 OWN_FILE = "own_answers.json"  # the model's own answers a refinement with --own-share trains on
+PAIRS_FILE = "own_pairs.json"  # the pairs of its own answers a refinement with --pair-weight trains on
 FOCUS: tuple[Direction, ...] = (("question", (False,)), ("emoji", (False,)), ("length", ("detailed",)),
                                 ("length", ("concise",)))
 
@@ -114,6 +131,8 @@ class RefineConfig:
     own_share: float = 0.0  # share of the model's own answers that follow a complaint (``sdpo_env.tiny.own``)
     own_per_phrasing: int = 16  # answers kept per complaint phrasing for those
     own_preferences: tuple[str, ...] | None = None  # the preferences whose phrasings to sample; None: every one
+    pair_per_phrasing: int = 8  # with train.preference_weight > 0: pairs of its own answers kept per phrasing
+    pair_preferences: tuple[str, ...] | None = None  # the preferences whose phrasings to sample pairs for
     phrasings: tuple[str, ...] = ()
     layers: int | None = None  # grow the source to this many layers first (``sdpo_env.tiny.grow``); None: as is
     mlp: int | None = None  # grow its MLP to this width first; None: as is
@@ -295,6 +314,31 @@ def own_answers(source: Path, out: Path, cfg: RefineConfig, device: str, *,
     return examples, stats
 
 
+def answer_pairs(source: Path, out: Path, cfg: RefineConfig, device: str, *,
+                 reuse: bool) -> tuple[list[OwnPair], dict[str, dict]]:
+    """Pairs of the source model's own answers (:func:`sdpo_env.tiny.own.own_pairs`), saved in
+    ``out/own_pairs.json``; with ``reuse`` (a resumed refinement) the saved ones, so it trains on the same."""
+    path = out / PAIRS_FILE
+    if reuse and path.exists():
+        return load_pairs(path)
+    sampler = Sampler(str(source), device)
+    with Progress(TextColumn("pairs of its own answers, one following the complaint"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("pairs", total=None)
+        pairs, stats = own_pairs(sampler, cfg.pair_per_phrasing, cfg.seed, only=cfg.pair_preferences,
+                                 progress=lambda k, n: bar.update(task, completed=k, total=n))
+    if not pairs:
+        raise Refused(f"--pair-weight: in {sum(e['answers'] for e in stats.values())} answers the model in {source} "
+                      "gave no question both an answer that follows the complaint and one that does not; there is "
+                      "no pair to train on")
+    out.mkdir(parents=True, exist_ok=True)
+    save_pairs(pairs, stats, path)
+    followed = ", ".join(f"{name} {entry['pairs']} ({entry['followed']:.2f})" for name, entry in stats.items())
+    print(f"kept {len(pairs)} pairs in {sum(e['answers'] for e in stats.values())} answers; pairs (followed): "
+          f"{followed}", flush=True)
+    return pairs, stats
+
+
 def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu", resume: bool = False,
            stop_after_steps: int | None = None, save_every_s: float = 300.0) -> dict:
     """Refines the model in ``source`` and saves it into ``out``; returns what happened (also in build_info.json).
@@ -327,16 +371,25 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu", r
     pairs: list[Pair] = []
     if cfg.train.invariance_weight > 0:
         pairs = encode_pairs(tokenizer, neutral_pairs(cfg.train.steps * cfg.train.invariance_batch, cfg.seed))
+    preferred: list[PreferencePair] = []
+    pair_stats: dict[str, dict] = {}
+    if cfg.train.preference_weight > 0:
+        chosen, pair_stats = answer_pairs(source, out, cfg, device, reuse=saved is not None)
+        encoded = encode_pairs(tokenizer, [(p.chosen, p.rejected) for p in chosen])
+        # the reference is the model as the refinement starts (grown, if it was), never the resumed weights
+        preferred = reference_pairs(model, encoded, tokenizer.pad_token_id, torch.device(device))  # type: ignore[arg-type]
     print(f"refine: {len(data)} examples ({cfg.focus_share:.0%} focused, {cfg.repair_share:.0%} repairs, "
           f"{cfg.unrelated_share:.0%} extra unrelated, {cfg.phrasing_share:.0%} in {len(cfg.phrasings)} phrasings, "
           f"{cfg.history_share:.0%} with history, {cfg.own_share:.0%} of its own {len(own)} answers), "
-          f"{len(pairs)} neutral-follow-up pairs in {time.time() - started:.0f} s", flush=True)
+          f"{len(pairs)} neutral-follow-up pairs, {len(preferred)} pairs of its own answers in "
+          f"{time.time() - started:.0f} s", flush=True)
     t0 = time.time()
     boundaries = frozenset(boundary_token_ids(tokenizer))
     out.mkdir(parents=True, exist_ok=True)
     loss = train(model, data, tokenizer.pad_token_id, cfg.train,  # type: ignore[arg-type]  # a LlamaForCausalLM
                  seed=cfg.seed, device=torch.device(device), log=lambda line: print(line, flush=True),
-                 boundaries=boundaries, eos_id=tokenizer.eos_token_id, pairs=pairs, log_every=50, saving=saving)
+                 boundaries=boundaries, eos_id=tokenizer.eos_token_id, pairs=pairs, preference_pairs=preferred,
+                 log_every=50, saving=saving)
     model.to("cpu")  # type: ignore[arg-type]  # transformers types .to() as a model decorator
     model.save_pretrained(out, safe_serialization=True)  # with its generation_config.json
     tokenizer.save_pretrained(out)
@@ -346,6 +399,8 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu", r
              "train_s": round(time.time() - t0, 1), "total_s": round(time.time() - started, 1)}
     if own_stats:
         stage["own_answers"] = own_stats
+    if pair_stats:
+        stage["own_pairs"] = pair_stats
     if saved:
         stage["resumed_at_step"] = saved["step"]  # the timings are this last session's
     info["refines"] = [*info.get("refines", []), stage]  # every stage since the build, oldest first
@@ -394,6 +449,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--own-preferences", default=None,
                         help="with --own-share: comma-separated persona preferences whose phrasings to sample "
                              "(default: every one; the probe's table names them)")
+    parser.add_argument("--pair-weight", type=float, default=None,
+                        help="weight of a preference loss (DPO against the source model) on pairs of the model's "
+                             "own answers to the same question and complaint, one following it and one not "
+                             "(sampled before training; default 0: off)")
+    parser.add_argument("--pair-beta", type=float, default=None, help="with --pair-weight: the DPO beta (default 0.1)")
+    parser.add_argument("--pair-per-phrasing", type=int, default=None,
+                        help="with --pair-weight: pairs kept per complaint phrasing (default 8)")
+    parser.add_argument("--pair-preferences", default=None,
+                        help="with --pair-weight: comma-separated persona preferences whose phrasings to sample "
+                             "pairs for (default: every one)")
     parser.add_argument("--invariance", type=float, default=None,
                         help="weight of the KL that teaches the model to ignore neutral follow-ups in the hindsight "
                              "block (default 0: off)")
@@ -408,8 +473,11 @@ def main(argv: list[str] | None = None) -> dict:
     add_resume_options(parser)
     args = parser.parse_args(argv)
     cfg = RefineConfig()
-    if args.invariance is not None and args.invariance < 0:
-        parser.error(f"--invariance must be >= 0, got {args.invariance}")
+    for name, value in (("--invariance", args.invariance), ("--pair-weight", args.pair_weight)):
+        if value is not None and value < 0:
+            parser.error(f"{name} must be >= 0, got {value}")
+    if args.pair_beta is not None and args.pair_beta <= 0:
+        parser.error(f"--pair-beta must be > 0, got {args.pair_beta}")
     steps = args.steps or cfg.train.steps
     try:
         if args.focus:
@@ -433,21 +501,28 @@ def main(argv: list[str] | None = None) -> dict:
                   own_per_phrasing=args.own_per_phrasing or cfg.own_per_phrasing,
                   own_preferences=None if args.own_preferences is None else tuple(
                       t.strip() for t in args.own_preferences.split(",")),
+                  pair_per_phrasing=args.pair_per_phrasing or cfg.pair_per_phrasing,
+                  pair_preferences=None if args.pair_preferences is None else tuple(
+                      t.strip() for t in args.pair_preferences.split(",")),
                   layers=args.layers, mlp=args.mlp,
                   seed=cfg.seed if args.seed is None else args.seed,
                   train=replace(cfg.train, steps=steps, lr=args.lr or cfg.train.lr,
-                                invariance_weight=args.invariance or cfg.train.invariance_weight))
+                                invariance_weight=args.invariance or cfg.train.invariance_weight,
+                                preference_weight=args.pair_weight or cfg.train.preference_weight,
+                                preference_beta=args.pair_beta or cfg.train.preference_beta))
     shares = {"--focus-share": cfg.focus_share, "--repair-share": cfg.repair_share,
               "--unrelated-share": cfg.unrelated_share, "--phrasing-share": cfg.phrasing_share,
               "--history-share": cfg.history_share, "--own-share": cfg.own_share}
     if any(not 0 <= value <= 1 for value in shares.values()) or sum(shares.values()) > 1:
         parser.error("each share must be in [0, 1] and together at most 1; got "
                      + ", ".join(f"{name} {value}" for name, value in shares.items()))
-    unknown = sorted(set(cfg.own_preferences or ()) - preferences().keys())
-    if unknown:
-        parser.error(f"--own-preferences: unknown {', '.join(unknown)}; one of: {', '.join(sorted(preferences()))}")
-    if args.own_per_phrasing is not None and args.own_per_phrasing < 1:
-        parser.error(f"--own-per-phrasing must be >= 1, got {args.own_per_phrasing}")
+    for name, chosen in (("--own-preferences", cfg.own_preferences), ("--pair-preferences", cfg.pair_preferences)):
+        unknown = sorted(set(chosen or ()) - preferences().keys())
+        if unknown:
+            parser.error(f"{name}: unknown {', '.join(unknown)}; one of: {', '.join(sorted(preferences()))}")
+    for name, count in (("--own-per-phrasing", args.own_per_phrasing), ("--pair-per-phrasing", args.pair_per_phrasing)):
+        if count is not None and count < 1:
+            parser.error(f"{name} must be >= 1, got {count}")
     if cfg.phrasing_share and not cfg.phrasings:
         parser.error(f"--phrasing-share {cfg.phrasing_share} needs at least one --phrasing")
     return run_resumable(parser, lambda: refine(args.source, args.out, cfg, device=args.device, resume=args.resume,

@@ -121,6 +121,11 @@ class TrainConfig:
     # such an o with its sign flipped (see invariance_loss).
     invariance_weight: float = 0.0
     invariance_batch: int = 16
+    # Preference pairs of the model's own answers (refinement only, ``sdpo_env.tiny.own.own_pairs``): weight of
+    # :func:`preference_loss`, its beta, and pairs per step.
+    preference_weight: float = 0.0
+    preference_beta: float = 0.1
+    preference_batch: int = 16
 
 
 def boundary_token_ids(tokenizer: PreTrainedTokenizerFast) -> set[int]:
@@ -189,6 +194,46 @@ def pair_divergence(model: LlamaForCausalLM, pairs: Sequence[Pair], pad_id: int,
                                            device=device)
         sides.append(_answer_logits(model, ids, mask, weights[:, 1:] > 0))  # (N, V)
     return invariance_loss(sides[0], sides[1])
+
+
+PreferencePair = tuple[tuple[list[int], int], tuple[list[int], int], float, float]
+"""The chosen and the rejected answer's ids (as :func:`encode` gives them) and their log-probs under the reference."""
+
+
+def answer_logprobs(model: LlamaForCausalLM, examples: Sequence[tuple[list[int], int]], pad_id: int,
+                    device: torch.device) -> torch.Tensor:
+    """(B,) summed log-probability of each example's answer tokens (its closing EOS included) given its prompt."""
+    ids, mask, weights = batch_tensors(examples, pad_id, first_token_weight=1.0, device=device)
+    scored = weights[:, 1:] > 0  # (B, T-1)
+    logp = torch.log_softmax(_answer_logits(model, ids, mask, scored).float(), dim=-1)  # (N, V)
+    picked = logp.gather(-1, ids[:, 1:][scored][:, None])[:, 0]  # (N,)
+    rows = torch.arange(len(examples), device=device)[:, None].expand_as(scored)[scored]  # (N,): each one's example
+    return torch.zeros(len(examples), device=device).index_add(0, rows, picked)
+
+
+def preference_loss(chosen: torch.Tensor, rejected: torch.Tensor, chosen_ref: torch.Tensor,
+                    rejected_ref: torch.Tensor, beta: float) -> torch.Tensor:
+    """The DPO loss, ``-log sigmoid(beta * ((c - c_ref) - (r - r_ref)))`` averaged over the pairs.
+
+    Args:
+        chosen, rejected: (P,) summed answer log-probs under the model being trained.
+        chosen_ref, rejected_ref: (P,) the same under the model the refinement started from.
+        beta: How far from the reference the margin saturates.
+    """
+    return -torch.nn.functional.logsigmoid(beta * ((chosen - chosen_ref) - (rejected - rejected_ref))).mean()
+
+
+def reference_pairs(model: LlamaForCausalLM, pairs: Sequence[Pair], pad_id: int, device: torch.device,
+                    batch_size: int = 64) -> list[PreferencePair]:
+    """``pairs`` (chosen, rejected) with their answers' log-probs under ``model`` (the reference)."""
+    out: list[PreferencePair] = []
+    model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() as a model decorator
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            logp = answer_logprobs(model, [side for pair in chunk for side in pair], pad_id, device).tolist()
+            out += [(c, r, logp[2 * i], logp[2 * i + 1]) for i, (c, r) in enumerate(chunk)]
+    return out
 
 
 def _bucketed_batches(data: Sequence[tuple[list[int], int]], batch_size: int,
@@ -321,11 +366,14 @@ def _flat(settings: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id: int, cfg: TrainConfig, *,
           seed: int, device: torch.device, log: Callable[[str], None] = print,
           boundaries: frozenset[int] = frozenset(), eos_id: int | None = None,
-          pairs: Sequence[Pair] = (), log_every: int = 200, saving: Saving | None = None) -> float:
+          pairs: Sequence[Pair] = (), preference_pairs: Sequence[PreferencePair] = (), log_every: int = 200,
+          saving: Saving | None = None) -> float:
     """Trains ``model`` in place; returns the mean loss per answer token over the last 100 steps.
 
     With ``pairs`` and ``cfg.invariance_weight`` > 0, each step adds :func:`invariance_loss` on
-    ``cfg.invariance_batch`` of them, drawn from a stream of their own (the answer batches stay the same).
+    ``cfg.invariance_batch`` of them, drawn from a stream of their own (the answer batches stay the same). With
+    ``preference_pairs`` and ``cfg.preference_weight`` > 0, each step adds :func:`preference_loss` on
+    ``cfg.preference_batch`` of them, from another stream of their own.
 
     With ``saving``, the state (weights, optimizer, the epoch's remaining batches, every random stream and the
     recent losses) is saved every ``saving.every_s`` seconds and when Ctrl-C or SIGTERM stops the training (at the
@@ -342,6 +390,8 @@ def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id
     rng = np.random.default_rng(seed)
     pair_rng = np.random.default_rng([seed, 11])
     use_pairs = bool(pairs) and cfg.invariance_weight > 0
+    preference_rng = np.random.default_rng([seed, 12])
+    use_preferences = bool(preference_pairs) and cfg.preference_weight > 0
     torch.manual_seed(seed)
     model.to(device).train()  # type: ignore[arg-type]  # transformers types .to() as a model decorator
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -358,6 +408,7 @@ def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id
     use_bf16 = device.type == "cuda"
     recent: list[float] = []
     shifts: list[float] = []
+    margins: list[float] = []  # the preference pairs' share with the chosen answer ahead of the reference's margin
     batches = _bucketed_batches(data, cfg.batch_size, rng)
     first = 0
     if saving is not None and saving.path.is_file():
@@ -370,6 +421,8 @@ def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id
         rng.bit_generator.state, pair_rng.bit_generator.state = state["rng"], state["pair_rng"]
         torch.set_rng_state(state["torch_rng"].cpu())  # map_location moved it to the device
         first, batches, recent, shifts = state["step"], state["batches"], state["recent"], state["shifts"]
+        if "preference_rng" in state:  # saved before preference pairs existed: none were drawn
+            preference_rng.bit_generator.state, margins = state["preference_rng"], state["margins"]
         log(f"resuming at step {first}/{cfg.steps} from {saving.path}")
 
     def save(done: int) -> None:
@@ -377,7 +430,8 @@ def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id
         save_atomically({"step": done, "steps": cfg.steps, "n_data": len(data), "settings": saving.settings,
                          "carry": saving.carry, "model": model.state_dict(), "optimizer": opt.state_dict(),
                          "rng": rng.bit_generator.state, "pair_rng": pair_rng.bit_generator.state,
-                         "torch_rng": torch.get_rng_state(), "batches": batches, "recent": recent, "shifts": shifts},
+                         "torch_rng": torch.get_rng_state(), "batches": batches, "recent": recent, "shifts": shifts,
+                         "preference_rng": preference_rng.bit_generator.state, "margins": margins},
                         saving.path)
 
     start = saved_at = time.time()
@@ -404,6 +458,16 @@ def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id
                 total = loss + cfg.invariance_weight * shift
                 shifts.append(shift.item())
                 shifts = shifts[-100:]
+            if use_preferences:
+                drawn = [preference_pairs[int(i)]
+                         for i in preference_rng.integers(len(preference_pairs), size=cfg.preference_batch)]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    logp = answer_logprobs(model, [side for c, r, _, _ in drawn for side in (c, r)], pad_id, device)
+                chosen_ref, rejected_ref = (torch.tensor([p[k] for p in drawn], device=device) for k in (2, 3))
+                total = total + cfg.preference_weight * preference_loss(logp[0::2], logp[1::2], chosen_ref,
+                                                                        rejected_ref, cfg.preference_beta)
+                margins.append(float(((logp[0::2] - chosen_ref) > (logp[1::2] - rejected_ref)).float().mean()))
+                margins = margins[-100:]
             opt.zero_grad(set_to_none=True)
             total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -413,6 +477,8 @@ def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id
             recent = recent[-100:]
             if step % log_every == 0 or step == cfg.steps - 1:
                 invariance = f"  neutral-follow-up KL {np.mean(shifts):.4f}" if shifts else ""
+                if margins:
+                    invariance += f"  pairs ahead {np.mean(margins):.2f}"
                 per_step = (time.time() - start) / (step + 1 - first)
                 log(f"step {step:5d}/{cfg.steps}  loss {np.mean(recent):.4f}{invariance}  lr {lr_at(step):.2e}  "
                     f"{per_step:.3f} s/step, about {per_step * (cfg.steps - step - 1) / 60:.0f} min to go")

@@ -1,0 +1,165 @@
+"""Pairs of the model's own answers and the preference loss a refinement trains on them: the loss is DPO's (checked
+against the Bradley-Terry probability), the log-probs it reads are the sampler's, each pair is one question and
+phrasing answered once following the complaint and once not, and a refinement with them moves the pairs apart,
+keeps its reference across a resume and ends with the weights of one that never stopped."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+import sdpo_env.tiny.refine as refine_module
+from sdpo_env.hindsight import PAPER_SENTENCE
+from sdpo_env.tiny import TINY_DIR
+from sdpo_env.tiny.build import main as build_main
+from sdpo_env.tiny.own import load_pairs, own_pairs, save_pairs
+from sdpo_env.tiny.probe import Sampler, preferences, well_formed
+from sdpo_env.tiny.refine import PAIRS_FILE, RefineConfig, encode_pairs, refine
+from sdpo_env.tiny.train import (
+    Refused,
+    TrainConfig,
+    TrainingStopped,
+    answer_logprobs,
+    encode,
+    preference_loss,
+    reference_pairs,
+    train,
+)
+
+NAMES = ("prose", "bullet_points", "no_emojis", "concise")
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pairs") / "mini"
+    build_main(["--mini", "--out", str(folder), "--workers", "1"])
+    return folder
+
+
+def test_preference_loss_is_minus_the_log_bradley_terry_probability_of_the_chosen_answer() -> None:
+    torch.manual_seed(0)
+    chosen, rejected, chosen_ref, rejected_ref = (torch.randn(6) * 20 for _ in range(4))
+    beta = 0.3
+    reward_c, reward_r = beta * (chosen - chosen_ref), beta * (rejected - rejected_ref)
+    bradley_terry = torch.exp(reward_c) / (torch.exp(reward_c) + torch.exp(reward_r))  # (6,)
+    assert torch.allclose(preference_loss(chosen, rejected, chosen_ref, rejected_ref, beta),
+                          -torch.log(bradley_terry).mean(), atol=1e-5)
+    same = torch.zeros(3)
+    assert preference_loss(same, same, same, same, beta).item() == pytest.approx(math.log(2))
+    chosen.requires_grad_(True)
+    rejected.requires_grad_(True)
+    preference_loss(chosen, rejected, chosen_ref, rejected_ref, beta).backward()
+    assert chosen.grad is not None and rejected.grad is not None
+    assert (chosen.grad < 0).all() and (rejected.grad > 0).all()  # descent raises the chosen, lowers the rejected
+
+
+def test_answer_logprobs_are_the_samplers_summed_token_logprobs() -> None:
+    sampler = Sampler(str(TINY_DIR))
+    chats = [[{"role": "user", "content": q}] for q in ("How do I boil an egg?", "Name a goldfish, please.")]
+    answers = ["Boil it for nine minutes, then cool it in cold water.", "Call it Bubbles!\n- short\n- cheerful"]
+    expected = [float(row.sum()) for row in sampler.token_logprobs(chats, answers)]
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(TINY_DIR)
+    encoded = encode(tokenizer, [[*c, {"role": "assistant", "content": a}] for c, a in zip(chats, answers)])
+    with torch.no_grad():
+        got = answer_logprobs(sampler.model, encoded, tokenizer.pad_token_id, torch.device("cpu"))  # type: ignore[arg-type]
+    assert got.tolist() == pytest.approx(expected, abs=1e-3)
+
+
+def test_each_pair_answers_one_question_once_following_the_complaint_and_once_not(mini, tmp_path) -> None:
+    sampler = Sampler(str(mini), batch_size=64)
+    reports: list[tuple[int, int]] = []
+    pairs, stats = own_pairs(sampler, per_phrasing=2, seed=3, max_questions=2, only=NAMES,
+                             progress=lambda k, n: reports.append((k, n)))
+    prefs = {name: preferences()[name] for name in NAMES}
+    assert pairs and reports[-1] == (len(pairs), 2 * sum(len(p.follow_ups) for p in prefs.values()))
+    for pair in pairs:
+        assert pair.chosen[:-1] == pair.rejected[:-1]  # the same question and phrasing
+        assert pair.chosen[-2]["content"].endswith(PAPER_SENTENCE + "]\n" + pair.phrasing)
+        assert pair.phrasing in prefs[pair.preference].follow_ups
+        good, bad = pair.chosen[-1]["content"], pair.rejected[-1]["content"]
+        assert prefs[pair.preference].satisfied_by(good) and not prefs[pair.preference].satisfied_by(bad)
+        assert well_formed(good, True) and well_formed(bad, True)
+    per_phrasing: dict[str, int] = {}
+    for pair in pairs:
+        per_phrasing[pair.phrasing] = per_phrasing.get(pair.phrasing, 0) + 1
+    assert max(per_phrasing.values()) <= 2
+    assert stats.keys() == prefs.keys() and sum(s["pairs"] for s in stats.values()) == len(pairs)
+    assert all(s["answers"] <= 4 * 2 * 2 * len(prefs[n].follow_ups) for n, s in stats.items())
+    save_pairs(pairs, stats, tmp_path / "pairs.json")
+    assert load_pairs(tmp_path / "pairs.json") == (pairs, stats)
+    again, _ = own_pairs(Sampler(str(mini), batch_size=64), per_phrasing=2, seed=3, max_questions=2, only=NAMES)
+    assert again == pairs  # the seed fixes the questions and the samples
+    with pytest.raises(ValueError, match="unknown preference\\(s\\) prosee; one of: "):
+        own_pairs(sampler, per_phrasing=1, seed=0, only=["prosee"])
+
+
+def _margins(model, tokenizer, preferred) -> torch.Tensor:
+    """(P,) how far each pair's chosen answer has moved ahead of its rejected one since the reference."""
+    with torch.no_grad():
+        logp = answer_logprobs(model, [side for c, r, _, _ in preferred for side in (c, r)], tokenizer.pad_token_id,
+                               torch.device("cpu"))
+    chosen_ref, rejected_ref = (torch.tensor([p[k] for p in preferred]) for k in (2, 3))
+    return (logp[0::2] - chosen_ref) - (logp[1::2] - rejected_ref)
+
+
+def test_training_on_pairs_moves_the_chosen_answers_ahead_of_the_rejected(mini) -> None:
+    pairs, _ = own_pairs(Sampler(str(mini), batch_size=64), per_phrasing=1, seed=5, max_questions=4, only=NAMES)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(mini)
+    encoded = encode_pairs(tokenizer, [(p.chosen, p.rejected) for p in pairs])
+    data = encode(tokenizer, [side for p in pairs for side in (p.chosen, p.rejected)])  # no side taken by itself
+    moved = {}
+    for weight in (0.0, 1.0):
+        model = AutoModelForCausalLM.from_pretrained(mini, dtype=torch.float32)
+        preferred = reference_pairs(model, encoded, tokenizer.pad_token_id, torch.device("cpu"))
+        assert _margins(model, tokenizer, preferred).abs().max() < 1e-3  # the reference is the model as it starts
+        cfg = TrainConfig(steps=6, batch_size=4, lr=1e-3, warmup=1, preference_weight=weight, preference_batch=8)
+        train(model, data, tokenizer.pad_token_id, cfg, seed=0, device=torch.device("cpu"),
+              preference_pairs=preferred, log=lambda line: None)
+        moved[weight] = _margins(model, tokenizer, preferred).mean().item()
+    assert moved[1.0] > 1.0 and moved[1.0] > moved[0.0] + 1.0, moved
+
+
+def test_a_refinement_on_pairs_keeps_its_reference_and_pairs_across_a_resume(mini, tmp_path, monkeypatch) -> None:
+    calls = []
+
+    def few(sampler, per_phrasing, seed, **kwargs):
+        calls.append(per_phrasing)
+        return own_pairs(sampler, per_phrasing, seed, max_questions=2, **kwargs)
+
+    monkeypatch.setattr(refine_module, "own_pairs", few)
+    cfg = RefineConfig(n_examples=8, focus_share=0.0, pair_per_phrasing=1, pair_preferences=NAMES,
+                       train=TrainConfig(steps=3, batch_size=4, lr=1e-3, warmup=1, preference_weight=1.0,
+                                         preference_batch=4))
+    info = refine(mini, tmp_path / "straight", cfg)
+    saved, stats = load_pairs(tmp_path / "straight" / PAIRS_FILE)
+    assert calls == [1] and saved and info["refines"][-1]["own_pairs"] == stats
+    calls.clear()
+    with pytest.raises(TrainingStopped):
+        refine(mini, tmp_path / "split", cfg, stop_after_steps=1)
+    refine(mini, tmp_path / "split", cfg, resume=True)
+    assert calls == [1]  # sampled once, before the stop; the resumed part trains on the saved pairs
+    straight, split = (load_file(tmp_path / name / "model.safetensors") for name in ("straight", "split"))
+    assert straight.keys() == split.keys() and all(torch.equal(straight[k], split[k]) for k in straight)
+
+    monkeypatch.setattr(refine_module, "own_pairs", lambda *a, **k: ([], {"prose": {"answers": 8, "pairs": 0}}))
+    with pytest.raises(Refused, match=r"in 8 answers the model .* gave no question both"):
+        refine(mini, tmp_path / "none", cfg)
+
+
+def test_pair_options_on_the_command_line(refine_cli) -> None:
+    cfg = refine_cli.config("--pair-weight", "0.5", "--pair-beta", "0.2", "--pair-per-phrasing", "4",
+                            "--pair-preferences", "prose, concise")
+    assert (cfg.train.preference_weight, cfg.train.preference_beta, cfg.pair_per_phrasing, cfg.pair_preferences) == (
+        0.5, 0.2, 4, ("prose", "concise"))
+    default = refine_cli.config()
+    assert (default.train.preference_weight, default.pair_per_phrasing, default.pair_preferences) == (0.0, 8, None)
+    for bad, message in ((["--pair-weight", "-1"], "--pair-weight must be >= 0, got -1.0"),
+                         (["--pair-weight", "1", "--pair-beta", "0"], "--pair-beta must be > 0"),
+                         (["--pair-weight", "1", "--pair-per-phrasing", "0"], "--pair-per-phrasing must be >= 1"),
+                         (["--pair-weight", "1", "--pair-preferences", "prose,detial"],
+                          "--pair-preferences: unknown detial; one of: ")):
+        assert message in refine_cli.refused(*bad)
