@@ -408,7 +408,7 @@ def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id
     use_bf16 = device.type == "cuda"
     recent: list[float] = []
     shifts: list[float] = []
-    margins: list[float] = []  # the preference pairs' share with the chosen answer ahead of the reference's margin
+    margins: list[float] = []  # the preference pairs' mean margin: how far the chosen answers moved ahead (nats)
     batches = _bucketed_batches(data, cfg.batch_size, rng)
     first = 0
     if saving is not None and saving.path.is_file():
@@ -466,7 +466,7 @@ def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id
                 chosen_ref, rejected_ref = (torch.tensor([p[k] for p in drawn], device=device) for k in (2, 3))
                 total = total + cfg.preference_weight * preference_loss(logp[0::2], logp[1::2], chosen_ref,
                                                                         rejected_ref, cfg.preference_beta)
-                margins.append(float(((logp[0::2] - chosen_ref) > (logp[1::2] - rejected_ref)).float().mean()))
+                margins.append(((logp[0::2] - chosen_ref) - (logp[1::2] - rejected_ref)).mean().item())
                 margins = margins[-100:]
             opt.zero_grad(set_to_none=True)
             total.backward()
@@ -478,7 +478,7 @@ def train(model: LlamaForCausalLM, data: Sequence[tuple[list[int], int]], pad_id
             if step % log_every == 0 or step == cfg.steps - 1:
                 invariance = f"  neutral-follow-up KL {np.mean(shifts):.4f}" if shifts else ""
                 if margins:
-                    invariance += f"  pairs ahead {np.mean(margins):.2f}"
+                    invariance += f"  pair margin {np.mean(margins):+.2f} nats"
                 per_step = (time.time() - start) / (step + 1 - first)
                 log(f"step {step:5d}/{cfg.steps}  loss {np.mean(recent):.4f}{invariance}  lr {lr_at(step):.2e}  "
                     f"{per_step:.3f} s/step, about {per_step * (cfg.steps - step - 1) / 60:.0f} min to go")
