@@ -56,6 +56,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -112,6 +113,7 @@ from sdpo_env.tiny.train import (
 # twice: with these defaults, then 500 steps at focus share 0.5 on detailed, no questions back and no emojis (seed 2).
 OWN_FILE = "own_answers.json"  # the model's own answers a refinement with --own-share trains on
 PAIRS_FILE = "own_pairs.json"  # the pairs of its own answers a refinement with --pair-weight trains on
+T = TypeVar("T")
 FOCUS: tuple[Direction, ...] = (("question", (False,)), ("emoji", (False,)), ("length", ("detailed",)),
                                 ("length", ("concise",)))
 
@@ -290,6 +292,14 @@ def check_source(source: Path) -> None:
                       "refinement)")
 
 
+def with_progress(label: str, work: Callable[[Callable[[int, int], None]], T]) -> T:
+    """``work(progress)`` under a progress bar on stderr that ``progress(done, total)`` moves."""
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        return work(lambda done, total: bar.update(task, completed=done, total=total))
+
+
 def own_answers(source: Path, out: Path, cfg: RefineConfig, device: str, *,
                 reuse: bool) -> tuple[list[OwnExample], dict[str, dict]]:
     """The source model's own answers that follow a complaint (:func:`sdpo_env.tiny.own.own_examples`), saved in
@@ -298,11 +308,8 @@ def own_answers(source: Path, out: Path, cfg: RefineConfig, device: str, *,
     if reuse and path.exists():
         return load_examples(path)
     sampler = Sampler(str(source), device)
-    with Progress(TextColumn("its own answers to complaints, kept"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("kept", total=None)
-        examples, stats = own_examples(sampler, cfg.own_per_phrasing, cfg.seed, only=cfg.own_preferences,
-                                       progress=lambda k, n: bar.update(task, completed=k, total=n))
+    examples, stats = with_progress("its own answers to complaints, kept", lambda progress: own_examples(
+        sampler, cfg.own_per_phrasing, cfg.seed, only=cfg.own_preferences, progress=progress))
     if not examples:
         raise Refused(f"--own-share: the model in {source} followed none of the complaints in "
                       f"{sum(e['tries'] for e in stats.values())} tries; there is nothing of its own to train on")
@@ -322,11 +329,8 @@ def answer_pairs(source: Path, out: Path, cfg: RefineConfig, device: str, *,
     if reuse and path.exists():
         return load_pairs(path)
     sampler = Sampler(str(source), device)
-    with Progress(TextColumn("pairs of its own answers, one following the complaint"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("pairs", total=None)
-        pairs, stats = own_pairs(sampler, cfg.pair_per_phrasing, cfg.seed, only=cfg.pair_preferences,
-                                 progress=lambda k, n: bar.update(task, completed=k, total=n))
+    pairs, stats = with_progress("pairs of its own answers, one following the complaint", lambda progress: own_pairs(
+        sampler, cfg.pair_per_phrasing, cfg.seed, only=cfg.pair_preferences, progress=progress))
     if not pairs:
         raise Refused(f"--pair-weight: in {sum(e['answers'] for e in stats.values())} answers the model in {source} "
                       "gave no question both an answer that follows the complaint and one that does not; there is "
