@@ -108,9 +108,10 @@ def trained_model(run: Path) -> str | None:
 
 
 class Sampler:
-    """Batched sampling and per-token log-probs of a causal LM with a chat template."""
+    """Batched sampling and per-token log-probs of a causal LM with a chat template (``tiny``: the shipped one)."""
 
     def __init__(self, model_dir: str, device: str = "cpu", batch_size: int = 64, adapter: str | Path | None = None):
+        model_dir = resolve_model_path(model_dir)  # --model tiny, as policy.model=tiny
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(model_dir)
         self.model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         if adapter is not None:

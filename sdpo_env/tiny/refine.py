@@ -65,7 +65,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from sdpo_env.hindsight import hindsight_messages
-from sdpo_env.tiny import TINY_DIR
+from sdpo_env.tiny import TINY_DIR, resolve_model_path
 from sdpo_env.tiny.build import MAX_NEW_TOKENS
 from sdpo_env.tiny.corpus import (
     MIX,
@@ -417,7 +417,8 @@ def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu", r
 def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--from", dest="source", type=Path, default=TINY_DIR, help="model folder to refine")
+    parser.add_argument("--from", dest="source", type=lambda name: Path(resolve_model_path(name)), default=TINY_DIR,
+                        help="model folder to refine (default: tiny, the shipped checkpoint)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (may be the source folder)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)

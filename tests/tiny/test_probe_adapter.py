@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 import sdpo_env.tiny.probe as probe_module
+import sdpo_env.tiny.refine as refine_module
 from sdpo_env.policy import ChatPolicy, LoraSettings
-from sdpo_env.tiny import model_folder_problem
+from sdpo_env.tiny import TINY_DIR, model_folder_problem
 from sdpo_env.tiny.probe import Sampler, adapter_folder, main
 from tests.models import build_random_model
 
@@ -83,3 +86,13 @@ def test_a_model_folder_that_holds_no_model_is_refused_before_any_work(trained, 
         assert stopped.value.code == 2 and f"--model {given}: {said}" in capsys.readouterr().err
     assert model_folder_problem(str(trained[0])) is None
     assert model_folder_problem("Qwen/Qwen3-0.6B") is None  # a hub id goes through as before
+
+
+def test_the_shipped_model_goes_by_its_name(tmp_path, monkeypatch) -> None:
+    # "tiny" names the shipped checkpoint for the probe's --model and refine's --from, as for policy.model
+    assert Sampler("tiny").model.name_or_path == str(TINY_DIR)
+    sources: list[Path] = []
+    monkeypatch.setattr(refine_module, "refine", lambda source, out, cfg, **_: sources.append(source))
+    refine_module.main(["--from", "tiny", "--out", str(tmp_path / "refined")])
+    refine_module.main(["--from", str(tmp_path), "--out", str(tmp_path / "refined")])  # a folder, as given
+    assert sources == [TINY_DIR, tmp_path]
