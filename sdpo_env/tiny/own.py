@@ -56,7 +56,7 @@ def own_examples(sampler: Sampler, per_phrasing: int, seed: int, max_tries: int 
 
     Returns:
         The kept examples, phrasing by phrasing, and per preference the tries, the answers kept and the share of
-        tries that followed the complaint (well-formed or not).
+        tries that followed the complaint (well-formed or not; :func:`followed_share`).
     """
     rng = np.random.default_rng([seed, 17])
     torch.manual_seed(seed)
@@ -86,15 +86,28 @@ def own_examples(sampler: Sampler, per_phrasing: int, seed: int, max_tries: int 
                     kept[key].append([*conv, {"role": "assistant", "content": text}])
             if progress is not None:
                 progress(sum(len(v) for v in kept.values()), per_phrasing * len(wanted))
-    stats: dict[str, dict] = {}
-    for (name, phrase) in wanted:
-        entry = stats.setdefault(name, {"tries": 0, "kept": 0, "followed": 0})
-        entry["tries"] += tries[(name, phrase)]
-        entry["kept"] += len(kept[(name, phrase)])
-        entry["followed"] += followed[(name, phrase)]
-    for entry in stats.values():
-        entry["followed"] = round(entry["followed"] / max(entry["tries"], 1), 4)
+    names = dict.fromkeys(name for name, _ in wanted)  # in order, once each
+    stats = {name: {"tries": sum(n for key, n in tries.items() if key[0] == name),
+                    "kept": sum(len(v) for key, v in kept.items() if key[0] == name),
+                    "followed": followed_share(name, followed, tries)} for name in names}
     return [OwnExample(name, phrase, m) for (name, phrase) in wanted for m in kept[(name, phrase)]], stats
+
+
+def followed_share(name: str, followed: dict[tuple[str, str], int], answers: dict[tuple[str, str], int]) -> float:
+    """The share of a preference's answers that followed its complaint, each of its phrasings counting once.
+
+    The probe draws a preference's phrasings evenly; the samplers do not: they stop a phrasing once it has what it
+    needs, so pooled over answers the share would weigh most the phrasings sampled longest (when sampling pairs, those
+    the model nearly always follows: on the tenth refinement round's model, ``prose`` 0.97 pooled against 0.89 in the
+    probe, whose misses sit in three of its twelve phrasings).
+
+    Args:
+        name: The preference.
+        followed: Per (preference, phrasing), the answers that followed the complaint.
+        answers: Per (preference, phrasing), the answers sampled; phrasings with none are left out.
+    """
+    shares = [followed[key] / n for key, n in answers.items() if key[0] == name and n]
+    return round(float(np.mean(shares)), 4) if shares else 0.0
 
 
 def _wanted(only: Sequence[str] | None) -> list[tuple[str, str]]:
@@ -138,7 +151,7 @@ def own_pairs(sampler: Sampler, per_phrasing: int, seed: int, answers_per_questi
 
     Returns:
         The pairs, phrasing by phrasing, and per preference the answers sampled, the pairs kept and the share of
-        answers that followed the complaint (well-formed or not).
+        answers that followed the complaint (well-formed or not; :func:`followed_share`).
     """
     rng = np.random.default_rng([seed, 19])
     torch.manual_seed(seed)
@@ -168,14 +181,11 @@ def own_pairs(sampler: Sampler, per_phrasing: int, seed: int, answers_per_questi
                                          [*conv, {"role": "assistant", "content": good[False]}]))
         if progress is not None:
             progress(sum(len(v) for v in kept.values()), per_phrasing * len(wanted))
-    stats: dict[str, dict] = {}
-    for key in wanted:
-        entry = stats.setdefault(key[0], {"answers": 0, "pairs": 0, "followed": 0})
-        entry["answers"] += asked[key] * answers_per_question
-        entry["pairs"] += len(kept[key])
-        entry["followed"] += followed[key]
-    for entry in stats.values():
-        entry["followed"] = round(entry["followed"] / max(entry["answers"], 1), 4)
+    sampled = {key: n * answers_per_question for key, n in asked.items()}
+    names = dict.fromkeys(name for name, _ in wanted)  # in order, once each
+    stats = {name: {"answers": sum(n for key, n in sampled.items() if key[0] == name),
+                    "pairs": sum(len(v) for key, v in kept.items() if key[0] == name),
+                    "followed": followed_share(name, followed, sampled)} for name in names}
     return [pair for key in wanted for pair in kept[key]], stats
 
 

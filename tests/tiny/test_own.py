@@ -10,7 +10,7 @@ import pytest
 import sdpo_env.tiny.refine as refine_module
 from sdpo_env.hindsight import PAPER_SENTENCE
 from sdpo_env.tiny.build import main as build_main
-from sdpo_env.tiny.own import load_examples, own_examples, save_examples
+from sdpo_env.tiny.own import load_examples, own_examples, own_pairs, save_examples
 from sdpo_env.tiny.probe import Sampler, preferences, well_formed
 from sdpo_env.tiny.refine import OWN_FILE, RefineConfig, refine, refine_examples
 from sdpo_env.tiny.train import Refused, TrainConfig, TrainingStopped
@@ -98,3 +98,40 @@ def test_own_options_on_the_command_line(refine_cli) -> None:
     # at share 0 the draws are those without the option, so earlier refinements reproduce
     assert refine_examples(50, seed=2, focus_share=0.3, own=[[{"role": "user", "content": "x"}]]) == \
         refine_examples(50, seed=2, focus_share=0.3)
+
+
+class _FollowsByPhrasing:
+    """A stand-in sampler: answers a complaint phrased as ``always`` with prose, one phrased as ``never`` with a list,
+    and any other phrasing with prose and a list in turn (half its answers follow a ``prose`` complaint)."""
+
+    def __init__(self, always: str | None = None, never: str | None = None) -> None:
+        self.always, self.never, self.turn = always, never, 0
+
+    def generate(self, convs):
+        prose, listed = "This answer is one plain paragraph of prose.", "Two points:\n- one point here\n- another one"
+        out = []
+        for conv in convs:
+            complaint = conv[-1]["content"]
+            self.turn += 1
+            if self.always and complaint.endswith(self.always):
+                follows = True
+            elif self.never and complaint.endswith(self.never):
+                follows = False
+            else:
+                follows = self.turn % 2 == 0
+            out.append((prose if follows else listed, True))
+        return out
+
+
+def test_the_followed_share_counts_each_phrasing_once() -> None:
+    prose = preferences()["prose"]
+    first, n = prose.follow_ups[0], len(prose.follow_ups)
+    # pairs: the phrasing always followed gives none and is sampled longest (8 x 2 questions of 4 answers), each other
+    # phrasing gives its pairs in three questions; pooled over answers the share would be (64 + 11 x 6) / (64 + 11 x 12)
+    _, stats = own_pairs(_FollowsByPhrasing(always=first), per_phrasing=2, seed=0, only=["prose"])  # type: ignore[arg-type]
+    assert stats["prose"]["answers"] == 4 * (16 + 3 * (n - 1)) and stats["prose"]["pairs"] == 2 * (n - 1)
+    assert stats["prose"]["followed"] == round((1 + 0.5 * (n - 1)) / n, 4)
+    # kept answers: the phrasing never followed is tried longest (8 x 2 tries), each other in a few
+    _, stats = own_examples(_FollowsByPhrasing(never=first), per_phrasing=2, seed=0, only=["prose"])  # type: ignore[arg-type]
+    assert stats["prose"]["kept"] == 2 * (n - 1) and stats["prose"]["tries"] < 16 * n
+    assert stats["prose"]["followed"] == round(0.5 * (n - 1) / n, 4)
