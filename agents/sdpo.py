@@ -145,7 +145,9 @@ class SDPOConfig:
                             "on the flip, collapses into looping answers begin with cut answers, but skipping them "
                             "does not prevent one: README, 'Learners')", choices=("train", "skip"))
     kl_coef: float = option(0.0, "weight of a KL(policy || base) penalty on the completion positions (a forward "
-                            "pass of the base on each update that steps); 0 = off, as in the paper", min=0.0)
+                            "pass of the base on each update that steps); 0 = off, as in the paper (0.1 keeps every "
+                            "seed of a refined tiny model steady on the flip: docs/tiny-model.md, the eleventh round)",
+                            min=0.0)
     diagnostics_every: int = option(10, "every N updates also log KL to the base (an extra forward) and entropy "
                                     "(a softmax over the vocabulary); 0 = never", min=0)
     large_advantage: float = option(0.5, "|A_t| above this counts as a large advantage in the metrics", gt=0.0)
