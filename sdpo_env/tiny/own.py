@@ -86,10 +86,13 @@ def own_examples(sampler: Sampler, per_phrasing: int, seed: int, max_tries: int 
                     kept[key].append([*conv, {"role": "assistant", "content": text}])
             if progress is not None:
                 progress(sum(len(v) for v in kept.values()), per_phrasing * len(wanted))
-    names = dict.fromkeys(name for name, _ in wanted)  # in order, once each
-    stats = {name: {"tries": sum(n for key, n in tries.items() if key[0] == name),
-                    "kept": sum(len(v) for key, v in kept.items() if key[0] == name),
-                    "followed": followed_share(name, followed, tries)} for name in names}
+    stats: dict[str, dict] = {}
+    for (name, phrase) in wanted:
+        entry = stats.setdefault(name, {"tries": 0, "kept": 0})
+        entry["tries"] += tries[(name, phrase)]
+        entry["kept"] += len(kept[(name, phrase)])
+    for name, entry in stats.items():
+        entry["followed"] = followed_share(name, followed, tries)
     return [OwnExample(name, phrase, m) for (name, phrase) in wanted for m in kept[(name, phrase)]], stats
 
 
@@ -182,10 +185,13 @@ def own_pairs(sampler: Sampler, per_phrasing: int, seed: int, answers_per_questi
         if progress is not None:
             progress(sum(len(v) for v in kept.values()), per_phrasing * len(wanted))
     sampled = {key: n * answers_per_question for key, n in asked.items()}
-    names = dict.fromkeys(name for name, _ in wanted)  # in order, once each
-    stats = {name: {"answers": sum(n for key, n in sampled.items() if key[0] == name),
-                    "pairs": sum(len(v) for key, v in kept.items() if key[0] == name),
-                    "followed": followed_share(name, followed, sampled)} for name in names}
+    stats: dict[str, dict] = {}
+    for key in wanted:
+        entry = stats.setdefault(key[0], {"answers": 0, "pairs": 0})
+        entry["answers"] += sampled[key]
+        entry["pairs"] += len(kept[key])
+    for name, entry in stats.items():
+        entry["followed"] = followed_share(name, followed, sampled)
     return [pair for key in wanted for pair in kept[key]], stats
 
 
