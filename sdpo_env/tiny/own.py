@@ -16,6 +16,7 @@ loss moves mostly the tokens where they differ, which is the style the complaint
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -60,7 +61,7 @@ def own_examples(sampler: Sampler, per_phrasing: int, seed: int, max_tries: int 
     """
     rng = np.random.default_rng([seed, 17])
     torch.manual_seed(seed)
-    pool, prefs, wanted = questions(), preferences(), _wanted(only)
+    pool, prefs, wanted = questions(), preferences(), chosen_phrasings(only)
     kept: dict[tuple[str, str], list[Messages]] = {key: [] for key in wanted}
     tries = dict.fromkeys(wanted, 0)
     followed = dict.fromkeys(wanted, 0)
@@ -113,15 +114,29 @@ def followed_share(name: str, followed: dict[tuple[str, str], int], answers: dic
     return round(float(np.mean(shares)), 4) if shares else 0.0
 
 
-def _wanted(only: Sequence[str] | None) -> list[tuple[str, str]]:
-    """(preference, phrasing) for every phrasing of the persona preferences named in ``only`` (None: all)."""
+def chosen_phrasings(only: Sequence[str] | None, phrasings: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """(preference, phrasing) for every phrasing of the persona preferences named in ``only`` (None: all), and of
+    those only the ones in ``phrasings`` (None: every one).
+
+    Raises:
+        ValueError: an unknown preference, or a phrasing none of the chosen preferences has (the closest named).
+    """
     prefs = preferences()
     if only is not None:
         unknown = sorted(set(only) - prefs.keys())
         if unknown:
             raise ValueError(f"unknown preference(s) {', '.join(unknown)}; one of: {', '.join(sorted(prefs))}")
-    return [(name, phrase) for name, pref in prefs.items() if only is None or name in only
-            for phrase in pref.follow_ups]
+    every = [(name, phrase) for name, pref in prefs.items() if only is None or name in only
+             for phrase in pref.follow_ups]
+    if phrasings is None:
+        return every
+    for text in phrasings:
+        if not any(phrase == text for _, phrase in every):
+            close = difflib.get_close_matches(text, [phrase for _, phrase in every], n=3, cutoff=0.5)
+            raise ValueError(f"{text!r} is not a follow-up phrasing of "
+                             + ("any persona preference" if only is None else ", ".join(only))
+                             + (f"; closest: {close}" if close else ""))
+    return [(name, phrase) for name, phrase in every if phrase in phrasings]
 
 
 @dataclass(frozen=True)
@@ -135,7 +150,7 @@ class OwnPair:
 
 
 def own_pairs(sampler: Sampler, per_phrasing: int, seed: int, answers_per_question: int = 4,
-              max_questions: int = 8, only: Sequence[str] | None = None,
+              max_questions: int = 8, only: Sequence[str] | None = None, phrasings: Sequence[str] | None = None,
               progress: Callable[[int, int], None] | None = None) -> tuple[list[OwnPair], dict[str, dict]]:
     """Samples ``answers_per_question`` answers per question until each phrasing has ``per_phrasing`` pairs or has
     tried ``max_questions`` x that many questions.
@@ -150,6 +165,7 @@ def own_pairs(sampler: Sampler, per_phrasing: int, seed: int, answers_per_questi
         answers_per_question: Answers sampled per question.
         max_questions: A phrasing is given up after ``max_questions * per_phrasing`` questions.
         only: The preferences (by name) whose phrasings to sample; None: every persona preference.
+        phrasings: Of those, only these phrasings (exactly as in the preferences' ``follow_ups``); None: all.
         progress: Told (pairs so far, wanted) after every round of questions.
 
     Returns:
@@ -158,7 +174,7 @@ def own_pairs(sampler: Sampler, per_phrasing: int, seed: int, answers_per_questi
     """
     rng = np.random.default_rng([seed, 19])
     torch.manual_seed(seed)
-    pool, prefs, wanted = questions(), preferences(), _wanted(only)
+    pool, prefs, wanted = questions(), preferences(), chosen_phrasings(only, phrasings)
     kept: dict[tuple[str, str], list[OwnPair]] = {key: [] for key in wanted}
     asked = dict.fromkeys(wanted, 0)
     followed = dict.fromkeys(wanted, 0)

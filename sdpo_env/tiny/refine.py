@@ -33,7 +33,12 @@ that satisfy the preference (``sdpo_env.tiny.own``; measured in docs/tiny-model.
 ``--pair-weight W`` adds W x a preference loss (DPO, ``sdpo_env.tiny.train.preference_loss``, against the source
 model) on pairs of the model's own answers to the same question and complaint phrasing, one that follows the
 complaint and one that does not (``sdpo_env.tiny.own.own_pairs``; ``--pair-preferences``: some preferences'
-phrasings; measured in docs/tiny-model.md, the ninth refinement round).
+phrasings; measured in docs/tiny-model.md, the ninth refinement round). ``--pair-phrasing TEXT`` (repeatable) samples
+pairs for those wordings only, and ``--pairs-from FILE`` (repeatable) trains on the pairs an earlier refinement saved
+in its ``own_pairs.json`` as well (``--pair-per-phrasing 0``: on those alone), as the eleventh round stacked them:
+
+    python -m sdpo_env.tiny.refine --from DIR --out DIR2 --pair-weight 0.3 --pair-phrasing "no outro please" \
+        --pairs-from DIR1/own_pairs.json
 
 ``--layers N`` and ``--mlp W`` grow the source model first (``sdpo_env.tiny.grow``: more layers, a wider MLP, the
 same logits), so the refinement trains a larger model at a CPU's cost.
@@ -53,7 +58,7 @@ import difflib
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
@@ -82,6 +87,7 @@ from sdpo_env.tiny.grow import grown
 from sdpo_env.tiny.own import (
     OwnExample,
     OwnPair,
+    chosen_phrasings,
     load_examples,
     load_pairs,
     own_examples,
@@ -135,6 +141,8 @@ class RefineConfig:
     own_preferences: tuple[str, ...] | None = None  # the preferences whose phrasings to sample; None: every one
     pair_per_phrasing: int = 8  # with train.preference_weight > 0: pairs of its own answers kept per phrasing
     pair_preferences: tuple[str, ...] | None = None  # the preferences whose phrasings to sample pairs for
+    pair_phrasings: tuple[str, ...] | None = None  # of those, only these phrasings; None: every one
+    pairs_from: tuple[str, ...] = ()  # pair files (an earlier refinement's own_pairs.json) trained on as well
     phrasings: tuple[str, ...] = ()
     layers: int | None = None  # grow the source to this many layers first (``sdpo_env.tiny.grow``); None: as is
     mlp: int | None = None  # grow its MLP to this width first; None: as is
@@ -321,26 +329,55 @@ def own_answers(source: Path, out: Path, cfg: RefineConfig, device: str, *,
     return examples, stats
 
 
+def saved_pairs(paths: Sequence[str]) -> list[OwnPair]:
+    """The pairs in the files ``--pairs-from`` names (each an earlier refinement's ``own_pairs.json``), in order.
+
+    Raises:
+        Refused: a file that is missing or holds no pairs as :func:`sdpo_env.tiny.own.save_pairs` writes them.
+    """
+    pairs: list[OwnPair] = []
+    for name in paths:
+        try:
+            pairs += load_pairs(Path(name))[0]
+        except FileNotFoundError:
+            raise Refused(f"--pairs-from {name}: no such file") from None
+        except (ValueError, KeyError, TypeError) as exc:  # not JSON, or not the rows save_pairs writes
+            raise Refused(f"--pairs-from {name}: not a pairs file as refine saves it ({PAIRS_FILE}: "
+                          f"{{\"examples\": [{{preference, phrasing, chosen, rejected}}, ...], \"stats\": ...}}); "
+                          f"{type(exc).__name__}: {exc}") from None
+    return pairs
+
+
 def answer_pairs(source: Path, out: Path, cfg: RefineConfig, device: str, *,
                  reuse: bool) -> tuple[list[OwnPair], dict[str, dict]]:
-    """Pairs of the source model's own answers (:func:`sdpo_env.tiny.own.own_pairs`), saved in
-    ``out/own_pairs.json``; with ``reuse`` (a resumed refinement) the saved ones, so it trains on the same."""
+    """Pairs of the source model's own answers (:func:`sdpo_env.tiny.own.own_pairs`; none with
+    ``cfg.pair_per_phrasing`` 0) and those of ``cfg.pairs_from``, saved together in ``out/own_pairs.json``; with
+    ``reuse`` (a resumed refinement) the saved ones, so it trains on the same. The figures are the sampling's."""
     path = out / PAIRS_FILE
     if reuse and path.exists():
         return load_pairs(path)
-    sampler = Sampler(str(source), device)
-    pairs, stats = with_progress("pairs of its own answers, one following the complaint", lambda progress: own_pairs(
-        sampler, cfg.pair_per_phrasing, cfg.seed, only=cfg.pair_preferences, progress=progress))
-    if not pairs:
+    earlier = saved_pairs(cfg.pairs_from)
+    pairs: list[OwnPair] = []
+    stats: dict[str, dict] = {}
+    if cfg.pair_per_phrasing:
+        sampler = Sampler(str(source), device)
+        pairs, stats = with_progress("pairs of its own answers, one following the complaint",
+                                     lambda progress: own_pairs(sampler, cfg.pair_per_phrasing, cfg.seed,
+                                                                only=cfg.pair_preferences,
+                                                                phrasings=cfg.pair_phrasings, progress=progress))
+    if not pairs + earlier:
         raise Refused(f"--pair-weight: in {sum(e['answers'] for e in stats.values())} answers the model in {source} "
                       "gave no question both an answer that follows the complaint and one that does not; there is "
                       "no pair to train on")
+    if stats:
+        followed = ", ".join(f"{name} {entry['pairs']} ({entry['followed']:.2f})" for name, entry in stats.items())
+        print(f"kept {len(pairs)} pairs in {sum(e['answers'] for e in stats.values())} answers; pairs (followed): "
+              f"{followed}", flush=True)
+    if earlier:
+        print(f"and {len(earlier)} pairs from {', '.join(cfg.pairs_from)}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    save_pairs(pairs, stats, path)
-    followed = ", ".join(f"{name} {entry['pairs']} ({entry['followed']:.2f})" for name, entry in stats.items())
-    print(f"kept {len(pairs)} pairs in {sum(e['answers'] for e in stats.values())} answers; pairs (followed): "
-          f"{followed}", flush=True)
-    return pairs, stats
+    save_pairs(pairs + earlier, stats, path)
+    return pairs + earlier, stats
 
 
 def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu", resume: bool = False,
@@ -460,10 +497,17 @@ def main(argv: list[str] | None = None) -> dict:
                              "(sampled before training; default 0: off)")
     parser.add_argument("--pair-beta", type=float, default=None, help="with --pair-weight: the DPO beta (default 0.1)")
     parser.add_argument("--pair-per-phrasing", type=int, default=None,
-                        help="with --pair-weight: pairs kept per complaint phrasing (default 8)")
+                        help="with --pair-weight: pairs kept per complaint phrasing (default 8; 0: sample none, "
+                             "train on --pairs-from only)")
     parser.add_argument("--pair-preferences", default=None,
                         help="with --pair-weight: comma-separated persona preferences whose phrasings to sample "
                              "pairs for (default: every one)")
+    parser.add_argument("--pair-phrasing", action="append", default=None, metavar="TEXT",
+                        help="with --pair-weight (repeatable): sample pairs for this complaint phrasing only, "
+                             "worded exactly as in the persona's follow_ups (default: every phrasing)")
+    parser.add_argument("--pairs-from", action="append", default=[], metavar="FILE",
+                        help="with --pair-weight (repeatable): also train on the pairs saved in FILE (an earlier "
+                             f"refinement's {PAIRS_FILE})")
     parser.add_argument("--invariance", type=float, default=None,
                         help="weight of the KL that teaches the model to ignore neutral follow-ups in the hindsight "
                              "block (default 0: off)")
@@ -506,9 +550,11 @@ def main(argv: list[str] | None = None) -> dict:
                   own_per_phrasing=args.own_per_phrasing or cfg.own_per_phrasing,
                   own_preferences=None if args.own_preferences is None else tuple(
                       t.strip() for t in args.own_preferences.split(",")),
-                  pair_per_phrasing=args.pair_per_phrasing or cfg.pair_per_phrasing,
+                  pair_per_phrasing=cfg.pair_per_phrasing if args.pair_per_phrasing is None else args.pair_per_phrasing,
                   pair_preferences=None if args.pair_preferences is None else tuple(
                       t.strip() for t in args.pair_preferences.split(",")),
+                  pair_phrasings=None if args.pair_phrasing is None else tuple(args.pair_phrasing),
+                  pairs_from=tuple(args.pairs_from),
                   layers=args.layers, mlp=args.mlp,
                   seed=cfg.seed if args.seed is None else args.seed,
                   train=replace(cfg.train, steps=steps, lr=args.lr or cfg.train.lr,
@@ -526,8 +572,20 @@ def main(argv: list[str] | None = None) -> dict:
         if unknown:
             parser.error(f"{name}: unknown {', '.join(unknown)}; one of: {', '.join(sorted(preferences()))}")
     for name, count in (("--own-per-phrasing", args.own_per_phrasing), ("--pair-per-phrasing", args.pair_per_phrasing)):
-        if count is not None and count < 1:
-            parser.error(f"{name} must be >= 1, got {count}")
+        if count is not None and count < (0 if name == "--pair-per-phrasing" and args.pairs_from else 1):
+            parser.error(f"{name} must be >= 1" + (" (0 with --pairs-from)" if name == "--pair-per-phrasing" else "")
+                         + f", got {count}")
+    if cfg.pair_phrasings is not None:
+        try:
+            chosen_phrasings(cfg.pair_preferences, cfg.pair_phrasings)
+        except ValueError as exc:
+            parser.error(f"--pair-phrasing: {exc}")
+    pair_options = [name for name, given in (("--pair-per-phrasing", args.pair_per_phrasing is not None),
+                                             ("--pair-preferences", args.pair_preferences is not None),
+                                             ("--pair-phrasing", args.pair_phrasing is not None),
+                                             ("--pairs-from", args.pairs_from)) if given]
+    if pair_options and not cfg.train.preference_weight:
+        parser.error(f"{', '.join(pair_options)} need(s) --pair-weight > 0 (the pairs are trained on with it)")
     if cfg.phrasing_share and not cfg.phrasings:
         parser.error(f"--phrasing-share {cfg.phrasing_share} needs at least one --phrasing")
     return run_resumable(parser, lambda: refine(args.source, args.out, cfg, device=args.device, resume=args.resume,

@@ -5,7 +5,9 @@ keeps its reference across a resume and ends with the weights of one that never 
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ import sdpo_env.tiny.refine as refine_module
 from sdpo_env.hindsight import PAPER_SENTENCE
 from sdpo_env.tiny import TINY_DIR
 from sdpo_env.tiny.build import main as build_main
-from sdpo_env.tiny.own import load_pairs, own_pairs, save_pairs
+from sdpo_env.tiny.own import OwnPair, chosen_phrasings, load_pairs, own_pairs, save_pairs
 from sdpo_env.tiny.probe import Sampler, preferences, well_formed
 from sdpo_env.tiny.refine import PAIRS_FILE, RefineConfig, encode_pairs, refine
 from sdpo_env.tiny.train import (
@@ -162,4 +164,82 @@ def test_pair_options_on_the_command_line(refine_cli) -> None:
                          (["--pair-weight", "1", "--pair-per-phrasing", "0"], "--pair-per-phrasing must be >= 1"),
                          (["--pair-weight", "1", "--pair-preferences", "prose,detial"],
                           "--pair-preferences: unknown detial; one of: ")):
+        assert message in refine_cli.refused(*bad)
+
+
+WORDINGS = ("make it shorter pls", "That's a wall of text. Shorter, please.")  # concise's: the mini model gives pairs
+
+
+def test_pairs_for_chosen_phrasings_only(mini) -> None:
+    prefs = preferences()
+    assert chosen_phrasings(None, WORDINGS) == [("concise", text) for text in WORDINGS]
+    assert chosen_phrasings(["prose", "concise"]) == [(name, text) for name in prefs if name in ("prose", "concise")
+                                                        for text in prefs[name].follow_ups]  # in the personas' order
+    with pytest.raises(ValueError, match=r"'make it shorter please' is not a follow-up phrasing of any persona "
+                                         r"preference; closest: \['make it shorter pls'"):
+        chosen_phrasings(None, ["make it shorter please"])
+    with pytest.raises(ValueError, match=r"not a follow-up phrasing of prose, detailed"):  # concise's
+        chosen_phrasings(["prose", "detailed"], WORDINGS[:1])
+    reports: list[tuple[int, int]] = []
+    pairs, stats = own_pairs(Sampler(str(mini), batch_size=64), per_phrasing=2, seed=3, max_questions=4,
+                             phrasings=WORDINGS, progress=lambda done, wanted: reports.append((done, wanted)))
+    assert pairs and {pair.phrasing for pair in pairs} <= set(WORDINGS)
+    assert stats.keys() == {"concise"} and stats["concise"]["pairs"] == len(pairs) and reports[-1][1] == 4
+
+
+def _pair(question: str) -> OwnPair:
+    conv = [{"role": "user", "content": question}]
+    return OwnPair("concise", WORDINGS[0], [*conv, {"role": "assistant", "content": "It heats water."}],
+                   [*conv, {"role": "assistant", "content": "It heats water. " * 40}])
+
+
+def test_a_refinement_trains_on_saved_pairs_as_well(mini, tmp_path, monkeypatch) -> None:
+    earlier = [_pair("How does a kettle work?"), _pair("Why is the sky blue?")]
+    save_pairs(earlier, {"concise": {"answers": 8, "pairs": 2, "followed": 0.5}}, tmp_path / "earlier.json")
+    calls = []
+
+    def few(sampler, per_phrasing, seed, **kwargs):
+        calls.append(kwargs)
+        return own_pairs(sampler, per_phrasing, seed, max_questions=4, **kwargs)
+
+    monkeypatch.setattr(refine_module, "own_pairs", few)
+    train_cfg = TrainConfig(steps=2, batch_size=4, lr=1e-3, warmup=1, preference_weight=1.0, preference_batch=4)
+    cfg = RefineConfig(n_examples=8, focus_share=0.0, seed=3, pair_per_phrasing=2, pair_phrasings=WORDINGS,
+                       pairs_from=(str(tmp_path / "earlier.json"),), train=train_cfg)
+    refine(mini, tmp_path / "both", cfg)
+    (kwargs,) = calls
+    assert kwargs["phrasings"] == WORDINGS
+    saved, stats = load_pairs(tmp_path / "both" / PAIRS_FILE)
+    assert len(saved) > len(earlier) and saved[-len(earlier):] == earlier  # sampled first, then the file's
+    assert stats.keys() == {"concise"} and stats["concise"]["pairs"] == len(saved) - len(earlier)  # the sampling's
+
+    calls.clear()
+    refine(mini, tmp_path / "saved-only", replace(cfg, pair_per_phrasing=0))
+    assert calls == [] and load_pairs(tmp_path / "saved-only" / PAIRS_FILE) == (earlier, {})
+    info = json.loads((tmp_path / "saved-only" / "build_info.json").read_text(encoding="utf-8"))
+    assert info["refines"][-1]["pairs_from"] == [str(tmp_path / "earlier.json")]  # the model says what it saw
+    (tmp_path / "answers.json").write_text('{"examples": [{"preference": "prose"}], "stats": {}}', encoding="utf-8")
+    for name, message in (("missing.json", "no such file"), ("answers.json", "not a pairs file as refine saves it")):
+        with pytest.raises(Refused, match=f"--pairs-from {tmp_path / name}: {message}"):
+            refine(mini, tmp_path / "bad", replace(cfg, pairs_from=(str(tmp_path / name),)))
+
+
+def test_pair_phrasings_and_saved_pairs_on_the_command_line(refine_cli, tmp_path) -> None:
+    cfg = refine_cli.config("--pair-weight", "0.3", "--pair-phrasing", WORDINGS[0], "--pair-phrasing",
+                            WORDINGS[1], "--pairs-from", "a.json", "--pairs-from", "b.json")
+    assert (cfg.pair_phrasings, cfg.pairs_from) == (WORDINGS, ("a.json", "b.json"))
+    assert refine_cli.config("--pair-weight", "0.3", "--pairs-from", "a.json", "--pair-per-phrasing", "0"
+                             ).pair_per_phrasing == 0  # train on the saved pairs only
+    default = refine_cli.config()
+    assert (default.pair_phrasings, default.pairs_from) == (None, ())
+    for bad, message in ((["--pair-weight", "1", "--pair-phrasing", "make it shorter please"],
+                          "--pair-phrasing: 'make it shorter please' is not a follow-up phrasing of any persona "
+                          "preference; closest: ['make it shorter pls'"),
+                         (["--pair-weight", "1", "--pair-preferences", "prose", "--pair-phrasing", WORDINGS[0]],
+                          "is not a follow-up phrasing of prose"),
+                         (["--pairs-from", "a.json"], "--pairs-from need(s) --pair-weight > 0"),
+                         (["--pair-per-phrasing", "2", "--pair-phrasing", WORDINGS[0]],
+                          "--pair-per-phrasing, --pair-phrasing need(s) --pair-weight > 0"),
+                         (["--pair-weight", "1", "--pair-per-phrasing", "-1", "--pairs-from", "a.json"],
+                          "--pair-per-phrasing must be >= 1 (0 with --pairs-from), got -1")):
         assert message in refine_cli.refused(*bad)
