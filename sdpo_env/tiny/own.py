@@ -211,6 +211,50 @@ def own_pairs(sampler: Sampler, per_phrasing: int, seed: int, answers_per_questi
     return [pair for key in wanted for pair in kept[key]], stats
 
 
+def opposites() -> dict[str, list[str]]:
+    """Per persona preference, the others whose rules bound one of the same metrics (``prose`` and
+    ``bullet_points`` both bound ``bullet_count``): the complaints whose answers the same two answers can swap for."""
+    prefs = preferences()
+    metrics = {name: {c.metric for c in pref.rule} for name, pref in prefs.items()}
+    return {name: [other for other in prefs if other != name and metrics[name] & metrics[other]] for name in prefs}
+
+
+def mirrored_pairs(pairs: Sequence[OwnPair], seed: int, phrasings: Sequence[str] = ()) -> list[OwnPair]:
+    """Each pair the other way round under the complaint of each opposite preference (:func:`opposites`) that the
+    rejected answer satisfies and the chosen one does not: the same question and answers, so the pair differs from
+    the original only in the complaint, and the preference loss on both teaches the model to read the complaint
+    rather than favour a style (a pair that teaches "bullets, please" alone also weakens "no bullets, please").
+
+    Args:
+        pairs: Pairs as :func:`own_pairs` gives them (the last user turn ends with the phrasing).
+        seed: Fixes the phrasing drawn for each mirrored pair.
+        phrasings: Where some of an opposite's phrasings are among these, its mirrored pairs are worded with those
+            only (e.g. its wordings that name the style they reject: "no bullet points please"); the rest draw from
+            all of theirs.
+
+    Raises:
+        ValueError: a pair whose last user turn does not end with its phrasing.
+    """
+    rng = np.random.default_rng([seed, 29])
+    prefs, opposite = preferences(), opposites()
+    mirrored = []
+    for pair in pairs:
+        turn, chosen, rejected = pair.chosen[-2], pair.chosen[-1], pair.rejected[-1]
+        if not turn["content"].endswith(pair.phrasing):
+            raise ValueError(f"a {pair.preference} pair whose last user turn does not end with its phrasing "
+                             f"{pair.phrasing!r}: {turn['content'][-80:]!r}")
+        for name in opposite.get(pair.preference, []):
+            other = prefs[name]
+            if not other.satisfied_by(rejected["content"]) or other.satisfied_by(chosen["content"]):
+                continue
+            wordings = [f for f in other.follow_ups if f in phrasings] or other.follow_ups
+            phrase = wordings[int(rng.integers(len(wordings)))]
+            swapped = {**turn, "content": turn["content"][: len(turn["content"]) - len(pair.phrasing)] + phrase}
+            head = pair.chosen[:-2]
+            mirrored.append(OwnPair(name, phrase, [*head, swapped, rejected], [*head, swapped, chosen]))
+    return mirrored
+
+
 def _save(rows: list[dict], stats: dict[str, dict], path: Path) -> None:
     """Rows and their sampling figures as one JSON file, written through a temporary file."""
     tmp = path.with_suffix(".tmp")

@@ -40,6 +40,12 @@ in its ``own_pairs.json`` as well (``--pair-per-phrasing 0``: on those alone), a
     python -m sdpo_env.tiny.refine --from DIR --out DIR2 --pair-weight 0.3 --pair-phrasing "no outro please" \
         --pairs-from DIR1/own_pairs.json
 
+``--pair-mirror`` adds each pair the other way round under a complaint of its opposite preference (one whose rule
+bounds the same metric: ``prose`` and ``bullet_points``), where the answers fit that way
+(``sdpo_env.tiny.own.mirrored_pairs``): a pair that teaches "bullets, please" alone also weakens "no bullets,
+please"; with its mirror the two differ only in the complaint. ``--pair-mirror-phrasing TEXT`` (repeatable) words a
+preference's mirrored pairs with the given phrasings only (measured in docs/tiny-model.md, the twelfth round).
+
 ``--layers N`` and ``--mlp W`` grow the source model first (``sdpo_env.tiny.grow``: more layers, a wider MLP, the
 same logits), so the refinement trains a larger model at a CPU's cost.
 
@@ -58,6 +64,7 @@ import difflib
 import itertools
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -90,6 +97,8 @@ from sdpo_env.tiny.own import (
     chosen_phrasings,
     load_examples,
     load_pairs,
+    mirrored_pairs,
+    opposites,
     own_examples,
     own_pairs,
     save_examples,
@@ -143,6 +152,8 @@ class RefineConfig:
     pair_preferences: tuple[str, ...] | None = None  # the preferences whose phrasings to sample pairs for
     pair_phrasings: tuple[str, ...] | None = None  # of those, only these phrasings; None: every one
     pairs_from: tuple[str, ...] = ()  # pair files (an earlier refinement's own_pairs.json) trained on as well
+    pair_mirror: bool = False  # add each pair the other way round under an opposite complaint (own.mirrored_pairs)
+    pair_mirror_phrasings: tuple[str, ...] = ()  # the wordings those use, where an opposite has some among them
     phrasings: tuple[str, ...] = ()
     layers: int | None = None  # grow the source to this many layers first (``sdpo_env.tiny.grow``); None: as is
     mlp: int | None = None  # grow its MLP to this width first; None: as is
@@ -375,9 +386,16 @@ def answer_pairs(source: Path, out: Path, cfg: RefineConfig, device: str, *,
               f"{followed}", flush=True)
     if earlier:
         print(f"and {len(earlier)} pairs from {', '.join(cfg.pairs_from)}", flush=True)
+    pairs += earlier
+    if cfg.pair_mirror:
+        mirrored = mirrored_pairs(pairs, cfg.seed, cfg.pair_mirror_phrasings)
+        counts = Counter(pair.preference for pair in mirrored)
+        print(f"and {len(mirrored)} of them the other way round: "
+              + ", ".join(f"{name} {n}" for name, n in counts.most_common()), flush=True)
+        pairs += mirrored
     out.mkdir(parents=True, exist_ok=True)
-    save_pairs(pairs + earlier, stats, path)
-    return pairs + earlier, stats
+    save_pairs(pairs, stats, path)
+    return pairs, stats
 
 
 def refine(source: Path, out: Path, cfg: RefineConfig, *, device: str = "cpu", resume: bool = False,
@@ -508,6 +526,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pairs-from", action="append", default=[], metavar="FILE",
                         help="with --pair-weight (repeatable): also train on the pairs saved in FILE (an earlier "
                              f"refinement's {PAIRS_FILE})")
+    parser.add_argument("--pair-mirror", action="store_true",
+                        help="with --pair-weight: add each pair the other way round under a complaint of the "
+                             "opposite preference (one whose rule bounds the same metric: prose and bullet_points), "
+                             "where the answers fit it so, so the model learns to read the complaint")
+    parser.add_argument("--pair-mirror-phrasing", action="append", default=[], metavar="TEXT",
+                        help="with --pair-mirror (repeatable): word the mirrored pairs of this phrasing's "
+                             "preference with the given phrasings only (default: any of its phrasings)")
     parser.add_argument("--invariance", type=float, default=None,
                         help="weight of the KL that teaches the model to ignore neutral follow-ups in the hindsight "
                              "block (default 0: off)")
@@ -555,6 +580,7 @@ def main(argv: list[str] | None = None) -> dict:
                       t.strip() for t in args.pair_preferences.split(",")),
                   pair_phrasings=None if args.pair_phrasing is None else tuple(args.pair_phrasing),
                   pairs_from=tuple(args.pairs_from),
+                  pair_mirror=args.pair_mirror, pair_mirror_phrasings=tuple(args.pair_mirror_phrasing),
                   layers=args.layers, mlp=args.mlp,
                   seed=cfg.seed if args.seed is None else args.seed,
                   train=replace(cfg.train, steps=steps, lr=args.lr or cfg.train.lr,
@@ -580,10 +606,21 @@ def main(argv: list[str] | None = None) -> dict:
             chosen_phrasings(cfg.pair_preferences, cfg.pair_phrasings)
         except ValueError as exc:
             parser.error(f"--pair-phrasing: {exc}")
+    opposite = opposites()
+    mirrorable = {name: pref for name, pref in preferences().items() if opposite[name]}
+    for text in cfg.pair_mirror_phrasings:
+        if not any(text in pref.follow_ups for pref in mirrorable.values()):
+            every = [f for pref in mirrorable.values() for f in pref.follow_ups]
+            close = difflib.get_close_matches(text, every, n=3, cutoff=0.5)
+            parser.error(f"--pair-mirror-phrasing: {text!r} is not a follow-up phrasing of a preference with an "
+                         f"opposite ({', '.join(mirrorable)})" + (f"; closest: {close}" if close else ""))
+    if cfg.pair_mirror_phrasings and not cfg.pair_mirror:
+        parser.error("--pair-mirror-phrasing needs --pair-mirror")
     pair_options = [name for name, given in (("--pair-per-phrasing", args.pair_per_phrasing is not None),
                                              ("--pair-preferences", args.pair_preferences is not None),
                                              ("--pair-phrasing", args.pair_phrasing is not None),
-                                             ("--pairs-from", args.pairs_from)) if given]
+                                             ("--pairs-from", args.pairs_from),
+                                             ("--pair-mirror", args.pair_mirror)) if given]
     if pair_options and not cfg.train.preference_weight:
         parser.error(f"{', '.join(pair_options)} need(s) --pair-weight > 0 (the pairs are trained on with it)")
     if cfg.phrasing_share and not cfg.phrasings:

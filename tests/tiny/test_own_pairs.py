@@ -15,10 +15,18 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 import sdpo_env.tiny.refine as refine_module
-from sdpo_env.hindsight import PAPER_SENTENCE
+from sdpo_env.hindsight import PAPER_SENTENCE, hindsight_messages
 from sdpo_env.tiny import TINY_DIR
 from sdpo_env.tiny.build import main as build_main
-from sdpo_env.tiny.own import OwnPair, chosen_phrasings, load_pairs, own_pairs, save_pairs
+from sdpo_env.tiny.own import (
+    OwnPair,
+    chosen_phrasings,
+    load_pairs,
+    mirrored_pairs,
+    opposites,
+    own_pairs,
+    save_pairs,
+)
 from sdpo_env.tiny.probe import Sampler, preferences, well_formed
 from sdpo_env.tiny.refine import PAIRS_FILE, RefineConfig, encode_pairs, refine
 from sdpo_env.tiny.train import (
@@ -188,7 +196,7 @@ def test_pairs_for_chosen_phrasings_only(mini) -> None:
 
 
 def _pair(question: str) -> OwnPair:
-    conv = [{"role": "user", "content": question}]
+    conv = hindsight_messages([{"role": "user", "content": question}], WORDINGS[0])
     return OwnPair("concise", WORDINGS[0], [*conv, {"role": "assistant", "content": "It heats water."}],
                    [*conv, {"role": "assistant", "content": "It heats water. " * 40}])
 
@@ -216,6 +224,10 @@ def test_a_refinement_trains_on_saved_pairs_as_well(mini, tmp_path, monkeypatch)
     calls.clear()
     refine(mini, tmp_path / "saved-only", replace(cfg, pair_per_phrasing=0))
     assert calls == [] and load_pairs(tmp_path / "saved-only" / PAIRS_FILE) == (earlier, {})
+    refine(mini, tmp_path / "mirrored", replace(cfg, pair_per_phrasing=0, pair_mirror=True))
+    mirrored = mirrored_pairs(earlier, seed=3)
+    assert [p.preference for p in mirrored] == ["detailed", "detailed"]  # the long answers are the detailed ones
+    assert load_pairs(tmp_path / "mirrored" / PAIRS_FILE) == (earlier + mirrored, {})
     info = json.loads((tmp_path / "saved-only" / "build_info.json").read_text(encoding="utf-8"))
     assert info["refines"][-1]["pairs_from"] == [str(tmp_path / "earlier.json")]  # the model says what it saw
     (tmp_path / "answers.json").write_text('{"examples": [{"preference": "prose"}], "stats": {}}', encoding="utf-8")
@@ -243,3 +255,46 @@ def test_pair_phrasings_and_saved_pairs_on_the_command_line(refine_cli, tmp_path
                          (["--pair-weight", "1", "--pair-per-phrasing", "-1", "--pairs-from", "a.json"],
                           "--pair-per-phrasing must be >= 1 (0 with --pairs-from), got -1")):
         assert message in refine_cli.refused(*bad)
+
+
+def test_pair_mirror_on_the_command_line(refine_cli) -> None:
+    wording = "no bullet points please, just write it out"
+    cfg = refine_cli.config("--pair-weight", "0.3", "--pair-mirror", "--pair-mirror-phrasing", wording)
+    assert (cfg.pair_mirror, cfg.pair_mirror_phrasings) == (True, (wording,))
+    assert (refine_cli.config().pair_mirror, refine_cli.config().pair_mirror_phrasings) == (False, ())
+    for bad, message in ((["--pair-mirror"], "--pair-mirror need(s) --pair-weight > 0"),
+                         (["--pair-weight", "1", "--pair-mirror-phrasing", wording], "needs --pair-mirror"),
+                         (["--pair-weight", "1", "--pair-mirror", "--pair-mirror-phrasing", "no outro please"],
+                          "'no outro please' is not a follow-up phrasing of a preference with an opposite ("),
+                         (["--pair-weight", "1", "--pair-mirror", "--pair-mirror-phrasing", "no bullets please"],
+                          "closest: ['bullet points please'")):
+        assert message in refine_cli.refused(*bad)
+
+
+def _answered(preference: str, phrasing: str, chosen: str, rejected: str) -> OwnPair:
+    conv = hindsight_messages([{"role": "user", "content": "How do I boil an egg?"}], phrasing)
+    return OwnPair(preference, phrasing, [*conv, {"role": "assistant", "content": chosen}],
+                   [*conv, {"role": "assistant", "content": rejected}])
+
+
+def test_a_mirrored_pair_swaps_the_answers_under_the_opposite_complaint() -> None:
+    opposite = opposites()
+    assert opposite["prose"] == ["bullet_points"] and opposite["expert"] == ["beginner"]
+    assert opposite["no_questions_back"] == [] and all(name in opposite[o] for name in opposite for o in opposite[name])
+    listed = "Boil it like this:\n- Put the egg in water\n- Boil it for nine minutes\n- Cool it in cold water"
+    flowing = "Boil the egg in water for nine minutes, then cool it in cold water."
+    pairs = [_answered("bullet_points", "bullet points please", listed, flowing),
+             _answered("bullet_points", "list form pls", listed, "Boil it like this:\n- Put the egg in water"),
+             _answered("no_questions_back", "Please stop asking me questions, just answer.", flowing,
+                       flowing + " Do you like them soft?")]
+    (mirrored,) = mirrored_pairs(pairs, seed=0)  # one bullet is neither prose nor a list; no opposite for questions
+    assert mirrored.preference == "prose" and mirrored.phrasing in preferences()["prose"].follow_ups
+    asked = hindsight_messages([{"role": "user", "content": "How do I boil an egg?"}], mirrored.phrasing)
+    assert mirrored.chosen == [*asked, pairs[0].rejected[-1]] and mirrored.rejected == [*asked, pairs[0].chosen[-1]]
+    assert mirrored_pairs(pairs, seed=0) == [mirrored]  # the seed fixes the wording
+    wording = "Turn the bullet points into connected sentences."
+    assert {p.phrasing for seed in range(8) for p in mirrored_pairs(pairs, seed, [wording, "list form pls"])} == {
+        wording}  # only the given ones of prose's wordings
+    broken = replace(pairs[0], phrasing="bullets please")
+    with pytest.raises(ValueError, match="does not end with its phrasing 'bullets please'"):
+        mirrored_pairs([broken], seed=0)
