@@ -376,7 +376,7 @@ def answer_pairs(source: Path, out: Path, cfg: RefineConfig, device: str, *,
                                      lambda progress: own_pairs(sampler, cfg.pair_per_phrasing, cfg.seed,
                                                                 only=cfg.pair_preferences,
                                                                 phrasings=cfg.pair_phrasings, progress=progress))
-    if not pairs + earlier:
+    if not pairs and not earlier:
         raise Refused(f"--pair-weight: in {sum(e['answers'] for e in stats.values())} answers the model in {source} "
                       "gave no question both an answer that follows the complaint and one that does not; there is "
                       "no pair to train on")
@@ -601,19 +601,13 @@ def main(argv: list[str] | None = None) -> dict:
         if count is not None and count < (0 if name == "--pair-per-phrasing" and args.pairs_from else 1):
             parser.error(f"{name} must be >= 1" + (" (0 with --pairs-from)" if name == "--pair-per-phrasing" else "")
                          + f", got {count}")
-    if cfg.pair_phrasings is not None:
+    mirrorable = [name for name, others in opposites().items() if others]
+    for name, only, chosen in (("--pair-phrasing", cfg.pair_preferences, cfg.pair_phrasings),
+                               ("--pair-mirror-phrasing", mirrorable, cfg.pair_mirror_phrasings or None)):
         try:
-            chosen_phrasings(cfg.pair_preferences, cfg.pair_phrasings)
+            chosen_phrasings(only, chosen)
         except ValueError as exc:
-            parser.error(f"--pair-phrasing: {exc}")
-    opposite = opposites()
-    mirrorable = {name: pref for name, pref in preferences().items() if opposite[name]}
-    for text in cfg.pair_mirror_phrasings:
-        if not any(text in pref.follow_ups for pref in mirrorable.values()):
-            every = [f for pref in mirrorable.values() for f in pref.follow_ups]
-            close = difflib.get_close_matches(text, every, n=3, cutoff=0.5)
-            parser.error(f"--pair-mirror-phrasing: {text!r} is not a follow-up phrasing of a preference with an "
-                         f"opposite ({', '.join(mirrorable)})" + (f"; closest: {close}" if close else ""))
+            parser.error(f"{name}: {exc}")
     if cfg.pair_mirror_phrasings and not cfg.pair_mirror:
         parser.error("--pair-mirror-phrasing needs --pair-mirror")
     pair_options = [name for name, given in (("--pair-per-phrasing", args.pair_per_phrasing is not None),

@@ -265,7 +265,7 @@ def test_pair_mirror_on_the_command_line(refine_cli) -> None:
     for bad, message in ((["--pair-mirror"], "--pair-mirror need(s) --pair-weight > 0"),
                          (["--pair-weight", "1", "--pair-mirror-phrasing", wording], "needs --pair-mirror"),
                          (["--pair-weight", "1", "--pair-mirror", "--pair-mirror-phrasing", "no outro please"],
-                          "'no outro please' is not a follow-up phrasing of a preference with an opposite ("),
+                          "'no outro please' is not a follow-up phrasing of concise, casual, beginner, expert, "),
                          (["--pair-weight", "1", "--pair-mirror", "--pair-mirror-phrasing", "no bullets please"],
                           "closest: ['bullet points please'")):
         assert message in refine_cli.refused(*bad)
