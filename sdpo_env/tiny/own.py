@@ -16,7 +16,6 @@ loss moves mostly the tokens where they differ, which is the style the complaint
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sdpo_env.errors import did_you_mean
 from sdpo_env.hindsight import hindsight_messages
 from sdpo_env.tiny.corpus import Messages, questions
 from sdpo_env.tiny.probe import Sampler, preferences, well_formed
@@ -132,10 +132,9 @@ def chosen_phrasings(only: Sequence[str] | None, phrasings: Sequence[str] | None
         return every
     for text in phrasings:
         if not any(phrase == text for _, phrase in every):
-            close = difflib.get_close_matches(text, [phrase for _, phrase in every], n=3, cutoff=0.5)
             raise ValueError(f"{text!r} is not a follow-up phrasing of "
                              + ("any persona preference" if only is None else ", ".join(only))
-                             + (f"; closest: {close}" if close else ""))
+                             + f".{did_you_mean(text, [phrase for _, phrase in every])}")
     return [(name, phrase) for name, phrase in every if phrase in phrasings]
 
 
@@ -213,7 +212,7 @@ def own_pairs(sampler: Sampler, per_phrasing: int, seed: int, answers_per_questi
 
 def opposites() -> dict[str, list[str]]:
     """Per persona preference, the others whose rules bound one of the same metrics (``prose`` and
-    ``bullet_points`` both bound ``bullet_count``): the complaints whose answers the same two answers can swap for."""
+    ``bullet_points`` both bound ``bullet_count``): the complaints under which a pair's two answers may swap roles."""
     prefs = preferences()
     metrics = {name: {c.metric for c in pref.rule} for name, pref in prefs.items()}
     return {name: [other for other in prefs if other != name and metrics[name] & metrics[other]] for name in prefs}

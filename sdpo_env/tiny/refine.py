@@ -597,10 +597,10 @@ def main(argv: list[str] | None = None) -> dict:
         unknown = sorted(set(chosen or ()) - preferences().keys())
         if unknown:
             parser.error(f"{name}: unknown {', '.join(unknown)}; one of: {', '.join(sorted(preferences()))}")
-    for name, count in (("--own-per-phrasing", args.own_per_phrasing), ("--pair-per-phrasing", args.pair_per_phrasing)):
-        if count is not None and count < (0 if name == "--pair-per-phrasing" and args.pairs_from else 1):
-            parser.error(f"{name} must be >= 1" + (" (0 with --pairs-from)" if name == "--pair-per-phrasing" else "")
-                         + f", got {count}")
+    if args.own_per_phrasing is not None and args.own_per_phrasing < 1:
+        parser.error(f"--own-per-phrasing must be >= 1, got {args.own_per_phrasing}")
+    if args.pair_per_phrasing is not None and args.pair_per_phrasing < (0 if args.pairs_from else 1):
+        parser.error(f"--pair-per-phrasing must be >= 1 (0 with --pairs-from), got {args.pair_per_phrasing}")
     mirrorable = [name for name, others in opposites().items() if others]
     for name, only, chosen in (("--pair-phrasing", cfg.pair_preferences, cfg.pair_phrasings),
                                ("--pair-mirror-phrasing", mirrorable, cfg.pair_mirror_phrasings or None)):

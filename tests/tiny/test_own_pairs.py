@@ -184,7 +184,7 @@ def test_pairs_for_chosen_phrasings_only(mini) -> None:
     assert chosen_phrasings(["prose", "concise"]) == [(name, text) for name in prefs if name in ("prose", "concise")
                                                         for text in prefs[name].follow_ups]  # in the personas' order
     with pytest.raises(ValueError, match=r"'make it shorter please' is not a follow-up phrasing of any persona "
-                                         r"preference; closest: \['make it shorter pls'"):
+                                         r"preference\. Did you mean 'make it shorter pls'\?"):
         chosen_phrasings(None, ["make it shorter please"])
     with pytest.raises(ValueError, match=r"not a follow-up phrasing of prose, detailed"):  # concise's
         chosen_phrasings(["prose", "detailed"], WORDINGS[:1])
@@ -246,7 +246,7 @@ def test_pair_phrasings_and_saved_pairs_on_the_command_line(refine_cli, tmp_path
     assert (default.pair_phrasings, default.pairs_from) == (None, ())
     for bad, message in ((["--pair-weight", "1", "--pair-phrasing", "make it shorter please"],
                           "--pair-phrasing: 'make it shorter please' is not a follow-up phrasing of any persona "
-                          "preference; closest: ['make it shorter pls'"),
+                          "preference. Did you mean 'make it shorter pls'?"),
                          (["--pair-weight", "1", "--pair-preferences", "prose", "--pair-phrasing", WORDINGS[0]],
                           "is not a follow-up phrasing of prose"),
                          (["--pairs-from", "a.json"], "--pairs-from need(s) --pair-weight > 0"),
@@ -267,7 +267,7 @@ def test_pair_mirror_on_the_command_line(refine_cli) -> None:
                          (["--pair-weight", "1", "--pair-mirror", "--pair-mirror-phrasing", "no outro please"],
                           "'no outro please' is not a follow-up phrasing of concise, casual, beginner, expert, "),
                          (["--pair-weight", "1", "--pair-mirror", "--pair-mirror-phrasing", "no bullets please"],
-                          "closest: ['bullet points please'")):
+                          "Did you mean 'bullet points please' or ")):
         assert message in refine_cli.refused(*bad)
 
 
