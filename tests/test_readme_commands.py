@@ -55,6 +55,7 @@ STOPS: dict[str, list[tuple[str, Callable[[Callable[..., Any]], Callable[..., An
     "sdpo_env.heatmap": [("inspect", lambda _: stop)],
     "sdpo_env.tiny.build": [("build", lambda _: stop)],
     "sdpo_env.tiny.refine": [("refine", lambda _: stop)],  # after --focus and --repair are parsed
+    "sdpo_env.tiny.soup": [("soup", lambda _: stop)],  # its folders are an earlier refine's: soup checks them
     # --model names a folder an earlier refine wrote: its check (model_folder_problem) is passed
     "sdpo_env.tiny.probe": [("model_folder_problem", lambda _: lambda _model: None), ("probe", lambda _: stop),
                             ("check_phrasings", lambda _: stop)],  # --persona: after the personas are loaded
@@ -139,6 +140,8 @@ def test_the_readme_command_is_valid(command: str, monkeypatch: pytest.MonkeyPat
      "python -m sdpo_env.tiny.refine --out /tmp/x --focus lists=sometimes"),
     ("python -m sdpo_env.tiny.probe --per-complaint 8", "python -m sdpo_env.tiny.probe --per-complaints 8"),
     ("python -m sdpo_env.tiny.probe --persona fewer_lists", "python -m sdpo_env.tiny.probe --persona fewer_list"),
+    ("python -m sdpo_env.tiny.soup /tmp/a /tmp/b --out /tmp/x --weights 3,1",
+     "python -m sdpo_env.tiny.soup /tmp/a /tmp/b --out /tmp/x --weights 3,one"),
 ])
 def test_a_wrong_option_in_a_command_fails_the_check(good: str, bad: str, monkeypatch: pytest.MonkeyPatch,
                                                      tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 Refinements of one model that differ only in their seed follow the complaints about equally well on the whole but
 miss different ones: which preference sits lowest on a probe depends on the seed (docs/tiny-model.md, the thirteenth
 round). Models fine-tuned from one start tend to lie in one basin of the loss, so the mean of their weights is a
-model too, and where their errors are each one's own rather than shared, the mean may make fewer of them:
+model too, and where their errors are each one's own rather than shared, the mean might make fewer of them. Measured
+on the tiny model it does not (docs/tiny-model.md, the fourteenth round): the mean of two refinement seeds follows
+the complaints about as well as they do, its least followed preference between theirs.
 
     python -m sdpo_env.tiny.soup --out DIR A B            # the mean of A's and B's weights
     python -m sdpo_env.tiny.soup --out DIR A B --weights 3,1
