@@ -5,7 +5,7 @@ miss different ones: which preference sits lowest on a probe depends on the seed
 round). Models fine-tuned from one start tend to lie in one basin of the loss, so the mean of their weights is a
 model too, and where their errors are each one's own rather than shared, the mean might make fewer of them. Measured
 on the tiny model it does not (docs/tiny-model.md, the fourteenth round): the mean of two refinement seeds follows
-the complaints about as well as they do, its least followed preference between theirs.
+the complaints about as well as they do, and its least followed preference is no higher than theirs on most draws.
 
     python -m sdpo_env.tiny.soup --out DIR A B            # the mean of A's and B's weights
     python -m sdpo_env.tiny.soup --out DIR A B --weights 3,1
