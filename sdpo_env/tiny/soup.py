@@ -30,7 +30,7 @@ from sdpo_env.tiny import resolve_model_path
 from sdpo_env.tiny.train import Refused
 
 # config.json keys that say where or with what a model was saved, not what it computes
-UNCOMPARED = frozenset({"_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype"})
+UNCOMPARED = frozenset({"_name_or_path", "transformers_version", "dtype", "torch_dtype"})
 
 
 def averaged(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:

@@ -18,8 +18,9 @@ from sdpo_env.tiny.soup import main as soup_main
 def _small_state(seed: int, hidden: int = 16) -> dict[str, torch.Tensor]:
     config = LlamaConfig(vocab_size=50, hidden_size=hidden, intermediate_size=24, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).state_dict()
+    with torch.random.fork_rng():  # built at collection time too: the other tests' random stream stays as it was
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config).state_dict()
 
 
 def _refined(folder: Path, seed: int) -> Path:
@@ -91,6 +92,9 @@ def test_the_command_refuses_before_writing_anything(tmp_path, capsys) -> None:
     shutil.copytree(b, deeper)
     config = json.loads((deeper / "config.json").read_text())
     (deeper / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 7}))
+    other_head = tmp_path / "other-head"
+    shutil.copytree(b, other_head)
+    (other_head / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaForSequenceClassification"]}))
     other_vocab = tmp_path / "other-vocab"
     shutil.copytree(b, other_vocab)
     (other_vocab / "tokenizer.json").write_text((b / "tokenizer.json").read_text() + " ")
@@ -100,6 +104,8 @@ def test_the_command_refuses_before_writing_anything(tmp_path, capsys) -> None:
         ([str(a), str(tmp_path / "nothing")], f"{tmp_path / 'nothing'}: no config.json there; give model folders"),
         ([str(a), str(deeper)], f"{deeper}: another architecture than {a} (config.json differs in "
                                 "num_hidden_layers); only refinements of one model can be averaged"),
+        ([str(a), str(other_head)], f"{other_head}: another architecture than {a} (config.json differs in "
+                                    "architectures)"),
         ([str(a), str(other_vocab)], f"{other_vocab}: another tokenizer (tokenizer.json) than {a}"),
         ([str(a), str(b), "--weights", "1,2,3"], "3 weights for 2 models"),
         ([str(a), str(b), "--weights", "1,x"],
