@@ -11,7 +11,10 @@ rest, at the cost of more tries (rejection sampling, as in expert iteration).
 :func:`own_pairs` keeps what rejection sampling throws away: several answers to the same question and phrasing, one
 that follows the complaint and one that does not, both well-formed. ``refine --pair-weight W`` trains on such pairs
 with a preference loss (``sdpo_env.tiny.train.preference_loss``): the two answers share the question's topic, so the
-loss moves mostly the tokens where they differ, which is the style the complaint asks about.
+loss moves mostly the tokens where they differ, which is the style the complaint asks about. They also differ in
+whatever else the two answers happen to differ in: a short answer that follows "too long" seldom has bullets, so pairs
+for ``concise`` also teach "fewer bullets" after any complaint. ``matched=True`` (``refine --pair-match``) takes, of a
+question's answers, the two that differ on the fewest other preferences (:func:`matched_pair`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 
 from sdpo_env.errors import did_you_mean
 from sdpo_env.hindsight import hindsight_messages
+from sdpo_env.personas import Preference
 from sdpo_env.tiny.corpus import Messages, questions
 from sdpo_env.tiny.probe import Sampler, preferences, well_formed
 
@@ -148,14 +152,40 @@ class OwnPair:
     rejected: Messages  # the same chat ending with one that does not
 
 
+def others_differing(a: str, b: str, judged: Sequence[Preference]) -> int:
+    """On how many of the ``judged`` preferences one of the two answers satisfies the rule and the other does not."""
+    return sum(pref.satisfied_by(a) != pref.satisfied_by(b) for pref in judged)
+
+
+def unrelated_preferences(name: str) -> list[Preference]:
+    """The persona preferences whose rules read none of the metrics ``name``'s does: what a pair for ``name`` should
+    not teach (its opposites, :func:`opposites`, bound its own metric and must differ with it)."""
+    prefs, opposite = preferences(), opposites()[name]
+    return [pref for other, pref in prefs.items() if other != name and other not in opposite]
+
+
+def matched_pair(followed: Sequence[str], missed: Sequence[str], judged: Sequence[Preference]) -> tuple[str, str]:
+    """The (followed, missed) answers that differ on the fewest ``judged`` preferences (:func:`others_differing`);
+    of equals, the first in the order given.
+
+    Raises:
+        ValueError: no answer on one side.
+    """
+    if not followed or not missed:
+        raise ValueError(f"a pair needs an answer on each side; got {len(followed)} followed, {len(missed)} missed")
+    return min(((a, b) for a in followed for b in missed), key=lambda pair: others_differing(pair[0], pair[1], judged))
+
+
 def own_pairs(sampler: Sampler, per_phrasing: int, seed: int, answers_per_question: int = 4,
               max_questions: int = 8, only: Sequence[str] | None = None, phrasings: Sequence[str] | None = None,
-              progress: Callable[[int, int], None] | None = None) -> tuple[list[OwnPair], dict[str, dict]]:
+              progress: Callable[[int, int], None] | None = None,
+              matched: bool = False) -> tuple[list[OwnPair], dict[str, dict]]:
     """Samples ``answers_per_question`` answers per question until each phrasing has ``per_phrasing`` pairs or has
     tried ``max_questions`` x that many questions.
 
     A question gives a pair when, among its well-formed answers, at least one follows the complaint and one does
-    not (the first of each); a phrasing the model always follows (or never) gives none.
+    not (the first of each, or with ``matched`` the two that differ on the fewest other preferences); a phrasing the
+    model always follows (or never) gives none.
 
     Args:
         sampler: The model to sample from (temperature 1, as the policy samples).
@@ -166,10 +196,13 @@ def own_pairs(sampler: Sampler, per_phrasing: int, seed: int, answers_per_questi
         only: The preferences (by name) whose phrasings to sample; None: every persona preference.
         phrasings: Of those, only these phrasings (exactly as in the preferences' ``follow_ups``); None: all.
         progress: Told (pairs so far, wanted) after every round of questions.
+        matched: Of a question's answers, pair the two that differ on the fewest preferences whose rules read other
+            metrics (:func:`matched_pair`, :func:`unrelated_preferences`).
 
     Returns:
-        The pairs, phrasing by phrasing, and per preference the answers sampled, the pairs kept and the share of
-        answers that followed the complaint (well-formed or not; :func:`followed_share`).
+        The pairs, phrasing by phrasing, and per preference the answers sampled, the pairs kept, the share of
+        answers that followed the complaint (well-formed or not; :func:`followed_share`) and the mean number of
+        other preferences on which a kept pair's two answers differ (``others_differing``).
     """
     rng = np.random.default_rng([seed, 19])
     torch.manual_seed(seed)
@@ -177,6 +210,8 @@ def own_pairs(sampler: Sampler, per_phrasing: int, seed: int, answers_per_questi
     kept: dict[tuple[str, str], list[OwnPair]] = {key: [] for key in wanted}
     asked = dict.fromkeys(wanted, 0)
     followed = dict.fromkeys(wanted, 0)
+    judged = {name: unrelated_preferences(name) for name in {key[0] for key in wanted}}
+    differing = dict.fromkeys(wanted, 0)
     while True:
         batch = [(key, min(per_phrasing - len(kept[key]) + 1, max_questions * per_phrasing - asked[key]))
                  for key in wanted if len(kept[key]) < per_phrasing and asked[key] < max_questions * per_phrasing]
@@ -188,25 +223,30 @@ def own_pairs(sampler: Sampler, per_phrasing: int, seed: int, answers_per_questi
         answers = sampler.generate([conv for conv in convs for _ in range(answers_per_question)])
         for i, (key, conv) in enumerate(zip(keys, convs)):
             asked[key] += 1
-            good: dict[bool, str] = {}
+            good: dict[bool, list[str]] = {True: [], False: []}
             for text, ended in answers[i * answers_per_question : (i + 1) * answers_per_question]:
                 ok = prefs[key[0]].satisfied_by(text)
                 followed[key] += ok
                 if well_formed(text, ended):
-                    good.setdefault(ok, text)
-            if len(good) == 2 and len(kept[key]) < per_phrasing:
-                kept[key].append(OwnPair(*key, [*conv, {"role": "assistant", "content": good[True]}],
-                                         [*conv, {"role": "assistant", "content": good[False]}]))
+                    good[ok].append(text)
+            if good[True] and good[False] and len(kept[key]) < per_phrasing:
+                chosen, rejected = (matched_pair(good[True], good[False], judged[key[0]]) if matched
+                                    else (good[True][0], good[False][0]))
+                differing[key] += others_differing(chosen, rejected, judged[key[0]])
+                kept[key].append(OwnPair(*key, [*conv, {"role": "assistant", "content": chosen}],
+                                         [*conv, {"role": "assistant", "content": rejected}]))
         if progress is not None:
             progress(sum(len(v) for v in kept.values()), per_phrasing * len(wanted))
     sampled = {key: n * answers_per_question for key, n in asked.items()}
     stats: dict[str, dict] = {}
     for key in wanted:
-        entry = stats.setdefault(key[0], {"answers": 0, "pairs": 0})
+        entry = stats.setdefault(key[0], {"answers": 0, "pairs": 0, "others_differing": 0})
         entry["answers"] += sampled[key]
         entry["pairs"] += len(kept[key])
+        entry["others_differing"] += differing[key]
     for name, entry in stats.items():
         entry["followed"] = followed_share(name, followed, sampled)
+        entry["others_differing"] = round(entry["others_differing"] / max(entry["pairs"], 1), 2)
     return [pair for key in wanted for pair in kept[key]], stats
 
 

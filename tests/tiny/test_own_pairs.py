@@ -22,10 +22,13 @@ from sdpo_env.tiny.own import (
     OwnPair,
     chosen_phrasings,
     load_pairs,
+    matched_pair,
     mirrored_pairs,
     opposites,
+    others_differing,
     own_pairs,
     save_pairs,
+    unrelated_preferences,
 )
 from sdpo_env.tiny.probe import Sampler, preferences, well_formed
 from sdpo_env.tiny.refine import PAIRS_FILE, RefineConfig, encode_pairs, refine
@@ -216,7 +219,7 @@ def test_a_refinement_trains_on_saved_pairs_as_well(mini, tmp_path, monkeypatch)
                        pairs_from=(str(tmp_path / "earlier.json"),), train=train_cfg)
     refine(mini, tmp_path / "both", cfg)
     (kwargs,) = calls
-    assert kwargs["phrasings"] == WORDINGS
+    assert kwargs["phrasings"] == WORDINGS and (kwargs["matched"], kwargs["answers_per_question"]) == (False, 4)
     saved, stats = load_pairs(tmp_path / "both" / PAIRS_FILE)
     assert len(saved) > len(earlier) and saved[-len(earlier):] == earlier  # sampled first, then the file's
     assert stats.keys() == {"concise"} and stats["concise"]["pairs"] == len(saved) - len(earlier)  # the sampling's
@@ -234,6 +237,14 @@ def test_a_refinement_trains_on_saved_pairs_as_well(mini, tmp_path, monkeypatch)
     for name, message in (("missing.json", "no such file"), ("answers.json", "not a pairs file as refine saves it")):
         with pytest.raises(Refused, match=f"--pairs-from {tmp_path / name}: {message}"):
             refine(mini, tmp_path / "bad", replace(cfg, pairs_from=(str(tmp_path / name),)))
+
+    calls.clear()
+    refine(mini, tmp_path / "matched", replace(cfg, pairs_from=(), pair_match=True, pair_answers=6))
+    (kwargs,) = calls
+    assert (kwargs["matched"], kwargs["answers_per_question"]) == (True, 6)
+    stage = json.loads((tmp_path / "matched" / "build_info.json").read_text(encoding="utf-8"))["refines"][-1]
+    assert (stage["pair_match"], stage["pair_answers"]) == (True, 6)
+    assert stage["own_pairs"]["concise"]["others_differing"] >= 0  # how far apart its pairs are, recorded
 
 
 def test_pair_phrasings_and_saved_pairs_on_the_command_line(refine_cli, tmp_path) -> None:
@@ -298,3 +309,65 @@ def test_a_mirrored_pair_swaps_the_answers_under_the_opposite_complaint() -> Non
     broken = replace(pairs[0], phrasing="bullets please")
     with pytest.raises(ValueError, match="does not end with its phrasing 'bullets please'"):
         mirrored_pairs([broken], seed=0)
+
+
+def test_a_matched_pair_differs_on_the_fewest_other_preferences() -> None:
+    prefs = preferences()
+    judged = unrelated_preferences("concise")
+    assert {p.name for p in judged} == set(prefs) - {"concise", "detailed"}  # detailed bounds word_count too
+    assert {p.name for p in unrelated_preferences("prose")} == set(prefs) - {"prose", "bullet_points"}
+    short = "Boil the egg for nine minutes, then cool it."
+    short_listed = "Boil it:\n- Put the egg in water\n- Boil nine minutes\n- Cool it"
+    long_text = " ".join(["Put the egg in a pan of cold water and bring it to the boil."] * 6)
+    long_listed = "Here is how:\n" + "\n".join(f"- Step {i}: put the egg in water and wait a while." for i in range(9))
+    long_chatty = long_text + " Do you like them soft? 😀"
+    # a reference computed another way: the rules read one by one
+    assert others_differing(short, long_listed, judged) == sum(
+        p.satisfied_by(short) != p.satisfied_by(long_listed) for p in prefs.values()
+        if p.name not in ("concise", "detailed"))
+    assert others_differing(short, long_listed, judged) > 0 and others_differing(short, short, judged) == 0
+    followed, missed = [short, short_listed], [long_listed, long_chatty, long_text]
+    assert prefs["concise"].satisfied_by(short) and not any(prefs["concise"].satisfied_by(m) for m in missed)
+    best = matched_pair(followed, missed, judged)
+    assert best == (short, long_text)  # both prose, plain, no emoji, no question: length and tone differ
+    assert others_differing(*best, judged) == 1 == min(others_differing(a, b, judged) for a in followed
+                                                       for b in missed)
+    assert matched_pair([short_listed], missed, judged) == (short_listed, long_listed)
+    assert matched_pair(followed, [long_chatty], judged) == (short, long_chatty)  # the one there is
+    assert matched_pair([short, short], [long_text, long_text], judged) == (short, long_text)
+    with pytest.raises(ValueError, match="an answer on each side; got 2 followed, 0 missed"):
+        matched_pair(followed, [], judged)
+
+
+def test_matched_pairs_differ_on_fewer_other_preferences_than_the_first_answers() -> None:
+    def sampled(matched: bool):  # the shipped model: its answers vary in every style, as pairs need
+        return own_pairs(Sampler(str(TINY_DIR), batch_size=64), per_phrasing=3, seed=3, answers_per_question=8,
+                         max_questions=2, only=["concise"], phrasings=WORDINGS, matched=matched)
+
+    first, first_stats = sampled(False)
+    matched, matched_stats = sampled(True)
+    assert [(p.preference, p.phrasing, p.chosen[:-1]) for p in matched] == [
+        (p.preference, p.phrasing, p.chosen[:-1]) for p in first]  # the same questions and samples, paired otherwise
+    differ = {}
+    for name, pairs in (("first", first), ("matched", matched)):
+        differ[name] = [others_differing(p.chosen[-1]["content"], p.rejected[-1]["content"],
+                                         unrelated_preferences(p.preference)) for p in pairs]
+    assert all(m <= f for m, f in zip(differ["matched"], differ["first"]))
+    assert sum(differ["matched"]) < sum(differ["first"])
+    for stats, counts, pairs in ((first_stats, differ["first"], first), (matched_stats, differ["matched"], matched)):
+        for name, entry in stats.items():
+            mine = [n for n, p in zip(counts, pairs) if p.preference == name]
+            assert entry["others_differing"] == round(sum(mine) / max(len(mine), 1), 2)
+    prefs = preferences()
+    assert all(prefs[p.preference].satisfied_by(p.chosen[-1]["content"])
+               and not prefs[p.preference].satisfied_by(p.rejected[-1]["content"]) for p in matched)
+
+
+def test_pair_match_on_the_command_line(refine_cli) -> None:
+    cfg = refine_cli.config("--pair-weight", "0.3", "--pair-match", "--pair-answers", "16")
+    assert (cfg.pair_match, cfg.pair_answers) == (True, 16)
+    assert (refine_cli.config().pair_match, refine_cli.config().pair_answers) == (False, 4)
+    for bad, message in ((["--pair-match"], "--pair-match need(s) --pair-weight > 0"),
+                         (["--pair-answers", "8"], "--pair-answers need(s) --pair-weight > 0"),
+                         (["--pair-weight", "1", "--pair-answers", "1"], "--pair-answers must be >= 2")):
+        assert message in refine_cli.refused(*bad)
