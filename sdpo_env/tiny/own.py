@@ -173,7 +173,9 @@ def matched_pair(followed: Sequence[str], missed: Sequence[str], judged: Sequenc
     """
     if not followed or not missed:
         raise ValueError(f"a pair needs an answer on each side; got {len(followed)} followed, {len(missed)} missed")
-    return min(((a, b) for a in followed for b in missed), key=lambda pair: others_differing(pair[0], pair[1], judged))
+    verdicts = {text: [pref.satisfied_by(text) for pref in judged] for text in {*followed, *missed}}  # once each
+    return min(((a, b) for a in followed for b in missed),
+               key=lambda pair: sum(x != y for x, y in zip(verdicts[pair[0]], verdicts[pair[1]])))
 
 
 def own_pairs(sampler: Sampler, per_phrasing: int, seed: int, answers_per_question: int = 4,
