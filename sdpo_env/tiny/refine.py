@@ -544,8 +544,9 @@ def main(argv: list[str] | None = None) -> dict:
                              "preference with the given phrasings only (default: any of its phrasings)")
     parser.add_argument("--pair-match", action="store_true",
                         help="with --pair-weight: of a question's answers, pair the two that differ on the fewest "
-                             "other preferences (those whose rules read other metrics), so a pair teaches its own "
-                             "style only (default: the first answer that follows and the first that does not)")
+                             "other preferences (those whose rules read other metrics), so they differ as little as "
+                             "they can besides the complaint's style (default: the first answer that follows and the "
+                             "first that does not; measured in docs/tiny-model.md, the fifteenth round)")
     parser.add_argument("--pair-answers", type=int, default=None,
                         help="with --pair-weight: answers sampled per question (default 4; more give --pair-match "
                              "closer pairs)")
