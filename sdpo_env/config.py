@@ -43,12 +43,13 @@ def llm_section_problems(backend: str, model: str | None, base_url: str | None) 
 class PolicyConfig:
     """The policy model and how it samples."""
 
-    model: str = option("tiny", "'tiny' (the shipped model), a local folder, or a Hugging Face id", nonempty=True)
+    model: str = option("tiny", "'tiny' (the shipped model), 'tiny-v2' (its refinement), a local folder, or a "
+                        "Hugging Face id", nonempty=True)
     temperature: float = option(1.0, "sampling temperature; 0 = greedy", min=0.0)
     top_p: float = option(1.0, "nucleus sampling mass", gt=0.0, max=1.0)
     max_new_tokens: int = option(192, "longest answer in tokens", min=1)
-    device: str = option("auto", "'auto' (CUDA, then MPS, then CPU; always the CPU for 'tiny'), 'cpu', 'cuda', "
-                         "'cuda:1', 'mps'", nonempty=True)
+    device: str = option("auto", "'auto' (CUDA, then MPS, then CPU; always the CPU for 'tiny' and "
+                         "'tiny-v2'), 'cpu', 'cuda', 'cuda:1', 'mps'", nonempty=True)
     dtype: str = option("auto", "weights dtype", choices=("auto", "float32", "bfloat16", "float16"))
 
 

@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from sdpo_env import decoding
 from sdpo_env.errors import SdpoEnvError
 from sdpo_env.sdpo import selective_log_softmax
-from sdpo_env.tiny import TINY_NAME, model_folder_problem, resolve_model_path
+from sdpo_env.tiny import SHIPPED_MODELS, model_folder_problem, resolve_model_path
 
 Messages = Sequence[dict[str, str]]
 # peft still calls a transformers method that transformers 5 deprecates; the warning is not the user's to act on.
@@ -106,7 +106,8 @@ class ChatPolicy:
     @classmethod
     def load(cls, name: str, *, device: str = "auto", dtype: str = "auto", lora: LoraSettings | None = None,
              sampling: Sampling | None = None) -> ChatPolicy:
-        """Loads a model folder or hub id (``tiny`` = the shipped model) with safetensors and no remote code.
+        """Loads a model folder or hub id (``tiny`` = the shipped model, ``tiny-v2`` its refinement) with safetensors
+        and no remote code.
 
         Raises:
             SdpoEnvError: the model cannot be loaded (the message names it and why).
@@ -114,9 +115,9 @@ class ChatPolicy:
         path = resolve_model_path(name)
         if problem := model_folder_problem(path):
             raise SdpoEnvError(f"cannot load policy model {name!r} ({path}): {problem}")
-        # The shipped tiny model is too small for a GPU to help (each token is a chain of tiny kernel launches): on
+        # The shipped tiny models are too small for a GPU to help (each token is a chain of tiny kernel launches): on
         # an H200 a flip run went about half as fast as on 2 CPU cores (README), so ``auto`` keeps it on the CPU.
-        target = torch.device("cpu") if device == "auto" and name == TINY_NAME else pick_device(device)
+        target = torch.device("cpu") if device == "auto" and name in SHIPPED_MODELS else pick_device(device)
         torch_dtype = DTYPES.get(dtype) or (torch.bfloat16 if target.type == "cuda" else torch.float32)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from peft import PeftModel
@@ -10,6 +12,7 @@ from transformers import AutoModelForCausalLM
 from sdpo_env.errors import SdpoEnvError
 from sdpo_env.policy import ChatPolicy, LoraSettings, Sampling
 from sdpo_env.sdpo import selective_log_softmax
+from sdpo_env.tiny import SHIPPED_MODELS, resolve_model_path
 from tests.models import build_random_model
 
 
@@ -158,6 +161,26 @@ def test_auto_keeps_the_tiny_model_on_the_cpu_even_where_cuda_is_there(monkeypat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # without the rule, loading would move it to CUDA
     assert ChatPolicy.load("tiny").device.type == "cpu"
     assert ChatPolicy.load("tiny", device="auto").device.type == "cpu"
+    assert ChatPolicy.load("tiny-v2").device.type == "cpu"
+
+
+def test_tiny_v2_names_the_shipped_refinement_of_tiny() -> None:
+    assert resolve_model_path("tiny-v2") == str(SHIPPED_MODELS["tiny-v2"]) != resolve_model_path("tiny")
+    assert resolve_model_path("./tiny-v2") == "./tiny-v2"  # a folder of that name is still a folder
+
+    def read(name: str, file: str) -> dict:
+        return json.loads((SHIPPED_MODELS[name] / file).read_text(encoding="utf-8"))
+
+    # one tokenizer and architecture (the transformers version that saved them aside); other weights, all moved
+    assert read("tiny", "config.json") | {"transformers_version": ""} == read("tiny-v2", "config.json") | {
+        "transformers_version": ""}
+    tiny, v2 = ChatPolicy.load("tiny"), ChatPolicy.load("tiny-v2")
+    assert tiny.tokenizer.get_vocab() == v2.tokenizer.get_vocab()
+    refined = dict(v2.model.named_parameters())
+    assert all(not torch.equal(weight, refined[name]) for name, weight in tiny.model.named_parameters())
+    # refined from tiny: its record holds tiny's two stages, then the two that made it (docs/tiny-model.md)
+    stages = read("tiny-v2", "build_info.json")["refines"]
+    assert stages[:2] == read("tiny", "build_info.json")["refines"] and [s["seed"] for s in stages[2:]] == [13, 18]
 
 
 @pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`:UserWarning")  # peft's note on tied LoRA

@@ -1,7 +1,9 @@
 """The embedded default policy: a tiny Llama trained by this package on a synthetic style corpus.
 
-``policy.model=tiny`` names the shipped checkpoint; any other name (a local folder or a Hugging Face id) is passed
-through unchanged, so both load through the same ``AutoModelForCausalLM`` / ``AutoTokenizer`` code.
+``policy.model=tiny`` names the shipped checkpoint and ``policy.model=tiny-v2`` a refinement of it that follows the
+complaints more often (not the default yet: SDPO's defaults were set on ``tiny``); any other name (a local folder or a
+Hugging Face id) is passed through unchanged, so all load through the same ``AutoModelForCausalLM`` / ``AutoTokenizer``
+code.
 Rebuild it with ``python -m sdpo_env.tiny.build``; measure it with ``python -m sdpo_env.tiny.probe``.
 """
 
@@ -11,11 +13,14 @@ from pathlib import Path
 
 TINY_DIR = Path(__file__).resolve().parent / "checkpoint"
 TINY_NAME = "tiny"
+# Every shipped checkpoint by name: the default and its refinement (docs/tiny-model.md, "A sixteenth round").
+SHIPPED_MODELS = {TINY_NAME: TINY_DIR, "tiny-v2": TINY_DIR.with_name("checkpoint-v2")}
 
 
 def resolve_model_path(name: str) -> str:
-    """The folder of the shipped tiny model for ``"tiny"``; any other model name or path unchanged."""
-    return str(TINY_DIR) if name == TINY_NAME else name
+    """The folder of a shipped tiny model for its name (``"tiny"``, ``"tiny-v2"``); any other name or path unchanged."""
+    folder = SHIPPED_MODELS.get(name)
+    return str(folder) if folder is not None else name
 
 
 def model_folder_problem(path: str) -> str | None:
@@ -31,4 +36,4 @@ def model_folder_problem(path: str) -> str | None:
     return None
 
 
-__all__ = ["TINY_DIR", "TINY_NAME", "model_folder_problem", "resolve_model_path"]
+__all__ = ["SHIPPED_MODELS", "TINY_DIR", "TINY_NAME", "model_folder_problem", "resolve_model_path"]

@@ -1,6 +1,7 @@
 """Measures what SDPO needs from the tiny model (the acceptance figures of the embedded default).
 
     python -m sdpo_env.tiny.probe                      # the shipped checkpoint
+    python -m sdpo_env.tiny.probe --model tiny-v2      # its shipped refinement
     python -m sdpo_env.tiny.probe --model DIR --n 256 --seed 0
 
 Figures on held-out (eval-pool) prompts, sampling at temperature 1, except the signal (``--prompts train`` measures
@@ -605,7 +606,9 @@ def _complaints_met(figures: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point: prints the table, returns the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="model folder (default: the shipped checkpoint)")
+    parser.add_argument("--model", default=None,
+                        help="model folder, or a shipped model's name: tiny or tiny-v2 (default: tiny, the shipped "
+                             "checkpoint)")
     parser.add_argument("--adapter", default=None,
                         help="a run folder (its final policy: <run>/adapter) or a peft adapter folder, merged into "
                              "the model before measuring (a run folder's model comes from its config.yaml unless "

@@ -67,10 +67,27 @@ def test_in_context_oracle(figures: dict) -> None:
     assert figures["oracle_mean"] >= 0.80, figures["oracle"]  # 0.95 at 16 samples per persona
 
 
-@pytest.mark.xfail(reason="issue 3 acceptance not yet met: 'bullet points' (0.75) and 'detailed' (0.81) complaints "
-                          "are followed below 0.90 (full probe; 128 samples each: bullet points, prose, plain text "
-                          "and no closing filler)", strict=False)
+@pytest.mark.xfail(reason="issue 3 acceptance not met by tiny (tiny-v2 meets it, below): 'bullet points' (0.75) and "
+                          "'detailed' (0.81) complaints are followed below 0.90 (full probe; 128 samples each: "
+                          "bullet points, prose, plain text and no closing filler)", strict=False)
 def test_full_acceptance(figures: dict) -> None:
     assert figures["hindsight_min"] >= 0.90
     assert figures["signal"]["ratio"] >= 5.0 and figures["signal"]["relevant_negative"] >= 0.90
     assert figures["oracle_mean"] >= 0.85
+
+
+@pytest.fixture(scope="module")
+def figures_v2() -> dict:
+    return probe("tiny-v2", n=160, n_per_complaint=32, n_per_persona=8, n_triples=200, seed=0, batch_size=80)
+
+
+def test_tiny_v2_meets_the_acceptance_figures_with_margins(figures_v2: dict) -> None:
+    # 512 answers per complaint on two draws: each complaint followed in 0.92 or more (docs/tiny-model.md). Here 32
+    # each, a share within about +-0.10: the least followed 0.88 (tiny: 0.78); the shift 0.13 at n=160
+    assert figures_v2["hindsight"].keys() == preferences().keys()
+    assert min(figures_v2["hindsight"].values()) >= 0.80, figures_v2["hindsight"]
+    assert 0.25 <= figures_v2["room_min"] and figures_v2["room_max"] <= 0.75, figures_v2["room"]
+    assert figures_v2["unrelated_max_shift"] <= 0.16, figures_v2["unrelated_shift"]
+    signal = figures_v2["signal"]
+    assert signal["ratio"] >= 5.0 and signal["relevant_negative"] >= 0.90, signal
+    assert figures_v2["oracle_mean"] >= 0.85 and figures_v2["fluency"] >= 0.95
