@@ -154,7 +154,15 @@ class OwnPair:
 
 def others_differing(a: str, b: str, judged: Sequence[Preference]) -> int:
     """On how many of the ``judged`` preferences one of the two answers satisfies the rule and the other does not."""
-    return sum(pref.satisfied_by(a) != pref.satisfied_by(b) for pref in judged)
+    return _count_differing(_verdicts(a, judged), _verdicts(b, judged))
+
+
+def _verdicts(text: str, judged: Sequence[Preference]) -> list[bool]:
+    return [pref.satisfied_by(text) for pref in judged]
+
+
+def _count_differing(a: Sequence[bool], b: Sequence[bool]) -> int:
+    return sum(x != y for x, y in zip(a, b, strict=True))
 
 
 def unrelated_preferences(name: str) -> list[Preference]:
@@ -173,9 +181,9 @@ def matched_pair(followed: Sequence[str], missed: Sequence[str], judged: Sequenc
     """
     if not followed or not missed:
         raise ValueError(f"a pair needs an answer on each side; got {len(followed)} followed, {len(missed)} missed")
-    verdicts = {text: [pref.satisfied_by(text) for pref in judged] for text in {*followed, *missed}}  # once each
+    verdicts = {text: _verdicts(text, judged) for text in {*followed, *missed}}  # each answer's rules read once
     return min(((a, b) for a in followed for b in missed),
-               key=lambda pair: sum(x != y for x, y in zip(verdicts[pair[0]], verdicts[pair[1]])))
+               key=lambda pair: _count_differing(verdicts[pair[0]], verdicts[pair[1]]))
 
 
 def own_pairs(sampler: Sampler, per_phrasing: int, seed: int, answers_per_question: int = 4,

@@ -244,7 +244,12 @@ def test_a_refinement_trains_on_saved_pairs_as_well(mini, tmp_path, monkeypatch)
     assert (kwargs["matched"], kwargs["answers_per_question"]) == (True, 6)
     stage = json.loads((tmp_path / "matched" / "build_info.json").read_text(encoding="utf-8"))["refines"][-1]
     assert (stage["pair_match"], stage["pair_answers"]) == (True, 6)
-    assert stage["own_pairs"]["concise"]["others_differing"] >= 0  # how far apart its pairs are, recorded
+    # how far apart its pairs are, recorded: the mean over the saved pairs
+    saved, stats = load_pairs(tmp_path / "matched" / PAIRS_FILE)
+    judged = unrelated_preferences("concise")
+    apart = [others_differing(p.chosen[-1]["content"], p.rejected[-1]["content"], judged) for p in saved]
+    assert saved and stage["own_pairs"] == stats and stats["concise"]["others_differing"] == round(
+        sum(apart) / len(apart), 2)
 
 
 def test_pair_phrasings_and_saved_pairs_on_the_command_line(refine_cli, tmp_path) -> None:
