@@ -44,7 +44,14 @@ from agents.base import learner_config, resolved_learner_options
 from sdpo_env import run as runner
 from sdpo_env.bench_metrics import PhaseInfo, Stat, aggregate_runs, mean_curve, phase_infos, run_metrics
 from sdpo_env.cli import command_main
-from sdpo_env.config import COMMAND_LINE, config_to_dict, load_run_config, parse_overrides, resolve_config
+from sdpo_env.config import (
+    COMMAND_LINE,
+    config_to_dict,
+    load_run_config,
+    model_settings_line,
+    parse_overrides,
+    resolve_config,
+)
 from sdpo_env.errors import ConfigError, Problem, SdpoEnvError, did_you_mean
 from sdpo_env.runfolder import HANDED_OVER, RunFolder
 from sdpo_env.schema import build, option
@@ -94,6 +101,7 @@ class PlannedRun:
     folder: Path
     args: list[str]
     expected: dict[str, Any]
+    model_settings: str | None = None  # the settings it takes from the model's own sdpo_env.yaml, if any
 
 
 def folder_name(agent: str) -> str:
@@ -160,7 +168,7 @@ def plan(args: Sequence[str]) -> tuple[BenchConfig, list[PlannedRun], Any]:
             config, scenario = load_run_config(run)
             config.agent = resolved_learner_options(config.agent, source=config.source_of)
             expected = config_to_dict(config)
-            runs.append(PlannedRun(name, seed, folder, run, expected))
+            runs.append(PlannedRun(name, seed, folder, run, expected, model_settings_line(config)))
             stored_config = folder / "config.yaml"
             if stored_config.is_file():  # not RunFolder(folder): planning must not create folders
                 stored = runner.settings_as_run(stored_config)
@@ -536,6 +544,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def bench_command(args: list[str], console: Console) -> int:
     """The grid, then the aggregate of whatever has finished."""
     bench, runs, scenario = plan(args)
+    for name in bench.agents:
+        line = next((r.model_settings for r in runs if r.agent == name), None)
+        if line:
+            console.print(f"{name}: {line}")
     out = runs[0].folder.parent.parent
     out.mkdir(parents=True, exist_ok=True)
     if not bench.run:

@@ -1,6 +1,7 @@
 """Run configuration: typed sections, YAML defaults per scenario, ``key=value`` overrides on the command line.
 
-Precedence, lowest first: the dataclass defaults below < the scenario file's ``defaults:`` block < the command line.
+Precedence, lowest first: the dataclass defaults below < the model folder's ``sdpo_env.yaml`` (a model's own
+settings, ``defaults:``; the shipped ``tiny-v3`` has one) < the scenario file's ``defaults:`` block < the command line.
 Every problem in any layer is reported at once, naming the layer (file or "command line"), the dotted key, the bad
 value and what is allowed::
 
@@ -10,7 +11,8 @@ value and what is allowed::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
@@ -23,6 +25,8 @@ T = TypeVar("T")
 
 COMMAND_LINE = "command line"
 DEFAULTS = "defaults"
+# A model folder's own settings for runs on it: `defaults:` of learner options and sampling settings.
+MODEL_SETTINGS = "sdpo_env.yaml"
 
 
 LLM_BACKENDS = ("openai", "anthropic", "hf")
@@ -43,13 +47,13 @@ def llm_section_problems(backend: str, model: str | None, base_url: str | None) 
 class PolicyConfig:
     """The policy model and how it samples."""
 
-    model: str = option("tiny", "'tiny' (the shipped model), 'tiny-v2' (its refinement), a local folder, or a "
-                        "Hugging Face id", nonempty=True)
+    model: str = option("tiny", "'tiny' (the shipped model), 'tiny-v2' (its refinement), 'tiny-v3' (their 1:3 "
+                        "mean), a local folder, or a Hugging Face id", nonempty=True)
     temperature: float = option(1.0, "sampling temperature; 0 = greedy", min=0.0)
     top_p: float = option(1.0, "nucleus sampling mass", gt=0.0, max=1.0)
     max_new_tokens: int = option(192, "longest answer in tokens", min=1)
-    device: str = option("auto", "'auto' (CUDA, then MPS, then CPU; always the CPU for 'tiny' and "
-                         "'tiny-v2'), 'cpu', 'cuda', 'cuda:1', 'mps'", nonempty=True)
+    device: str = option("auto", "'auto' (CUDA, then MPS, then CPU; always the CPU for the shipped 'tiny' "
+                         "models), 'cpu', 'cuda', 'cuda:1', 'mps'", nonempty=True)
     dtype: str = option("auto", "weights dtype", choices=("auto", "float32", "bfloat16", "float16"))
 
 
@@ -273,7 +277,8 @@ def resolve_config(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> RunConfig
         problems += _learner_problems(config.agent, source_of, alone=not problems)
     if problems:
         raise ConfigError(problems)
-    config.sources = {k: source_of(k) for k in flatten(merged)}
+    # each setting's own layer: a default left inside a section that a layer touched (agent.name) stays "defaults"
+    config.sources = {k: origin.get(k, DEFAULTS) for k in flatten(merged)}
     return config
 
 
@@ -325,7 +330,62 @@ def load_run_config(args: Sequence[str]) -> tuple[RunConfig, Any]:
     if reserved:
         raise ConfigError([Problem(scenario.source, f"defaults.{k}", "cannot be set by a scenario; pass it on the "
                                                                      "command line") for k in reserved])
-    config = resolve_config([(scenario.source, scenario.spec.defaults), (COMMAND_LINE, cli)])
+    layers: list[tuple[str, Mapping[str, Any]]] = [(scenario.source, scenario.spec.defaults), (COMMAND_LINE, cli)]
+    config = resolve_config(layers)
+    model_layer = model_settings(config.policy.model, str(config.agent["name"]))
+    if model_layer is not None:
+        config = resolve_config([model_layer, *layers])
     if config.persona is not None:
         scenario = scenario.with_persona(config.persona)
     return config, scenario
+
+
+def model_settings(model: str, learner: str) -> tuple[str, dict[str, Any]] | None:
+    """The model's own settings for runs on it, as the lowest configuration layer ``(source, data)``: the
+    ``defaults:`` of ``sdpo_env.yaml`` in its folder (``model`` a shipped name or a local folder), less the learner
+    options that ``learner`` does not have; None where there is no such file (a Hugging Face id, say).
+
+    Raises:
+        ConfigError: the file is not a YAML mapping holding ``defaults:``, or sets anything but the learner's options
+            (``agent.*``) and the policy's sampling (``policy.*``), or sets ``agent.name`` or ``policy.model``; every
+            problem names the file and the key.
+    """
+    import agents  # noqa: F401  (local: the learners import torch; importing registers the shipped ones)
+    from agents.base import LEARNERS
+    from sdpo_env.files import read_yaml_mapping
+    from sdpo_env.tiny import resolve_model_path
+
+    path = Path(resolve_model_path(model)).expanduser() / MODEL_SETTINGS
+    if not path.is_file():
+        return None
+    source = str(path)
+    data = read_yaml_mapping(path, ConfigError)
+    problems = [Problem(source, key, "unknown key; a model's settings file holds one mapping, defaults:")
+                for key in data if key != "defaults"]
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, Mapping):
+        problems.append(Problem(source, "defaults", f"expected a mapping of settings, got {defaults!r}"))
+        defaults = {}
+    settings = flatten(_expand_shorthand(defaults))
+    for key in settings:
+        if key in ("agent.name", "policy.model") or not key.startswith(("agent.", "policy.")):
+            problems.append(Problem(source, f"defaults.{key}", "a model may set the learner's options (agent.lr=...) "
+                                                               "and the policy's sampling (policy.temperature=...), "
+                                                               "not the learner, the model or anything else"))
+    if problems:
+        raise ConfigError(problems)
+    config_cls = getattr(LEARNERS.get(learner), "Config", None)
+    accepted = {f.name for f in fields(config_cls)} if is_dataclass(config_cls) else set()
+    kept = {key: value for key, value in settings.items()
+            if not key.startswith("agent.") or key.partition(".")[2] in accepted}
+    return source, _expand_shorthand(kept)
+
+
+def model_settings_line(config: RunConfig) -> str | None:
+    """``agent.kl_coef=0.1 from .../sdpo_env.yaml``: the settings a run took from its model's own file, or None."""
+    taken = {key: source for key, source in config.sources.items() if source.endswith(MODEL_SETTINGS)}
+    if not taken:
+        return None
+    values = flatten(config_to_dict(config))
+    given = " ".join(f"{key}={values[key]}" for key in sorted(taken))
+    return f"{given} from {next(iter(taken.values()))} (the model's own settings; give another value to change it)"

@@ -106,8 +106,8 @@ class ChatPolicy:
     @classmethod
     def load(cls, name: str, *, device: str = "auto", dtype: str = "auto", lora: LoraSettings | None = None,
              sampling: Sampling | None = None) -> ChatPolicy:
-        """Loads a model folder or hub id (``tiny`` = the shipped model, ``tiny-v2`` its refinement) with safetensors
-        and no remote code.
+        """Loads a model folder or hub id (``tiny`` = the shipped model, ``tiny-v2`` its refinement, ``tiny-v3``
+        their mean) with safetensors and no remote code.
 
         Raises:
             SdpoEnvError: the model cannot be loaded (the message names it and why).

@@ -48,6 +48,7 @@ from sdpo_env.config import (
     config_to_dict,
     flatten,
     load_run_config,
+    model_settings_line,
     parse_overrides,
     resolve_config,
 )
@@ -314,6 +315,9 @@ def run(args: Sequence[str], console: Console) -> int:
 def _run(args: Sequence[str], console: Console, cleanup: ExitStack) -> int:
     config, scenario, folder, resuming = prepare(args)
     cleanup.callback(folder.release)
+    settings = model_settings_line(config)  # a new run's only: a resumed one reads its config.yaml
+    if settings:
+        console.print(settings)
     n = config.n_interactions or scenario.n_interactions
     policy = load_policy(config)
     learner = make_learner(config.agent, policy, seed=config.seed)

@@ -1,7 +1,9 @@
 """The embedded default policy: a tiny Llama trained by this package on a synthetic style corpus.
 
-``policy.model=tiny`` names the shipped checkpoint and ``policy.model=tiny-v2`` a refinement of it that follows the
-complaints more often (not the default yet: SDPO's defaults were set on ``tiny``); any other name (a local folder or a
+``policy.model=tiny`` names the shipped checkpoint, ``policy.model=tiny-v2`` a refinement of it that follows the
+complaints more often, and ``policy.model=tiny-v3`` the weighted mean of the two (1:3), the one that meets every
+acceptance figure and learns the shipped users as well as ``tiny`` with the anchor its ``sdpo_env.yaml`` sets (not the
+default yet: SDPO's defaults and every figure in the README were set on ``tiny``). Any other name (a local folder or a
 Hugging Face id) is passed through unchanged, so all load through the same ``AutoModelForCausalLM`` / ``AutoTokenizer``
 code.
 Rebuild it with ``python -m sdpo_env.tiny.build``; measure it with ``python -m sdpo_env.tiny.probe``.
@@ -13,12 +15,15 @@ from pathlib import Path
 
 TINY_DIR = Path(__file__).resolve().parent / "checkpoint"
 TINY_NAME = "tiny"
-# Every shipped checkpoint by name: the default and its refinement (docs/tiny-model.md, "A sixteenth round").
-SHIPPED_MODELS = {TINY_NAME: TINY_DIR, "tiny-v2": TINY_DIR.with_name("checkpoint-v2")}
+# Every shipped checkpoint by name: the default, its refinement (docs/tiny-model.md, "A sixteenth round") and their
+# weighted mean ("An eighteenth round"; python -m sdpo_env.tiny.soup tiny tiny-v2 --weights 1,3 makes it again).
+SHIPPED_MODELS = {TINY_NAME: TINY_DIR, "tiny-v2": TINY_DIR.with_name("checkpoint-v2"),
+                  "tiny-v3": TINY_DIR.with_name("checkpoint-v3")}
 
 
 def resolve_model_path(name: str) -> str:
-    """The folder of a shipped tiny model for its name (``"tiny"``, ``"tiny-v2"``); any other name or path unchanged."""
+    """The folder of a shipped tiny model for its name (``"tiny"``, ``"tiny-v2"``, ``"tiny-v3"``); any other name or
+    path unchanged."""
     folder = SHIPPED_MODELS.get(name)
     return str(folder) if folder is not None else name
 

@@ -2,6 +2,7 @@
 
     python -m sdpo_env.tiny.probe                      # the shipped checkpoint
     python -m sdpo_env.tiny.probe --model tiny-v2      # its shipped refinement
+    python -m sdpo_env.tiny.probe --model tiny-v3      # the shipped 1:3 mean of the two
     python -m sdpo_env.tiny.probe --model DIR --n 256 --seed 0
 
 Figures on held-out (eval-pool) prompts, sampling at temperature 1, except the signal (``--prompts train`` measures
@@ -607,8 +608,8 @@ def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point: prints the table, returns the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None,
-                        help="model folder, or a shipped model's name: tiny or tiny-v2 (default: tiny, the shipped "
-                             "checkpoint)")
+                        help="model folder, or a shipped model's name: tiny, tiny-v2 or tiny-v3 (default: tiny, the "
+                             "shipped checkpoint)")
     parser.add_argument("--adapter", default=None,
                         help="a run folder (its final policy: <run>/adapter) or a peft adapter folder, merged into "
                              "the model before measuring (a run folder's model comes from its config.yaml unless "

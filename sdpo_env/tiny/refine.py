@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from", dest="source", type=lambda name: Path(resolve_model_path(name)), default=TINY_DIR,
-                        help="model folder to refine, or tiny-v2 (default: tiny, the shipped checkpoint)")
+                        help="model folder to refine, or tiny-v2 / tiny-v3 (default: tiny, the shipped checkpoint)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (may be the source folder)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
-from sdpo_env.tiny import resolve_model_path
+from sdpo_env.tiny import SHIPPED_MODELS, resolve_model_path
 from sdpo_env.tiny.train import Refused
 
 # config.json keys that say where or with what a model was saved, not what it computes
@@ -108,11 +108,18 @@ def soup(sources: Sequence[Path], out: Path, weights: Sequence[float] | None = N
         path = source / "build_info.json"
         infos.append(json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {})
     total = sum(weights)
-    info = {**infos[0], "soup": [{"source": str(source), "weight": round(w / total, 6),
+    info = {**infos[0], "soup": [{"source": _name(source), "weight": round(w / total, 6),
                                    "refines": source_info.get("refines", [])}
                                   for source, w, source_info in zip(sources, weights, infos, strict=True)]}
     (out / "build_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
+
+
+def _name(source: Path) -> str:
+    """A shipped model's name (``tiny``, ``tiny-v2``) for its folder, so a soup's record reads the same wherever the
+    package is installed; any other folder as given."""
+    shipped = {folder.resolve(): name for name, folder in SHIPPED_MODELS.items()}
+    return shipped.get(source.resolve(), str(source))
 
 
 def _weights(text: str) -> list[float]:
