@@ -377,7 +377,7 @@ def model_settings(model: str, learner: str) -> tuple[str, dict[str, Any]] | Non
     config_cls = getattr(LEARNERS.get(learner), "Config", None)
     accepted = {f.name for f in fields(config_cls)} if is_dataclass(config_cls) else set()
     kept = {key: value for key, value in settings.items()
-            if not key.startswith("agent.") or key.partition(".")[2] in accepted}
+            if not key.startswith("agent.") or key.split(".")[1] in accepted}
     return source, _expand_shorthand(kept)
 
 
