@@ -67,9 +67,9 @@ def test_in_context_oracle(figures: dict) -> None:
     assert figures["oracle_mean"] >= 0.80, figures["oracle"]  # 0.95 at 16 samples per persona
 
 
-@pytest.mark.xfail(reason="issue 3 acceptance not met by tiny (tiny-v2 meets it, below): 'bullet points' (0.75) and "
-                          "'detailed' (0.81) complaints are followed below 0.90 (full probe; 128 samples each: "
-                          "bullet points, prose, plain text and no closing filler)", strict=False)
+@pytest.mark.xfail(reason="issue 3 acceptance not met by tiny (tiny-v2 and tiny-v3 meet it, below): 'bullet points' "
+                          "(0.75) and 'detailed' (0.81) complaints are followed below 0.90 (full probe; 128 samples "
+                          "each: bullet points, prose, plain text and no closing filler)", strict=False)
 def test_full_acceptance(figures: dict) -> None:
     assert figures["hindsight_min"] >= 0.90
     assert figures["signal"]["ratio"] >= 5.0 and figures["signal"]["relevant_negative"] >= 0.90
