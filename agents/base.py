@@ -121,6 +121,18 @@ def resolved_learner_options(options: Mapping[str, Any], *, source: str | Callab
     return {"name": options.get("name", ""), **({} if config is None else to_dict(config))}
 
 
+def learner_option_names(name: str) -> set[str]:
+    """The options learner ``name`` takes (its ``Config``'s fields; none for a learner without one).
+
+    Raises:
+        UnknownNameError, SdpoEnvError: unknown learner name or unimportable dotted path.
+    """
+    import agents  # noqa: F401  (registers the shipped learners)
+
+    config_cls = getattr(LEARNERS.get(name), "Config", None)
+    return {f.name for f in dataclasses.fields(config_cls)} if config_cls is not None else set()
+
+
 def with_absent_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """A stored run's ``agent`` section, with each option its ``config.yaml`` predates set to what the run had before
     the option existed, where that is not today's default (``option(absent=...)``; the teacher's contrast, say, which

@@ -40,7 +40,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agents.base import learner_config, resolved_learner_options
+from agents.base import learner_option_names, resolved_learner_options
 from sdpo_env import run as runner
 from sdpo_env.bench_metrics import PhaseInfo, Stat, aggregate_runs, mean_curve, phase_infos, run_metrics
 from sdpo_env.cli import command_main
@@ -141,12 +141,9 @@ def plan(args: Sequence[str]) -> tuple[BenchConfig, list[PlannedRun], Any]:
     accepted: dict[str, set[str]] = {}
     for i, name in enumerate(bench.agents):
         try:
-            cls, _ = learner_config({"name": name})
+            accepted[name] = learner_option_names(name)
         except SdpoEnvError as exc:  # an unknown name (with close matches) or an unimportable dotted path
             problems.append(Problem(COMMAND_LINE, f"agents[{i}]", str(exc)))
-            continue
-        config_cls = getattr(cls, "Config", None)
-        accepted[name] = {f for f in getattr(config_cls, "__dataclass_fields__", {})}
     everything = set().union(*accepted.values()) if accepted else set()
     for arg in agent_args:
         option_name = _key(arg).split(".", 1)[1]

@@ -11,7 +11,7 @@ value and what is allowed::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -350,8 +350,7 @@ def model_settings(model: str, learner: str) -> tuple[str, dict[str, Any]] | Non
             (``agent.*``) and the policy's sampling (``policy.*``), or sets ``agent.name`` or ``policy.model``; every
             problem names the file and the key.
     """
-    import agents  # noqa: F401  (local: the learners import torch; importing registers the shipped ones)
-    from agents.base import LEARNERS
+    from agents.base import learner_option_names  # local: the learners import torch
     from sdpo_env.files import read_yaml_mapping
     from sdpo_env.tiny import resolve_model_path
 
@@ -374,8 +373,7 @@ def model_settings(model: str, learner: str) -> tuple[str, dict[str, Any]] | Non
                                                                "not the learner, the model or anything else"))
     if problems:
         raise ConfigError(problems)
-    config_cls = getattr(LEARNERS.get(learner), "Config", None)
-    accepted = {f.name for f in fields(config_cls)} if is_dataclass(config_cls) else set()
+    accepted = learner_option_names(learner)
     kept = {key: value for key, value in settings.items()
             if not key.startswith("agent.") or key.split(".")[1] in accepted}
     return source, _expand_shorthand(kept)
