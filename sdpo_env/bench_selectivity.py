@@ -156,7 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--learner", default="sdpo", choices=("sdpo", "sdpo_gate", "sdpo_plain", "sdpo_paper"),
                         help="sdpo_gate: the plain hindsight teacher, gated by the contrasted one; sdpo_plain: no "
                              "contrast; sdpo_paper: the sampled-token loss and AdamW, on every follow-up")
-    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--model", default="tiny",
+                        help="default: tiny, the model the README's figures of this tool were measured on (the "
+                             "default policy is tiny-v3; a model's sdpo_env.yaml is not read here, so give its "
+                             "options, e.g. kl_coef=0.1, as options)")
     parser.add_argument("--pairs", type=int, default=28, help="pairs measured")
     parser.add_argument("--warm", type=int, default=20, help="relevant updates before the second measurement")
     parser.add_argument("--probe", type=int, default=32, help="held-out answers the KL is measured on")

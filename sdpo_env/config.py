@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sdpo_env.errors import ConfigError, Problem, SdpoEnvError
 from sdpo_env.schema import build, option, to_dict
+from sdpo_env.tiny import DEFAULT_MODEL, resolve_model_path
 
 T = TypeVar("T")
 
@@ -47,8 +48,9 @@ def llm_section_problems(backend: str, model: str | None, base_url: str | None) 
 class PolicyConfig:
     """The policy model and how it samples."""
 
-    model: str = option("tiny", "'tiny' (the shipped model), 'tiny-v2' (its refinement), 'tiny-v3' (their 1:3 "
-                        "mean), a local folder, or a Hugging Face id", nonempty=True)
+    model: str = option(DEFAULT_MODEL, "'tiny-v3' (the shipped default), 'tiny' (the first shipped model, the "
+                        "default until 7 December 2026), 'tiny-v2' (its refinement; tiny-v3 is their 1:3 mean), a "
+                        "local folder, or a Hugging Face id", nonempty=True)
     temperature: float = option(1.0, "sampling temperature; 0 = greedy", min=0.0)
     top_p: float = option(1.0, "nucleus sampling mass", gt=0.0, max=1.0)
     max_new_tokens: int = option(192, "longest answer in tokens", min=1)
@@ -352,7 +354,6 @@ def model_settings(model: str, learner: str) -> tuple[str, dict[str, Any]] | Non
     """
     from agents.base import learner_option_names  # local: the learners import torch
     from sdpo_env.files import read_yaml_mapping
-    from sdpo_env.tiny import resolve_model_path
 
     path = Path(resolve_model_path(model)).expanduser() / MODEL_SETTINGS
     if not path.is_file():

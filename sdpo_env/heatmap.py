@@ -42,6 +42,7 @@ from sdpo_env.personas import default_unrelated_follow_ups, load_persona
 from sdpo_env.policy import ChatPolicy
 from sdpo_env.schema import option
 from sdpo_env.sdpo import selective_log_softmax, token_advantages
+from sdpo_env.tiny import DEFAULT_MODEL
 
 TEMPLATES = {"paper": DEFAULT_TEMPLATE, "offline": OFFLINE_TEMPLATE}
 Messages = list[dict[str, str]]
@@ -60,7 +61,8 @@ class InspectConfig:
     index: int = option(0, "which tuple of data= or interaction of run= to show", min=0)
     summary: int = option(0, "also average the control over the first N tuples (0 = only the example)", min=0)
     format: str = option("auto", "line format of data=", choices=FORMATS)
-    model: str = option("tiny", "policy model: 'tiny', a folder or a Hugging Face id", nonempty=True)
+    model: str = option(DEFAULT_MODEL, "policy model: a shipped name (tiny-v3, tiny, tiny-v2), a folder or a "
+                        "Hugging Face id", nonempty=True)
     adapter: str | None = option(None, "a peft adapter folder to load on the model (e.g. a run's adapter/)")
     device: str = option("cpu", "'cpu', 'cuda', 'auto', ...", nonempty=True)
     template: str = option("paper", "hindsight template: 'paper', 'offline' or a text with {follow_up}",

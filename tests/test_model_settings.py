@@ -13,10 +13,11 @@ from transformers import AutoModelForCausalLM
 
 from agents.sdpo import SDPOConfig
 from sdpo_env.bench import plan
-from sdpo_env.config import MODEL_SETTINGS, load_run_config, model_settings, model_settings_line
+from sdpo_env.config import MODEL_SETTINGS, PolicyConfig, load_run_config, model_settings, model_settings_line
 from sdpo_env.errors import ConfigError
+from sdpo_env.heatmap import InspectConfig
 from sdpo_env.run import main
-from sdpo_env.tiny import SHIPPED_MODELS
+from sdpo_env.tiny import DEFAULT_MODEL, SHIPPED_MODELS, probe
 from sdpo_env.tiny.soup import main as soup_main
 from tests.models import build_random_model
 
@@ -31,6 +32,22 @@ def _model_with(folder: Path, settings: object) -> Path:
     return folder
 
 
+def test_every_command_defaults_to_tiny_v3_the_shipped_model_that_meets_the_acceptance(monkeypatch) -> None:
+    # tests/tiny/test_probe.py measures the default; tiny, the default until December 2026, misses two complaints
+    assert PolicyConfig().model == DEFAULT_MODEL == "tiny-v3" and DEFAULT_MODEL in SHIPPED_MODELS
+    assert InspectConfig().model == DEFAULT_MODEL
+
+    class Loaded(Exception):
+        pass
+
+    def sampler(model_dir, *args, **kwargs):
+        raise Loaded(model_dir)
+
+    monkeypatch.setattr(probe, "Sampler", sampler)
+    with pytest.raises(Loaded, match=r"^tiny-v3$"):
+        probe.probe()  # what `python -m sdpo_env.tiny.probe` measures without --model
+
+
 def test_tiny_v3_takes_the_anchor_from_its_own_file_and_anything_above_changes_it(write_yaml) -> None:
     assert SDPOConfig().kl_coef == 0.0  # the learner's own default: tiny and tiny-v2 run without the anchor
     config, _ = load_run_config(["scenario=flip", "policy.model=tiny-v3"])
@@ -39,7 +56,8 @@ def test_tiny_v3_takes_the_anchor_from_its_own_file_and_anything_above_changes_i
     assert config.source_of("agent.name") == "defaults"  # the section it set into keeps its other defaults' source
     line = model_settings_line(config)
     assert line is not None and line.startswith(f"agent.kl_coef=0.1 from {V3_SETTINGS}")
-    assert load_run_config(["scenario=flip"])[0].agent == {"name": "sdpo"}  # the default model has no file
+    assert load_run_config(["scenario=flip"])[0].agent == config.agent  # tiny-v3 is the default model
+    assert load_run_config(["scenario=flip", "policy.model=tiny"])[0].agent == {"name": "sdpo"}  # tiny has no file
     # the command line and a scenario's defaults are above it
     given, _ = load_run_config(["scenario=flip", "policy.model=tiny-v3", "agent.kl_coef=0"])
     assert given.agent["kl_coef"] == 0 and model_settings_line(given) is None

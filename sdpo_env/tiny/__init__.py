@@ -1,12 +1,12 @@
 """The embedded default policy: a tiny Llama trained by this package on a synthetic style corpus.
 
-``policy.model=tiny`` names the shipped checkpoint, ``policy.model=tiny-v2`` a refinement of it that follows the
-complaints more often, and ``policy.model=tiny-v3`` the weighted mean of the two (1:3), the one that meets every
-acceptance figure and learns the shipped users as well as ``tiny`` with the anchor its ``sdpo_env.yaml`` sets (not the
-default yet: SDPO's defaults and every figure in the README were set on ``tiny``). Any other name (a local folder or a
-Hugging Face id) is passed through unchanged, so all load through the same ``AutoModelForCausalLM`` / ``AutoTokenizer``
-code.
-Rebuild it with ``python -m sdpo_env.tiny.build``; measure it with ``python -m sdpo_env.tiny.probe``.
+``policy.model=tiny`` names the first shipped checkpoint, ``policy.model=tiny-v2`` a refinement of it that follows
+the complaints more often, and ``policy.model=tiny-v3`` the weighted mean of the two (1:3): the default
+(``DEFAULT_MODEL``), the one that meets every acceptance figure, and learns the shipped users as well as ``tiny`` with
+the anchor its ``sdpo_env.yaml`` sets (``tiny`` was the default until 7 December 2026; most figures in the docs were
+measured on it). Any other name (a local folder or a Hugging Face id) is passed through unchanged, so all load through
+the same ``AutoModelForCausalLM`` / ``AutoTokenizer`` code.
+Rebuild ``tiny`` with ``python -m sdpo_env.tiny.build``; measure a model with ``python -m sdpo_env.tiny.probe``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ TINY_NAME = "tiny"
 # weighted mean ("An eighteenth round"; python -m sdpo_env.tiny.soup tiny tiny-v2 --weights 1,3 makes it again).
 SHIPPED_MODELS = {TINY_NAME: TINY_DIR, "tiny-v2": TINY_DIR.with_name("checkpoint-v2"),
                   "tiny-v3": TINY_DIR.with_name("checkpoint-v3")}
+# The policy every command uses unless told otherwise (``policy.model=``, ``--model``): the shipped model that meets
+# the acceptance figures (README, "The embedded default model").
+DEFAULT_MODEL = "tiny-v3"
 
 
 def resolve_model_path(name: str) -> str:
@@ -41,4 +44,4 @@ def model_folder_problem(path: str) -> str | None:
     return None
 
 
-__all__ = ["SHIPPED_MODELS", "TINY_DIR", "TINY_NAME", "model_folder_problem", "resolve_model_path"]
+__all__ = ["DEFAULT_MODEL", "SHIPPED_MODELS", "TINY_DIR", "TINY_NAME", "model_folder_problem", "resolve_model_path"]

@@ -1,8 +1,8 @@
 """Measures what SDPO needs from the tiny model (the acceptance figures of the embedded default).
 
-    python -m sdpo_env.tiny.probe                      # the shipped checkpoint
+    python -m sdpo_env.tiny.probe                      # the default policy, tiny-v3 (the 1:3 mean of the two below)
+    python -m sdpo_env.tiny.probe --model tiny         # the first shipped checkpoint (the default until Dec 2026)
     python -m sdpo_env.tiny.probe --model tiny-v2      # its shipped refinement
-    python -m sdpo_env.tiny.probe --model tiny-v3      # the shipped 1:3 mean of the two
     python -m sdpo_env.tiny.probe --model DIR --n 256 --seed 0
 
 Figures on held-out (eval-pool) prompts, sampling at temperature 1, except the signal (``--prompts train`` measures
@@ -83,7 +83,7 @@ from sdpo_env.hindsight import hindsight_messages
 from sdpo_env.personas import Persona, Preference, load_persona
 from sdpo_env.prompts import Prompt, load_prompts
 from sdpo_env.runfolder import RunFolder, write_json
-from sdpo_env.tiny import TINY_DIR, model_folder_problem, resolve_model_path
+from sdpo_env.tiny import DEFAULT_MODEL, model_folder_problem, resolve_model_path
 from sdpo_env.tiny.corpus import personas
 
 MAX_NEW_TOKENS = 192
@@ -205,7 +205,7 @@ def probe(model_dir: str | None = None, *, n: int = 256, n_per_complaint: int = 
     ``prompt_pool`` is the pool the figures other than the interaction signal are measured on (``"eval"``: held out;
     ``"train"``: the interaction prompts). ``adapter``: a LoRA adapter (or a run folder holding one) merged into the
     model first, so the figures are those of a trained policy (and of that policy as its own hindsight teacher)."""
-    sampler = Sampler(str(model_dir or TINY_DIR), device, batch_size, adapter)
+    sampler = Sampler(model_dir or DEFAULT_MODEL, device, batch_size, adapter)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     prompts = load_prompts(prompt_pool)
@@ -374,7 +374,7 @@ def check_phrasings(chosen: Sequence[Persona], model_dir: str | None = None, *, 
       follow-up that says nothing.
     Preferences without a rule (an LLM judge's) are listed as not measured. One figures dict per persona.
     """
-    sampler = Sampler(str(model_dir or TINY_DIR), device, batch_size, adapter)
+    sampler = Sampler(model_dir or DEFAULT_MODEL, device, batch_size, adapter)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     prompts = load_prompts(prompt_pool)
@@ -608,8 +608,8 @@ def main(argv: list[str] | None = None) -> dict:
     """Command-line entry point: prints the table, returns the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None,
-                        help="model folder, or a shipped model's name: tiny, tiny-v2 or tiny-v3 (default: tiny, the "
-                             "shipped checkpoint)")
+                        help="model folder, or a shipped model's name: tiny-v3, tiny or tiny-v2 (default: tiny-v3, the "
+                             "default policy)")
     parser.add_argument("--adapter", default=None,
                         help="a run folder (its final policy: <run>/adapter) or a peft adapter folder, merged into "
                              "the model before measuring (a run folder's model comes from its config.yaml unless "

@@ -1,18 +1,21 @@
-"""The shipped tiny model against the embedded default's acceptance figures (a fixed seed, small samples).
+"""The shipped tiny models against the embedded default's acceptance figures (a fixed seed, small samples).
 
-Sample sizes are cut to run in about two minutes on two CPU cores, so thresholds leave room for sampling noise;
-``python -m sdpo_env.tiny.probe`` with the default sizes gives the figures quoted in the README.
+The default policy (``tiny-v3``) and ``tiny-v2`` meet them (the last test); the first shipped model, ``tiny`` (the
+default until December 2026), meets all but two complaints, and the other tests keep its figures. Sample sizes are cut
+to run in about two minutes on two CPU cores, so thresholds leave room for sampling noise; ``python -m
+sdpo_env.tiny.probe --model tiny`` with the default sizes gives the figures quoted in the README.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from sdpo_env.tiny import DEFAULT_MODEL
 from sdpo_env.tiny.probe import preferences, probe
 
 pytestmark = pytest.mark.slow
 
-# Preferences whose hindsight complaints the shipped checkpoint follows: >= 0.93 at 32 samples each on this test's
+# Preferences whose hindsight complaints `tiny` follows: >= 0.93 at 32 samples each on this test's
 # CPU run (prose 0.78, bullet points 0.78, no closing filler 0.84, detailed and no questions back 0.88, no first
 # person 0.91 are left out).
 WORKING_COMPLAINTS = ("answer_first", "plain_text", "concise", "casual", "beginner", "expert", "professional",
@@ -21,7 +24,8 @@ WORKING_COMPLAINTS = ("answer_first", "plain_text", "concise", "casual", "beginn
 
 @pytest.fixture(scope="module")
 def figures() -> dict:
-    return probe(n=160, n_per_complaint=32, n_per_persona=8, n_triples=200, n_per_phrasing=1, seed=0, batch_size=80)
+    return probe("tiny", n=160, n_per_complaint=32, n_per_persona=8, n_triples=200, n_per_phrasing=1, seed=0,
+                 batch_size=80)
 
 
 def test_room_to_personalize(figures: dict) -> None:
@@ -67,9 +71,10 @@ def test_in_context_oracle(figures: dict) -> None:
     assert figures["oracle_mean"] >= 0.80, figures["oracle"]  # 0.95 at 16 samples per persona
 
 
-@pytest.mark.xfail(reason="issue 3 acceptance not met by tiny (tiny-v2 and tiny-v3 meet it, below): 'bullet points' "
-                          "(0.75) and 'detailed' (0.81) complaints are followed below 0.90 (full probe; 128 samples "
-                          "each: bullet points, prose, plain text and no closing filler)", strict=False)
+@pytest.mark.xfail(reason="tiny, no longer the default, misses the acceptance (the default tiny-v3 and tiny-v2 "
+                          "meet it, below): 'bullet points' (0.75) and 'detailed' (0.81) complaints are followed "
+                          "below 0.90 (full probe; 128 samples each: bullet points, prose, plain text and no closing "
+                          "filler)", strict=False)
 def test_full_acceptance(figures: dict) -> None:
     assert figures["hindsight_min"] >= 0.90
     assert figures["signal"]["ratio"] >= 5.0 and figures["signal"]["relevant_negative"] >= 0.90
@@ -79,8 +84,8 @@ def test_full_acceptance(figures: dict) -> None:
 # 512 answers per complaint on two draws (docs/tiny-model.md): each complaint followed in 0.92 or more by tiny-v2 (the
 # sixteenth round), 0.90 or more by tiny-v3 (the eighteenth). Here 32 each, a share within about +-0.10: the least
 # followed 0.88 for both (tiny: 0.78); the shift 0.13 at n=160; the signal 29x for tiny-v3
-@pytest.mark.parametrize("model", ["tiny-v2", "tiny-v3"])
-def test_the_shipped_refinements_meet_the_acceptance_figures_with_margins(model: str) -> None:
+@pytest.mark.parametrize("model", [DEFAULT_MODEL, "tiny-v2"])
+def test_the_default_and_tiny_v2_meet_the_acceptance_figures_with_margins(model: str) -> None:
     figures = probe(model, n=160, n_per_complaint=32, n_per_persona=8, n_triples=200, seed=0, batch_size=80)
     assert figures["hindsight"].keys() == preferences().keys()
     assert min(figures["hindsight"].values()) >= 0.80, figures["hindsight"]
